@@ -1,0 +1,228 @@
+//! Validated, typed configuration. Built once at start-up by `cli` (from flags, the
+//! environment and inline JSON); the data path only reads these values and never parses.
+//!
+//! May depend on: nothing on the data path (regex for compiled suppression rules).
+//! Invariant: every `Config` that exists has passed validation — addresses resolved, regexes
+//! compiled, files readable, mutually exclusive options resolved into enums.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where captured records go. Exactly one is configured (cli.md: "exactly one of the three").
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// `--noCapture`: forward only, capture nothing.
+    None,
+    /// `--traceDirectory DIR`: base64 lines, rotated files.
+    File(FileSinkConfig),
+    /// `--kafkaConnection`: the Kafka producer thread (issue 3).
+    Kafka(KafkaConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSinkConfig {
+    pub dir: PathBuf,
+    /// `--trace-file-max-bytes` (ours): rotate the current file once it reaches this many bytes.
+    /// Default 256 MiB: large enough that rotation (an fsync) is rare, small enough to ship.
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub client_id: String,
+    /// Producer properties from `--kafkaPropertyFile`, already translated to librdkafka keys.
+    pub extra_properties: Vec<(String, String)>,
+    pub auth: KafkaAuth,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum KafkaAuth {
+    None,
+    Ssl,
+    ScramSha512 { username: Option<String>, password: Option<String> },
+    MskIam,
+}
+
+impl std::fmt::Debug for KafkaAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaAuth::None => f.write_str("none"),
+            KafkaAuth::Ssl => f.write_str("ssl"),
+            KafkaAuth::ScramSha512 { username, .. } => {
+                write!(f, "scram-sha-512(user={:?}, password=****)", username)
+            }
+            KafkaAuth::MskIam => f.write_str("msk-iam"),
+        }
+    }
+}
+
+/// `--destinationUri`, parsed: scheme decides TLS, default ports 80/443, path ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub tls: bool,
+    /// Host as written in the URI (name or IP literal, without brackets); used for SNI.
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll with one warning.
+    Auto,
+    Uring,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Send the held request on; count and log the lost capture.
+    Forward,
+    /// Answer 503 and do not forward.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One `--setHeader` entry (issue 4): name as given, value as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// Compiled suppression rules. Each regex is anchored so `is_match` is a *full* match.
+#[derive(Debug, Clone, Default)]
+pub struct SuppressConfig {
+    /// (lower-cased header name, anchored value regex)
+    pub header_matches: Vec<(String, regex::bytes::Regex)>,
+    pub method: Option<regex::bytes::Regex>,
+    pub uri_path: Option<regex::bytes::Regex>,
+    pub method_and_path: Option<regex::bytes::Regex>,
+}
+
+/// Client-facing TLS (issue 4). Paths are validated at start-up.
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    pub cert_chain_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_trust: Option<ClientTrust>,
+    pub require_client_auth: bool,
+}
+
+#[derive(Clone)]
+pub enum ClientTrust {
+    File(PathBuf),
+    /// The PEM text read from the named environment variable.
+    EnvPem { var: String, pem: String },
+}
+
+impl std::fmt::Debug for ClientTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientTrust::File(p) => write!(f, "file:{}", p.display()),
+            ClientTrust::EnvPem { var, .. } => write!(f, "env:{var}"),
+        }
+    }
+}
+
+/// Everything the runtime needs. Built by `cli::parse` and validated there.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub destination: Destination,
+    /// Bind addresses for the client-facing listener (`--listen-address` + `--listenPort`).
+    /// The default is `0.0.0.0:PORT` and, when the host has IPv6, `[::]:PORT` (v6-only).
+    pub listen: Vec<SocketAddr>,
+    pub sink: SinkConfig,
+    /// `--maxTrafficBufferSize`: most bytes in one TrafficStream before the 500-byte Kafka
+    /// overhead is taken off; records are at most `max_traffic_buffer_size - 500` bytes.
+    pub max_traffic_buffer_size: usize,
+    /// `--numThreads`: 0 = one worker per allowed CPU.
+    pub num_threads: usize,
+    /// `--cpu-list`: CPUs to pin workers to; `None` = all allowed CPUs.
+    pub cpu_list: Option<Vec<usize>>,
+    pub io_driver: IoDriver,
+    /// `--admin-listen`; `None` when disabled (`--admin-listen off`).
+    pub admin_listen: Option<SocketAddr>,
+    /// `--capture-flush-interval`: flush a connection's unflushed observations after this long.
+    pub capture_flush_interval: Duration,
+    /// `--kafka-ack-timeout`: most time a mutating request is held waiting for its record.
+    pub kafka_ack_timeout: Duration,
+    pub capture_failure_policy: FailurePolicy,
+    /// `--max-connections`: beyond this many open client connections per process, new ones
+    /// wait in the accept backlog. `None` = unlimited.
+    pub max_connections: Option<usize>,
+    /// `--client-idle-timeout`: close a client connection idle (no request in progress, no
+    /// response outstanding) this long. `None` = off.
+    pub client_idle_timeout: Option<Duration>,
+    /// `--request-head-timeout`: most time from a request's first byte to its complete head.
+    pub request_head_timeout: Option<Duration>,
+    /// `--tcp-keepalive`: idle time before TCP keepalive probes, both sides. `None` = off.
+    pub tcp_keepalive: Option<Duration>,
+    /// `--drain-timeout` (ours): on SIGTERM, most time to let in-flight exchanges finish.
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+    pub suppress: SuppressConfig,
+    pub set_headers: Vec<SetHeader>,
+    pub server_tls: Option<ServerTlsConfig>,
+    pub insecure_destination: bool,
+    pub destination_ca_file: Option<PathBuf>,
+    pub destination_pool_size: usize,
+    pub destination_pool_timeout: Duration,
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Largest serialized TrafficStream this process writes (capture-format.md: "A record's
+    /// value is at most --maxTrafficBufferSize minus 500 bytes").
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_traffic_buffer_size.saturating_sub(KAFKA_MESSAGE_OVERHEAD_BYTES)
+    }
+
+    /// A configuration for tests and benches: forward to `destination`, listen on
+    /// 127.0.0.1:0, one worker, given sink, everything else at its default.
+    pub fn for_test(destination: SocketAddr, sink: SinkConfig) -> Config {
+        Config {
+            destination: Destination {
+                tls: false,
+                host: destination.ip().to_string(),
+                port: destination.port(),
+            },
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            sink,
+            max_traffic_buffer_size: DEFAULT_MAX_TRAFFIC_BUFFER_SIZE,
+            num_threads: 1,
+            cpu_list: None,
+            io_driver: IoDriver::Auto,
+            admin_listen: None,
+            capture_flush_interval: Duration::from_secs(5),
+            kafka_ack_timeout: Duration::from_secs(10),
+            capture_failure_policy: FailurePolicy::Forward,
+            max_connections: None,
+            client_idle_timeout: None,
+            request_head_timeout: Some(Duration::from_secs(30)),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            drain_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            suppress: SuppressConfig::default(),
+            set_headers: Vec::new(),
+            server_tls: None,
+            insecure_destination: false,
+            destination_ca_file: None,
+            destination_pool_size: 0,
+            destination_pool_timeout: Duration::from_secs(30),
+            spool_dir: None,
+        }
+    }
+}
+
+/// Bytes reserved for the Kafka record envelope (the Java proxy's `KAFKA_MESSAGE_OVERHEAD_BYTES`).
+pub const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 500;
+/// Java default of `--maxTrafficBufferSize` (1 MiB).
+pub const DEFAULT_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024 * 1024;

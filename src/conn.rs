@@ -1,0 +1,610 @@
+//! One proxied connection, both directions (the HOT path).
+//!
+//! Client bytes are read into a pooled buffer, framed (`http1`), captured (`capture`) and the
+//! same buffer is written upstream; response bytes come back the same way. The two directions
+//! run as two futures of one task (`join!`) and share the connection's [`ConnState`].
+//!
+//! May depend on: `http1`, `capture`, `upstream`, `worker` (context, emitter), `stats`.
+//!
+//! Invariants:
+//! - Bytes are forwarded unchanged, in order, from the buffer they were read into.
+//! - A read observation is recorded before its bytes are forwarded; a write observation is
+//!   recorded before its bytes are written to the client (so capture order follows causality).
+//! - Reads are cut at request boundaries: every captured request gets its own read(s) and one
+//!   end-of-message marker right after its last byte.
+//! - The final bytes of a captured mutating request reach the destination only after its
+//!   record is committed (or the failure policy decided).
+//! - Peer bytes never panic: no unwrap/expect/indexing here; slices via `get`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use monoio::buf::IoBuf;
+use monoio::io::{
+    CancelableAsyncReadRent, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf,
+    Splitable,
+};
+use monoio::net::TcpStream;
+
+use crate::capture::encode::Timestamp;
+use crate::config::FailurePolicy;
+use crate::handoff::{FailKind, Outcome};
+use crate::http1::request::{Event, FrameError, FramerLimits, RequestFramer};
+use crate::http1::response::{ExpectedResponse, REvent, ResponseFramer};
+use crate::stats::Counter;
+use crate::worker::{ConnState, Ctx, StopReason};
+
+/// Synthetic answers. They are not captured (they did not come from the source cluster).
+const RESP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n";
+const RESP_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
+const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest head too large\r\n";
+const RESP_502: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\nbad gateway: destination unreachable\n";
+const RESP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\ncapture unavailable, retry\r\n";
+
+type ClientRead = OwnedReadHalf<TcpStream>;
+type ClientWrite = OwnedWriteHalf<TcpStream>;
+type UpRead = OwnedReadHalf<TcpStream>;
+type UpWrite = OwnedWriteHalf<TcpStream>;
+
+/// How the client→upstream direction ended.
+enum C2uEnd {
+    /// The client half-closed after a complete exchange (or mid-request).
+    ClientEof,
+    ClientError,
+    Stopped(StopReason),
+    UpstreamWriteError,
+    /// Answer the client with this synthetic response, then close.
+    Respond(&'static [u8]),
+}
+
+/// How the upstream→client direction ended.
+enum U2cEnd {
+    UpstreamEof,
+    UpstreamError,
+    ClientWriteError,
+    Stopped,
+    /// A 502 was written to the client already.
+    Answered502,
+}
+
+/// Per-exchange state shared by the two directions (beyond `ConnState`).
+struct Exchange {
+    resp: RefCell<ResponseFramer>,
+    /// For each forwarded request awaiting its response, in order: capture its response?
+    resp_capture: RefCell<VecDeque<bool>>,
+    /// After an upgrade or HTTP/2 preface: forward raw, capture nothing more.
+    opaque: Cell<bool>,
+    /// The client→upstream direction has ended (u2c finishes outstanding responses, then stops).
+    c2u_done: Cell<bool>,
+    /// Bytes of the current (outstanding) response have reached the client.
+    resp_started: Cell<bool>,
+}
+
+/// Serves one accepted client connection until both directions end.
+pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, _peer: SocketAddr) {
+    let st = ctx.register();
+    let _ = client.set_nodelay(true);
+    crate::upstream::set_keepalive(&client, ctx.settings.tcp_keepalive);
+    let upstream = match crate::upstream::connect(&ctx.settings).await {
+        Ok(u) => u,
+        Err(e) => {
+            ctx.stats.inc(Counter::UpstreamConnectFailed);
+            crate::upstream::warn_connect_failed(&e);
+            connect_failed(&ctx, &st, client, &e).await;
+            finish(&ctx, &st);
+            return;
+        }
+    };
+    let limits = framer_limits(&ctx);
+    let x = Exchange {
+        resp: RefCell::new(ResponseFramer::new(limits)),
+        resp_capture: RefCell::new(VecDeque::with_capacity(4)),
+        opaque: Cell::new(false),
+        c2u_done: Cell::new(false),
+        resp_started: Cell::new(false),
+    };
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let (c_end, (u_end, cw)) = monoio::join!(
+        client_to_upstream(&ctx, &st, &x, cr, uw, limits),
+        upstream_to_client(&ctx, &st, &x, ur, cw)
+    );
+    let close_counter = match (&c_end, &u_end) {
+        (C2uEnd::Stopped(StopReason::Drain), _) => Counter::ConnClosedDrain,
+        (C2uEnd::Stopped(StopReason::IdleTimeout | StopReason::HeadTimeout), _) => {
+            Counter::ConnClosedTimeout
+        }
+        (C2uEnd::ClientEof, _) => Counter::ConnClosedClient,
+        (_, U2cEnd::UpstreamEof) => Counter::ConnClosedUpstream,
+        _ => Counter::ConnClosedError,
+    };
+    ctx.stats.inc(close_counter);
+    if let (C2uEnd::Respond(resp), Some(mut cw)) = (c_end, cw) {
+        if !matches!(u_end, U2cEnd::ClientWriteError | U2cEnd::Answered502) {
+            let h = st.u2c_handle();
+            let _ = CancelableAsyncWriteRentExt::write_all(&mut cw, resp, h).await;
+        }
+    }
+    finish(&ctx, &st);
+}
+
+fn framer_limits(ctx: &Ctx) -> FramerLimits {
+    FramerLimits {
+        max_head_bytes: ctx.settings.max_head_bytes,
+        ..FramerLimits::default()
+    }
+}
+
+/// Writes the connection's final record and releases its slot.
+fn finish(ctx: &Ctx, st: &ConnState) {
+    let ts = Timestamp::now();
+    ctx.with_capture(st, |b, e| {
+        b.close(ts, e);
+    });
+    ctx.unregister(st);
+}
+
+/// The destination could not be reached: read the client's request head (bounded), answer
+/// 502, and capture only a `connectionException` then `close` (nothing replayable).
+async fn connect_failed(ctx: &Ctx, st: &ConnState, client: TcpStream, err: &std::io::Error) {
+    let ts = Timestamp::now();
+    let mut msg = String::with_capacity(64);
+    msg.push_str("destination unreachable: ");
+    msg.push_str(&err.to_string());
+    ctx.with_capture(st, |b, e| b.connection_exception(ts, &msg, e));
+    let (mut cr, mut cw) = client.into_split();
+    let buf = ctx.take_io_buf();
+    // Give the client a moment to send its request so the 502 answers it (and the close does
+    // not reset the connection under unread bytes); a silent client just gets closed.
+    let wait = ctx
+        .settings
+        .request_head_timeout
+        .unwrap_or(std::time::Duration::from_secs(5))
+        .min(std::time::Duration::from_secs(5));
+    let h = st.c2u_handle();
+    let got = monoio::time::timeout(wait, cr.cancelable_read(buf, h)).await;
+    let buf = match got {
+        Ok((Ok(n), b)) if n > 0 => {
+            ctx.stats.add(Counter::BytesRead, n as u64);
+            let h = st.u2c_handle();
+            let _ = CancelableAsyncWriteRentExt::write_all(&mut cw, RESP_502, h).await;
+            b
+        }
+        Ok((_, b)) => b,
+        Err(_) => Vec::with_capacity(0),
+    };
+    ctx.put_io_buf(buf);
+}
+
+/// Per-request state of the client→upstream direction.
+#[derive(Default)]
+struct ReqState {
+    /// Head complete for the current request.
+    head_done: bool,
+    suppressed: bool,
+    mutating: bool,
+    /// Reads of the current request were already written to the capture.
+    reads_written: bool,
+}
+
+async fn client_to_upstream(
+    ctx: &Ctx,
+    st: &ConnState,
+    x: &Exchange,
+    mut cr: ClientRead,
+    mut uw: UpWrite,
+    limits: FramerLimits,
+) -> C2uEnd {
+    let mut framer = RequestFramer::new(limits);
+    let mut buf = ctx.take_io_buf();
+    let capturing = ctx.settings.capture.is_some();
+    let holds = capturing;
+    let mut rq = ReqState::default();
+    let end = 'conn: loop {
+        if let Some(why) = st.c2u_stop.get() {
+            break C2uEnd::Stopped(why);
+        }
+        if ctx.sink_congested() {
+            ctx.wait_uncongested().await;
+        }
+        buf.clear();
+        let (res, b) = cr.cancelable_read(buf, st.c2u_handle()).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => break C2uEnd::ClientEof,
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(why) = st.c2u_stop.get() {
+                    break C2uEnd::Stopped(why);
+                }
+                ctx.stats.inc(Counter::ClientErrors);
+                let ts = Timestamp::now();
+                let msg = e.to_string();
+                ctx.with_capture(st, |b, e| b.connection_exception(ts, &msg, e));
+                break C2uEnd::ClientError;
+            }
+        };
+        let ts = Timestamp::now();
+        st.last_activity.set(ctx.now_ms());
+        ctx.stats.add(Counter::BytesRead, n as u64);
+        let data_len = n.min(buf.len());
+
+        if x.opaque.get() {
+            // Upgraded / HTTP/2: forward raw, capture nothing.
+            match write_up(&mut uw, st, buf, 0, data_len).await {
+                (Ok(()), b) => {
+                    buf = b;
+                    continue;
+                }
+                (Err(_), b) => {
+                    buf = b;
+                    break C2uEnd::UpstreamWriteError;
+                }
+            }
+        }
+
+        // Frame the read; capture it cut at request boundaries; forward, holding the final
+        // bytes of captured mutating requests until their record is committed.
+        let mut pos = 0usize; // framed so far
+        let mut seg = 0usize; // start of the not-yet-captured part of the current request
+        let mut fwd = 0usize; // forwarded so far
+        while pos < data_len {
+            let input = buf.get(pos..data_len).unwrap_or(&[]);
+            let step = match framer.advance(input) {
+                Ok(s) => s,
+                Err(fe) => {
+                    // Capture what was read, then the exception; answer 400/431.
+                    let (status, counter, what) = match fe {
+                        FrameError::HeadTooLarge => {
+                            (RESP_431, Counter::HeadTooLarge, "request head too large")
+                        }
+                        _ => (RESP_400, Counter::Malformed, "malformed request"),
+                    };
+                    ctx.stats.inc(counter);
+                    if !rq.suppressed {
+                        let part = buf.get(seg..data_len).unwrap_or(&[]);
+                        let detail = fe.to_string();
+                        ctx.with_capture(st, |b, e| {
+                            if !part.is_empty() {
+                                b.read(ts, part, e);
+                            }
+                            let mut m = String::with_capacity(what.len() + detail.len() + 2);
+                            m.push_str(what);
+                            m.push_str(": ");
+                            m.push_str(&detail);
+                            b.connection_exception(ts, &m, e);
+                        });
+                    }
+                    // Forward the complete requests that preceded the bad one.
+                    if fwd < seg {
+                        let (r, b) = write_up(&mut uw, st, buf, fwd, seg).await;
+                        buf = b;
+                        if r.is_err() {
+                            break 'conn C2uEnd::UpstreamWriteError;
+                        }
+                    }
+                    break 'conn C2uEnd::Respond(status);
+                }
+            };
+            pos += step.consumed;
+            match step.event {
+                None => {}
+                Some(Event::HeadComplete(head)) => {
+                    rq.head_done = true;
+                    st.head_started.set(None);
+                    rq.mutating = head.method.is_mutating();
+                    rq.suppressed = capturing
+                        && ctx.settings.suppress_any
+                        && crate::http1::suppress::is_suppressed(&ctx.settings.suppress, &head);
+                    let head_method = head.method;
+                    x.resp.borrow_mut().expect(ExpectedResponse {
+                        id: 0,
+                        method_head: head_method == crate::http1::request::Method::Head,
+                        method_connect: head_method == crate::http1::request::Method::Connect,
+                    });
+                    x.resp_capture.borrow_mut().push_back(!rq.suppressed);
+                    st.outstanding.set(st.outstanding.get() + 1);
+                    if rq.suppressed {
+                        ctx.stats.inc(Counter::CaptureSuppressed);
+                        if rq.reads_written {
+                            ctx.stats.inc(Counter::RequestDropped);
+                            ctx.with_capture(st, |b, e| b.request_dropped(ts, e));
+                        }
+                        // Nothing more of this request is captured.
+                        seg = pos;
+                    }
+                }
+                Some(Event::MessageComplete { first_line_len, headers_len }) => {
+                    ctx.stats.inc(Counter::Requests);
+                    let req_start = seg.min(pos);
+                    let mut hold = false;
+                    if rq.mutating {
+                        ctx.stats.inc(Counter::RequestsMutating);
+                    }
+                    if !rq.suppressed {
+                        let part = buf.get(seg..pos).unwrap_or(&[]);
+                        let flushed = ctx.with_capture(st, |b, e| {
+                            if !part.is_empty() {
+                                b.read(ts, part, e);
+                            }
+                            b.end_of_message(ts, first_line_len, headers_len, e);
+                            if holds && rq.mutating {
+                                b.flush(e)
+                            } else {
+                                None
+                            }
+                        });
+                        if flushed.is_some() {
+                            ctx.stats.inc(Counter::FullRequest);
+                        }
+                        if let Some(Some(number)) = flushed {
+                            st.hold.set(Some(number));
+                            hold = true;
+                        }
+                    }
+                    seg = pos;
+                    rq = ReqState::default();
+                    if hold {
+                        // Forward what precedes this request's final bytes, then wait.
+                        let this_req_start = req_start.max(fwd);
+                        if fwd < this_req_start {
+                            let (r, b) = write_up(&mut uw, st, buf, fwd, this_req_start).await;
+                            buf = b;
+                            if r.is_err() {
+                                break 'conn C2uEnd::UpstreamWriteError;
+                            }
+                            fwd = this_req_start;
+                        }
+                        ctx.stats.inc(Counter::BlockingRequest);
+                        ctx.urgent_flush();
+                        let started = std::time::Instant::now();
+                        let outcome = ctx.wait_hold(st).await;
+                        ctx.stats.record(&ctx.stats.hold_us, started.elapsed());
+                        if let Outcome::Failed(kind) = outcome {
+                            ctx.stats.inc(Counter::HoldFailed);
+                            crate::upstream::warn_hold_failed(kind);
+                            if ctx.settings.failure_policy == FailurePolicy::Reject {
+                                ctx.stats.inc(Counter::HoldRejected);
+                                // Earlier bytes of the request may have gone upstream: that
+                                // connection is unusable now; answer 503 and close both.
+                                st.stop_u2c(StopReason::PeerDone);
+                                break 'conn C2uEnd::Respond(RESP_503);
+                            }
+                        }
+                    }
+                }
+                Some(Event::Http2Preface) => {
+                    ctx.stats.inc(Counter::Http2Passthrough);
+                    ctx.stats.inc(Counter::CaptureSuppressed);
+                    if rq.reads_written {
+                        ctx.stats.inc(Counter::RequestDropped);
+                        ctx.with_capture(st, |b, e| b.request_dropped(ts, e));
+                    }
+                    x.opaque.set(true);
+                    seg = data_len;
+                    pos = data_len;
+                }
+            }
+        }
+        // The tail belongs to a request in progress.
+        if seg < data_len && !rq.suppressed && !x.opaque.get() {
+            let part = buf.get(seg..data_len).unwrap_or(&[]);
+            ctx.with_capture(st, |b, e| b.read(ts, part, e));
+            rq.reads_written = capturing;
+        }
+        let in_msg = framer.in_message();
+        st.req_idle.set(!in_msg);
+        if in_msg && !rq.head_done {
+            if st.head_started.get().is_none() {
+                st.head_started.set(Some(ctx.now_ms()));
+            }
+        }
+        if fwd < data_len {
+            let (r, b) = write_up(&mut uw, st, buf, fwd, data_len).await;
+            buf = b;
+            if r.is_err() {
+                break C2uEnd::UpstreamWriteError;
+            }
+        }
+    };
+    ctx.put_io_buf(buf);
+    match &end {
+        C2uEnd::ClientEof => {
+            // Half-close toward the destination; responses keep flowing.
+            let _ = monoio::io::AsyncWriteRent::shutdown(&mut uw).await;
+        }
+        C2uEnd::Stopped(StopReason::HeadTimeout) => {
+            ctx.stats.inc(Counter::HeadTimeout);
+            let ts = Timestamp::now();
+            ctx.with_capture(st, |b, e| b.connection_exception(ts, "request head timeout", e));
+        }
+        C2uEnd::Stopped(StopReason::IdleTimeout) => ctx.stats.inc(Counter::IdleTimeout),
+        _ => {}
+    }
+    x.c2u_done.set(true);
+    let abort = matches!(end, C2uEnd::ClientError | C2uEnd::Stopped(StopReason::Abort));
+    if abort || st.outstanding.get() == 0 {
+        st.stop_u2c(StopReason::PeerDone);
+    }
+    drop(uw);
+    match end {
+        C2uEnd::Stopped(StopReason::HeadTimeout) if st.outstanding.get() == 0 => {
+            C2uEnd::Respond(RESP_408)
+        }
+        other => other,
+    }
+}
+
+/// Writes `buf[from..to]` upstream and hands the buffer back.
+async fn write_up(
+    uw: &mut UpWrite,
+    st: &ConnState,
+    buf: Vec<u8>,
+    from: usize,
+    to: usize,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let end = to.min(buf.len());
+    let start = from.min(end);
+    let (r, slice) = CancelableAsyncWriteRentExt::write_all(uw, buf.slice(start..end), st.c2u_handle()).await;
+    (r.map(|_| ()), slice.into_inner())
+}
+
+async fn upstream_to_client(
+    ctx: &Ctx,
+    st: &ConnState,
+    x: &Exchange,
+    mut ur: UpRead,
+    mut cw: ClientWrite,
+) -> (U2cEnd, Option<ClientWrite>) {
+    let mut buf = ctx.take_io_buf();
+    let capturing = ctx.settings.capture.is_some();
+    let end = 'conn: loop {
+        if st.u2c_stop.get().is_some() {
+            break U2cEnd::Stopped;
+        }
+        buf.clear();
+        let (res, b) = ur.cancelable_read(buf, st.u2c_handle()).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => {
+                // Close-delimited response ends here.
+                let ev = x.resp.borrow_mut().on_eof();
+                if let Some(REvent::MessageComplete { .. }) = ev {
+                    response_done(st, x);
+                }
+                break U2cEnd::UpstreamEof;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                if st.u2c_stop.get().is_some() {
+                    break U2cEnd::Stopped;
+                }
+                ctx.stats.inc(Counter::UpstreamReset);
+                let ts = Timestamp::now();
+                let mut m = String::with_capacity(64);
+                m.push_str("destination connection failed: ");
+                m.push_str(&e.to_string());
+                ctx.with_capture(st, |b, e| b.connection_exception(ts, &m, e));
+                if st.outstanding.get() > 0 && !x.resp_started.get() {
+                    let _ = CancelableAsyncWriteRentExt::write_all(&mut cw, RESP_502, st.u2c_handle()).await;
+                    break U2cEnd::Answered502;
+                }
+                break U2cEnd::UpstreamError;
+            }
+        };
+        let ts = Timestamp::now();
+        st.last_activity.set(ctx.now_ms());
+        let data_len = n.min(buf.len());
+        let mut broken = false;
+        if x.opaque.get() {
+            // Raw forwarding after an upgrade; nothing captured.
+        } else {
+            // Cut the writes at response boundaries so suppressed responses stay out.
+            let mut pos = 0usize;
+            let mut seg = 0usize;
+            while pos < data_len {
+                let input = buf.get(pos..data_len).unwrap_or(&[]);
+                let step = x.resp.borrow_mut().advance(input);
+                let step = match step {
+                    Ok(s) => s,
+                    Err(fe) => {
+                        ctx.stats.inc(Counter::UpstreamMalformed);
+                        let msg = fe.to_string();
+                        let cap_now = capturing && current_response_captured(x);
+                        let part = buf.get(seg..data_len).unwrap_or(&[]);
+                        ctx.with_capture(st, |b, e| {
+                            if cap_now && !part.is_empty() {
+                                b.write(ts, part, e);
+                            }
+                            let mut m = String::with_capacity(48 + msg.len());
+                            m.push_str("malformed response from destination: ");
+                            m.push_str(&msg);
+                            b.connection_exception(ts, &m, e);
+                        });
+                        broken = true;
+                        seg = data_len;
+                        break;
+                    }
+                };
+                pos += step.consumed;
+                match step.event {
+                    Some(REvent::MessageComplete { .. }) => {
+                        if capturing && current_response_captured(x) {
+                            let part = buf.get(seg..pos).unwrap_or(&[]);
+                            if !part.is_empty() {
+                                ctx.with_capture(st, |b, e| b.write(ts, part, e));
+                            }
+                        }
+                        seg = pos;
+                        response_done(st, x);
+                    }
+                    Some(REvent::Upgraded { .. }) => {
+                        if capturing && current_response_captured(x) {
+                            let part = buf.get(seg..pos).unwrap_or(&[]);
+                            if !part.is_empty() {
+                                ctx.with_capture(st, |b, e| b.write(ts, part, e));
+                            }
+                        }
+                        seg = data_len;
+                        response_done(st, x);
+                        x.opaque.set(true);
+                        pos = data_len;
+                    }
+                    Some(REvent::HeadComplete { .. }) | None => {}
+                }
+            }
+            if seg < data_len && capturing && current_response_captured(x) {
+                let part = buf.get(seg..data_len).unwrap_or(&[]);
+                ctx.with_capture(st, |b, e| b.write(ts, part, e));
+            }
+            if seg < data_len {
+                x.resp_started.set(true);
+            }
+        }
+        ctx.stats.add(Counter::BytesWritten, data_len as u64);
+        let (r, slice) =
+            CancelableAsyncWriteRentExt::write_all(&mut cw, buf.slice(0..data_len), st.u2c_handle()).await;
+        buf = slice.into_inner();
+        if r.is_err() {
+            if st.u2c_stop.get().is_some() {
+                break 'conn U2cEnd::Stopped;
+            }
+            ctx.stats.inc(Counter::ClientErrors);
+            break U2cEnd::ClientWriteError;
+        }
+        if broken {
+            break U2cEnd::UpstreamError;
+        }
+        if x.c2u_done.get() && st.outstanding.get() == 0 {
+            break U2cEnd::Stopped;
+        }
+        if ctx.draining.get() && st.is_exchange_idle() {
+            st.stop_c2u(StopReason::Drain);
+        }
+    };
+    ctx.put_io_buf(buf);
+    // The destination is gone (or we stop): the client side ends too.
+    if !x.c2u_done.get() {
+        st.stop_c2u(StopReason::PeerDone);
+    }
+    drop(ur);
+    (end, Some(cw))
+}
+
+fn current_response_captured(x: &Exchange) -> bool {
+    // A response with no forwarded request (unsolicited) is captured.
+    x.resp_capture.borrow().front().copied().unwrap_or(true)
+}
+
+fn response_done(st: &ConnState, x: &Exchange) {
+    x.resp_capture.borrow_mut().pop_front();
+    st.outstanding.set(st.outstanding.get().saturating_sub(1));
+    x.resp_started.set(false);
+}
+
+#[allow(dead_code)]
+fn fail_kind_text(k: FailKind) -> &'static str {
+    k.as_str()
+}

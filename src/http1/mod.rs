@@ -1,0 +1,4 @@
+//! stub
+pub mod request;
+pub mod response;
+pub mod suppress;

@@ -1,0 +1,178 @@
+//! Per-worker counters and histograms, and the rate limiter used for repeated warnings.
+//!
+//! May depend on: std, hdrhistogram. Each worker owns one [`WorkerStats`]; only that worker
+//! writes it (relaxed atomics on its own cache lines, so no contention and no locks on the
+//! hot path); readers (the admin endpoint, tests) sum the workers' values off the hot path.
+//!
+//! Invariant: a counter only ever increases; gauges are derived (e.g. active connections =
+//! accepted − closed).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+macro_rules! counters {
+    ($( $variant:ident => $name:literal, $help:literal; )*) => {
+        /// Every counter a worker keeps. The Prometheus name is the Java proxy's where one
+        /// exists, so dashboards carry over.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter { $( $variant, )* }
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[ $( Counter::$variant, )* ];
+            pub fn name(self) -> &'static str { match self { $( Counter::$variant => $name, )* } }
+            pub fn help(self) -> &'static str { match self { $( Counter::$variant => $help, )* } }
+        }
+    };
+}
+
+counters! {
+    ConnAccepted => "connectionsAccepted", "client connections accepted";
+    ConnClosed => "connectionsClosed", "client connections closed (any reason)";
+    ConnClosedClient => "connectionsClosedByClient", "connections the client ended (FIN)";
+    ConnClosedUpstream => "connectionsClosedByUpstream", "connections the destination ended";
+    ConnClosedError => "connectionsClosedOnError", "connections ended by an I/O or protocol error";
+    ConnClosedTimeout => "connectionsClosedOnTimeout", "connections ended by an idle or head timeout";
+    ConnClosedDrain => "connectionsClosedOnDrain", "connections closed by graceful shutdown";
+    BytesRead => "bytesRead", "bytes received from clients";
+    BytesWritten => "bytesWritten", "bytes sent to clients";
+    Requests => "requests", "complete requests received";
+    RequestsMutating => "requestsMutating", "complete POST/PUT/DELETE/PATCH requests";
+    FullRequest => "fullRequest", "captured requests (end-of-message markers written)";
+    CaptureSuppressed => "captureSuppressed", "requests forwarded but not captured";
+    RequestDropped => "requestDropped", "suppressed requests that left a requestDropped marker";
+    BlockingRequest => "blockingRequest", "mutating requests held until their record was committed";
+    HoldFailed => "holdFailed", "held requests whose record failed or timed out";
+    HoldRejected => "holdRejected", "held requests answered 503 under --capture-failure-policy reject";
+    RecordsEmitted => "captureRecords", "TrafficStream records handed to the sink";
+    RecordBytes => "captureRecordBytes", "bytes of TrafficStream records handed to the sink";
+    RecordsCommitted => "kafkaCommitCount", "records acknowledged by the sink";
+    RecordsLost => "captureRecordsLost", "records the sink could not commit";
+    UpstreamConnectFailed => "upstreamConnectFailed", "destination connects that failed (502)";
+    UpstreamReset => "upstreamErrors", "destination I/O errors in mid-exchange";
+    UpstreamMalformed => "upstreamMalformedResponses", "responses the framer rejected";
+    ClientErrors => "clientErrors", "client I/O errors (resets)";
+    Malformed => "malformedRequests", "requests answered 400";
+    HeadTooLarge => "requestHeadTooLarge", "requests answered 431";
+    HeadTimeout => "requestHeadTimeouts", "requests answered 408 (slow head)";
+    IdleTimeout => "clientIdleTimeouts", "connections closed as idle";
+    Http2Passthrough => "http2Passthrough", "connections that sent the HTTP/2 preface (forwarded, not captured)";
+    SinkBackpressure => "sinkBackpressureWaits", "times a connection paused reading because the sink queue was full";
+}
+
+const N_COUNTERS: usize = Counter::ALL.len();
+
+/// One worker's counters.
+#[derive(Debug)]
+pub struct WorkerStats {
+    values: [AtomicU64; N_COUNTERS],
+    /// Histograms (microseconds), written by the owner, merged by readers.
+    pub upstream_response_us: Mutex<hdrhistogram::Histogram<u64>>,
+    pub hold_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_response_us: Mutex::new(new_histogram()),
+            hold_us: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// 1 µs .. 1 hour at 2 significant digits: ~20 KiB per histogram.
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    match hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2) {
+        Ok(h) => h,
+        Err(_) => hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_hist()),
+    }
+}
+
+fn unreachable_hist() -> hdrhistogram::Histogram<u64> {
+    // new(2) only fails for sigfig > 5; kept total for the no-panic rule.
+    hdrhistogram::Histogram::new(3).unwrap_or_else(|_| std::process::abort())
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        if let Some(v) = self.values.get(c as usize) {
+            v.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    #[inline]
+    pub fn inc(&self, c: Counter) {
+        self.add(c, 1)
+    }
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values.get(c as usize).map_or(0, |v| v.load(Ordering::Relaxed))
+    }
+    /// Records a duration in a histogram without blocking (skips if a reader holds it).
+    pub fn record(&self, h: &Mutex<hdrhistogram::Histogram<u64>>, d: Duration) {
+        if let Ok(mut g) = h.try_lock() {
+            let _ = g.record(d.as_micros().min(u128::from(u64::MAX)) as u64);
+        }
+    }
+}
+
+/// Sums a counter over workers.
+pub fn total(workers: &[std::sync::Arc<WorkerStats>], c: Counter) -> u64 {
+    workers.iter().map(|w| w.get(c)).sum()
+}
+
+/// Allows one event per `period`, counting the ones it suppressed.
+#[derive(Debug)]
+pub struct RateLimit {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(period: Duration) -> Self {
+        RateLimit { period, last: None, suppressed: 0 }
+    }
+    /// `Some(number suppressed since the last allowed one)` when this one may be logged.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_and_names_unique() {
+        let s = WorkerStats::default();
+        s.inc(Counter::Requests);
+        s.add(Counter::BytesRead, 10);
+        assert_eq!(s.get(Counter::Requests), 1);
+        assert_eq!(s.get(Counter::BytesRead), 10);
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let mut r = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        r.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(r.allow(), Some(2));
+    }
+}

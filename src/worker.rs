@@ -1,0 +1,740 @@
+//! Per-core state and the worker's background tasks: the accept loop, the batcher that hands
+//! finished capture records to the sink, the ack router, and the sweeper (time-based capture
+//! flush, idle/head timeouts, graceful drain).
+//!
+//! May depend on: `conn` (spawned per connection), `handoff`, `capture::builder`, `stats`.
+//! Everything here is owned by one thread (`Rc`, `Cell`, `RefCell`); the only cross-thread
+//! edges are the batch queue out and the inbox (acks + returned buffers) in.
+//!
+//! Invariants: no borrow of a `RefCell` here is held across an `.await`; a record handed to
+//! `Emit` reaches the sink in order per connection (one FIFO batch per worker, one FIFO queue).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, Canceller};
+
+use crate::capture::builder::{CaptureSettings, FinishedRecord, RecordOut};
+use crate::config::{FailurePolicy, SuppressConfig};
+use crate::handoff::{Batch, BatchSender, ConnRef, FailKind, Inbox, Outcome, Record, Returned};
+use crate::stats::{Counter, RateLimit, WorkerStats};
+
+/// Immutable settings shared by every worker (built once from `Config`).
+#[derive(Debug)]
+pub struct Settings {
+    pub node_id: Arc<str>,
+    /// `None` under `--noCapture`.
+    pub capture: Option<Arc<CaptureSettings>>,
+    pub destination: Vec<std::net::SocketAddr>,
+    pub suppress: SuppressConfig,
+    pub suppress_any: bool,
+    pub flush_interval: Duration,
+    pub ack_timeout: Duration,
+    pub failure_policy: FailurePolicy,
+    pub client_idle_timeout: Option<Duration>,
+    pub request_head_timeout: Option<Duration>,
+    pub tcp_keepalive: Option<Duration>,
+    pub drain_timeout: Duration,
+    /// Per-worker share of `--max-connections`.
+    pub max_connections_per_worker: Option<usize>,
+    pub max_head_bytes: usize,
+}
+
+/// Size of one I/O buffer (bytes), for each direction of a connection. 64 KiB: large enough
+/// that a 1 MiB body moves in 16 reads (syscall cost amortised) and a typical search
+/// response in one; small enough that a pool of a few hundred stays in L2/L3-friendly sizes.
+pub const IO_BUF_BYTES: usize = 64 * 1024;
+/// Most idle I/O buffers a worker keeps for reuse (beyond that they are freed): 512 × 64 KiB
+/// = 32 MiB per worker at most.
+const IO_POOL_MAX: usize = 512;
+/// Most idle record buffers a worker keeps.
+const RECORD_POOL_MAX: usize = 1024;
+/// Hand a batch over once it holds this many bytes of records (bytes). 256 KiB amortises
+/// the queue operation and the sink's write over many records without delaying much.
+pub const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// Otherwise hand it over within this time (µs), per the design ("about a millisecond").
+const BATCH_LINGER: Duration = Duration::from_micros(1000);
+/// Sweeper period (ms): granularity of the time-based flush and of timeouts.
+const SWEEP_MS: u64 = 100;
+
+/// Drain/stop flags set from outside the worker (main thread on SIGTERM).
+#[derive(Debug, Default)]
+pub struct Control {
+    pub drain: AtomicBool,
+    pub abort: AtomicBool,
+}
+
+/// Single-waiter local notification (no allocation, no cross-thread use).
+#[derive(Default)]
+pub struct Signal {
+    flag: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Why a connection was asked to stop from outside its own loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Drain,
+    IdleTimeout,
+    HeadTimeout,
+    Abort,
+    /// The other direction ended; this one should finish.
+    PeerDone,
+}
+
+/// State of one connection shared by its two directions and the worker (sweeper, acks).
+pub struct ConnState {
+    pub conn: ConnRef,
+    pub key: Arc<str>,
+    pub capture: RefCell<Option<crate::capture::builder::StreamBuilder>>,
+    /// Tick (ms) of the oldest unflushed observation, if any.
+    pub unflushed_since: Cell<Option<u64>>,
+    pub last_activity: Cell<u64>,
+    /// Tick when the current request's first byte arrived while its head is incomplete.
+    pub head_started: Cell<Option<u64>>,
+    /// The request side is between requests.
+    pub req_idle: Cell<bool>,
+    /// Forwarded requests whose final response has not completed.
+    pub outstanding: Cell<usize>,
+    /// Record number a held request waits for, and its outcome once known.
+    pub hold: Cell<Option<u32>>,
+    pub hold_outcome: Cell<Option<Outcome>>,
+    pub hold_waker: Cell<Option<Waker>>,
+    pub c2u_cancel: RefCell<Canceller>,
+    pub u2c_cancel: RefCell<Canceller>,
+    pub c2u_stop: Cell<Option<StopReason>>,
+    pub u2c_stop: Cell<Option<StopReason>>,
+}
+
+impl ConnState {
+    /// Stops the client→upstream direction (its in-flight and future cancellable ops).
+    pub fn stop_c2u(&self, why: StopReason) {
+        if self.c2u_stop.get().is_none() {
+            self.c2u_stop.set(Some(why));
+        }
+        let c = std::mem::take(&mut *self.c2u_cancel.borrow_mut());
+        *self.c2u_cancel.borrow_mut() = c.cancel();
+    }
+    pub fn stop_u2c(&self, why: StopReason) {
+        if self.u2c_stop.get().is_none() {
+            self.u2c_stop.set(Some(why));
+        }
+        let c = std::mem::take(&mut *self.u2c_cancel.borrow_mut());
+        *self.u2c_cancel.borrow_mut() = c.cancel();
+    }
+    pub fn c2u_handle(&self) -> monoio::io::CancelHandle {
+        self.c2u_cancel.borrow().handle()
+    }
+    pub fn u2c_handle(&self) -> monoio::io::CancelHandle {
+        self.u2c_cancel.borrow().handle()
+    }
+    pub fn is_exchange_idle(&self) -> bool {
+        self.req_idle.get() && self.outstanding.get() == 0 && self.hold.get().is_none()
+    }
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Rc<ConnState>>,
+}
+
+/// Finished records waiting for hand-off, and the pools that make steady state allocation-free.
+struct Batcher {
+    records: Vec<Record>,
+    bytes: usize,
+    /// A held request waits on a record in `records`: hand over without lingering.
+    urgent: bool,
+    /// Batches the sink queue refused (full); retried first, in order.
+    pending: VecDeque<Batch>,
+    record_bufs: Vec<Vec<u8>>,
+    record_vecs: Vec<Vec<Record>>,
+}
+
+/// Per-worker context, shared by all tasks of the worker through `Rc`.
+pub struct Ctx {
+    pub id: u16,
+    pub settings: Arc<Settings>,
+    pub stats: Arc<WorkerStats>,
+    sender: BatchSender,
+    inbox: Arc<Inbox>,
+    control: Arc<Control>,
+    slots: RefCell<Vec<Slot>>,
+    free_slots: RefCell<Vec<u32>>,
+    batch: RefCell<Batcher>,
+    flush_signal: Signal,
+    io_pool: RefCell<Vec<Vec<u8>>>,
+    start: Instant,
+    tick: Cell<u64>,
+    pub draining: Cell<bool>,
+    active: Cell<usize>,
+    conn_seq: Cell<u64>,
+    /// Woken when a connection closes (accept loop waits on it at the connection limit) and
+    /// when the worker may be done.
+    conn_closed: Signal,
+    lost_warn: RefCell<RateLimit>,
+    drained: Signal,
+    accept_cancel: RefCell<Canceller>,
+}
+
+impl Ctx {
+    pub fn new(
+        id: u16,
+        settings: Arc<Settings>,
+        stats: Arc<WorkerStats>,
+        sender: BatchSender,
+        inbox: Arc<Inbox>,
+        control: Arc<Control>,
+    ) -> Rc<Ctx> {
+        Rc::new(Ctx {
+            id,
+            settings,
+            stats,
+            sender,
+            inbox,
+            control,
+            slots: RefCell::new(Vec::new()),
+            free_slots: RefCell::new(Vec::new()),
+            batch: RefCell::new(Batcher {
+                records: Vec::with_capacity(256),
+                bytes: 0,
+                urgent: false,
+                pending: VecDeque::new(),
+                record_bufs: Vec::new(),
+                record_vecs: Vec::new(),
+            }),
+            flush_signal: Signal::default(),
+            io_pool: RefCell::new(Vec::new()),
+            start: Instant::now(),
+            tick: Cell::new(0),
+            draining: Cell::new(false),
+            active: Cell::new(0),
+            conn_seq: Cell::new(0),
+            conn_closed: Signal::default(),
+            lost_warn: RefCell::new(RateLimit::new(Duration::from_secs(10))),
+            drained: Signal::default(),
+            accept_cancel: RefCell::new(Canceller::new()),
+        })
+    }
+
+    /// Coarse monotonic clock (ms since the worker started), updated by the sweeper and on
+    /// connection activity; cheap to read.
+    pub fn now_ms(&self) -> u64 {
+        self.tick.get()
+    }
+
+    /// Refreshes the coarse clock (one clock read).
+    pub fn refresh_now(&self) -> u64 {
+        let t = self.start.elapsed().as_millis() as u64;
+        self.tick.set(t);
+        t
+    }
+
+    pub fn take_io_buf(&self) -> Vec<u8> {
+        self.io_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(IO_BUF_BYTES))
+    }
+
+    pub fn put_io_buf(&self, mut b: Vec<u8>) {
+        let mut p = self.io_pool.borrow_mut();
+        if p.len() < IO_POOL_MAX && b.capacity() >= IO_BUF_BYTES {
+            b.clear();
+            p.push(b);
+        }
+    }
+
+    /// Registers a new connection and returns its shared state.
+    pub fn register(&self) -> Rc<ConnState> {
+        let seq = self.conn_seq.get() + 1;
+        self.conn_seq.set(seq);
+        let slot = self.free_slots.borrow_mut().pop();
+        let mut slots = self.slots.borrow_mut();
+        let (slot, generation) = match slot.and_then(|s| slots.get(s as usize).map(|e| (s, e))) {
+            Some((s, e)) => (s, e.generation.wrapping_add(1)),
+            None => {
+                slots.push(Slot { generation: 0, conn: None });
+                ((slots.len() - 1) as u32, 0)
+            }
+        };
+        let conn = ConnRef { worker: self.id, slot, generation };
+        let key: Arc<str> = Arc::from(connection_id(&self.settings.node_id, self.id, seq).as_str());
+        let capture = self.settings.capture.as_ref().map(|s| {
+            crate::capture::builder::StreamBuilder::new(key.clone(), s.clone())
+        });
+        let now = self.now_ms();
+        let st = Rc::new(ConnState {
+            conn,
+            key,
+            capture: RefCell::new(capture),
+            unflushed_since: Cell::new(None),
+            last_activity: Cell::new(now),
+            head_started: Cell::new(None),
+            req_idle: Cell::new(true),
+            outstanding: Cell::new(0),
+            hold: Cell::new(None),
+            hold_outcome: Cell::new(None),
+            hold_waker: Cell::new(None),
+            c2u_cancel: RefCell::new(Canceller::new()),
+            u2c_cancel: RefCell::new(Canceller::new()),
+            c2u_stop: Cell::new(None),
+            u2c_stop: Cell::new(None),
+        });
+        if let Some(e) = slots.get_mut(slot as usize) {
+            e.generation = generation;
+            e.conn = Some(st.clone());
+        }
+        self.active.set(self.active.get() + 1);
+        self.stats.inc(Counter::ConnAccepted);
+        st
+    }
+
+    pub fn unregister(&self, st: &ConnState) {
+        if let Some(e) = self.slots.borrow_mut().get_mut(st.conn.slot as usize) {
+            if e.generation == st.conn.generation {
+                e.conn = None;
+                self.free_slots.borrow_mut().push(st.conn.slot);
+            }
+        }
+        self.active.set(self.active.get().saturating_sub(1));
+        self.stats.inc(Counter::ConnClosed);
+        self.conn_closed.notify();
+    }
+
+    /// Runs `f` with the connection's capture builder and an emitter, if capturing.
+    /// Returns `None` when this connection does not capture.
+    pub fn with_capture<R>(
+        &self,
+        st: &ConnState,
+        f: impl FnOnce(&mut crate::capture::builder::StreamBuilder, &mut Emit<'_>) -> R,
+    ) -> Option<R> {
+        let mut cap = st.capture.borrow_mut();
+        let b = cap.as_mut()?;
+        let mut batch = self.batch.borrow_mut();
+        let mut e = Emit { b: &mut batch, conn: st.conn, key: &st.key, stats: &self.stats, emitted: 0 };
+        let r = f(b, &mut e);
+        let emitted = e.emitted;
+        drop(e);
+        drop(batch);
+        if b.has_unflushed() {
+            if st.unflushed_since.get().is_none() {
+                st.unflushed_since.set(Some(self.now_ms()));
+            }
+        } else {
+            st.unflushed_since.set(None);
+        }
+        drop(cap);
+        if emitted > 0 {
+            self.records_added();
+        }
+        Some(r)
+    }
+
+    fn records_added(&self) {
+        let full = self.batch.borrow().bytes >= BATCH_MAX_BYTES;
+        if full {
+            self.hand_over();
+        } else {
+            self.flush_signal.notify();
+        }
+    }
+
+    /// Marks the current batch urgent (a held request waits on it) and wakes the flusher.
+    pub fn urgent_flush(&self) {
+        self.batch.borrow_mut().urgent = true;
+        self.flush_signal.notify();
+    }
+
+    /// Hands the current batch (and any refused ones) to the sink queue, without blocking.
+    fn hand_over(&self) {
+        let mut b = self.batch.borrow_mut();
+        if !b.records.is_empty() {
+            let fresh = b.record_vecs.pop().unwrap_or_else(|| Vec::with_capacity(256));
+            let records = std::mem::replace(&mut b.records, fresh);
+            b.bytes = 0;
+            b.pending.push_back(Batch { worker: self.id, records });
+        }
+        b.urgent = false;
+        while let Some(batch) = b.pending.pop_front() {
+            if let Err(back) = self.sender.try_send(batch) {
+                b.pending.push_front(back);
+                break;
+            }
+        }
+    }
+
+    /// True while batches are waiting because the sink queue is full.
+    pub fn sink_congested(&self) -> bool {
+        !self.batch.borrow().pending.is_empty()
+    }
+
+    /// Waits until the sink queue takes our batches again (polling every millisecond).
+    pub async fn wait_uncongested(&self) {
+        self.stats.inc(Counter::SinkBackpressure);
+        while self.sink_congested() {
+            monoio::time::sleep(BATCH_LINGER).await;
+            self.hand_over();
+        }
+    }
+
+    /// Waits for the ack of record `number` of `st` (set as `st.hold` by the caller).
+    pub async fn wait_hold(&self, st: &ConnState) -> Outcome {
+        let fut = poll_fn(|cx| match st.hold_outcome.take() {
+            Some(o) => Poll::Ready(o),
+            None => {
+                st.hold_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        });
+        let r = match monoio::time::timeout(self.settings.ack_timeout, fut).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Failed(FailKind::Timeout),
+        };
+        st.hold.set(None);
+        st.hold_outcome.set(None);
+        st.hold_waker.set(None);
+        r
+    }
+
+    fn handle_returned(&self, r: &mut Returned) {
+        {
+            let mut b = self.batch.borrow_mut();
+            for buf in r.buffers.drain(..) {
+                if b.record_bufs.len() < RECORD_POOL_MAX {
+                    b.record_bufs.push(buf);
+                }
+            }
+            for v in r.record_vecs.drain(..) {
+                if b.record_vecs.len() < 16 && v.is_empty() {
+                    b.record_vecs.push(v);
+                }
+            }
+        }
+        for ack in r.acks.drain(..) {
+            let st = {
+                let slots = self.slots.borrow();
+                slots
+                    .get(ack.conn.slot as usize)
+                    .filter(|s| s.generation == ack.conn.generation)
+                    .and_then(|s| s.conn.clone())
+            };
+            match ack.outcome {
+                Outcome::Committed => self.stats.inc(Counter::RecordsCommitted),
+                Outcome::Failed(kind) => {
+                    self.stats.inc(Counter::RecordsLost);
+                    if let Some(suppressed) = self.lost_warn.borrow_mut().allow() {
+                        tracing::warn!(
+                            record = ack.number,
+                            reason = kind.as_str(),
+                            suppressed,
+                            "capture record lost"
+                        );
+                    }
+                }
+            }
+            let Some(st) = st else { continue };
+            if let Outcome::Failed(kind) = ack.outcome {
+                // Never silent: the connection's next record names the lost one.
+                let mut msg = [0u8; 96];
+                let text = lost_message(&mut msg, ack.number, kind);
+                let ts = crate::capture::encode::Timestamp::now();
+                self.with_capture(&st, |b, e| b.connection_exception(ts, text, e));
+            }
+            if st.hold.get() == Some(ack.number) {
+                st.hold_outcome.set(Some(ack.outcome));
+                if let Some(w) = st.hold_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// The sweeper's per-tick work.
+    fn sweep(&self) {
+        let now = self.refresh_now();
+        let s = &self.settings;
+        let flush_ms = s.flush_interval.as_millis() as u64;
+        let idle_ms = s.client_idle_timeout.map(|d| d.as_millis() as u64);
+        let head_ms = s.request_head_timeout.map(|d| d.as_millis() as u64);
+        let draining = self.draining.get();
+        let conns: Vec<Rc<ConnState>> = Vec::new();
+        let _ = conns;
+        let n = self.slots.borrow().len();
+        for i in 0..n {
+            let st = match self.slots.borrow().get(i).and_then(|s| s.conn.clone()) {
+                Some(c) => c,
+                None => continue,
+            };
+            if let Some(since) = st.unflushed_since.get() {
+                if now.saturating_sub(since) >= flush_ms {
+                    self.with_capture(&st, |b, e| b.flush(e));
+                }
+            }
+            if draining && st.is_exchange_idle() {
+                st.stop_c2u(StopReason::Drain);
+                continue;
+            }
+            if let (Some(limit), Some(started)) = (head_ms, st.head_started.get()) {
+                if now.saturating_sub(started) >= limit {
+                    st.stop_c2u(StopReason::HeadTimeout);
+                    continue;
+                }
+            }
+            if let Some(limit) = idle_ms {
+                if st.is_exchange_idle() && now.saturating_sub(st.last_activity.get()) >= limit {
+                    st.stop_c2u(StopReason::IdleTimeout);
+                }
+            }
+        }
+    }
+
+    fn abort_all(&self) {
+        let conns: Vec<Rc<ConnState>> =
+            self.slots.borrow().iter().filter_map(|s| s.conn.clone()).collect();
+        for st in conns {
+            st.stop_c2u(StopReason::Abort);
+            st.stop_u2c(StopReason::Abort);
+        }
+    }
+
+    fn begin_drain(&self) {
+        if !self.draining.replace(true) {
+            let c = std::mem::take(&mut *self.accept_cancel.borrow_mut());
+            *self.accept_cancel.borrow_mut() = c.cancel();
+            self.sweep();
+            self.drained.notify();
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.get()
+    }
+}
+
+fn lost_message(buf: &mut [u8; 96], number: u32, kind: FailKind) -> &str {
+    use std::io::Write;
+    let len = {
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cur, "capture record {number} of this connection was lost: {}", kind.as_str());
+        cur.position() as usize
+    };
+    std::str::from_utf8(buf.get(..len).unwrap_or(&[])).unwrap_or("capture record lost")
+}
+
+/// Connection ids: unique within a node id (the process run). Worker and sequence make them
+/// unique; the node id prefix makes them readable in logs next to other nodes' ids.
+fn connection_id(node_id: &str, worker: u16, seq: u64) -> String {
+    let prefix = node_id.get(..8).unwrap_or(node_id);
+    format!("{prefix}-{worker:04x}-{seq:012x}")
+}
+
+/// The builder's view of the worker: buffers from the pool, finished records into the batch.
+pub struct Emit<'a> {
+    b: &'a mut Batcher,
+    conn: ConnRef,
+    key: &'a Arc<str>,
+    stats: &'a WorkerStats,
+    emitted: usize,
+}
+
+impl RecordOut for Emit<'_> {
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.b.record_bufs.pop().unwrap_or_default()
+    }
+    fn emit(&mut self, rec: FinishedRecord) {
+        self.stats.inc(Counter::RecordsEmitted);
+        self.stats.add(Counter::RecordBytes, rec.value.len() as u64);
+        self.b.bytes += rec.value.len();
+        self.b.records.push(Record {
+            conn: self.conn,
+            key: self.key.clone(),
+            number: rec.number,
+            is_final: rec.is_final,
+            value: rec.value,
+        });
+        self.emitted += 1;
+    }
+}
+
+/// The flusher: hands the batch over when records wait, after at most `BATCH_LINGER`, or
+/// right after the current round of ready tasks when a held request waits on it.
+async fn flusher(ctx: Rc<Ctx>) {
+    loop {
+        ctx.flush_signal.wait().await;
+        let urgent = ctx.batch.borrow().urgent;
+        if urgent {
+            // Let the other ready tasks add their records to this batch first.
+            yield_once().await;
+        } else {
+            monoio::time::sleep(BATCH_LINGER).await;
+        }
+        ctx.hand_over();
+        if ctx.sink_congested() {
+            // Retry the refused batches soon.
+            ctx.flush_signal.notify();
+        }
+    }
+}
+
+/// Lets every other ready task of this worker run once before continuing.
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Reads the wake socket and processes acks, returned buffers and control changes.
+async fn ack_router(ctx: Rc<Ctx>, wake: std::os::unix::net::UnixStream) {
+    let mut sock = match monoio::net::UnixStream::from_std(wake) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, worker = ctx.id, "cannot register the wake socket");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64];
+    let mut spare = Returned::default();
+    loop {
+        let (res, b) = sock.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while ctx.inbox.take(&mut spare) {
+            ctx.handle_returned(&mut spare);
+            spare.acks.clear();
+        }
+        if ctx.inbox.take_control() {
+            if ctx.control.abort.load(Ordering::Acquire) {
+                ctx.begin_drain();
+                ctx.abort_all();
+            } else if ctx.control.drain.load(Ordering::Acquire) {
+                ctx.begin_drain();
+            }
+        }
+    }
+}
+
+async fn sweeper(ctx: Rc<Ctx>) {
+    loop {
+        monoio::time::sleep(Duration::from_millis(SWEEP_MS)).await;
+        ctx.sweep();
+        if ctx.draining.get() {
+            ctx.drained.notify();
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<Ctx>, listener: monoio::net::TcpListener) {
+    loop {
+        if ctx.draining.get() {
+            return;
+        }
+        if let Some(max) = ctx.settings.max_connections_per_worker {
+            while ctx.active() >= max && !ctx.draining.get() {
+                ctx.conn_closed.wait().await;
+            }
+        }
+        let handle = ctx.accept_cancel.borrow().handle();
+        match listener.cancelable_accept(handle).await {
+            Ok((stream, peer)) => {
+                let c = ctx.clone();
+                monoio::spawn(crate::conn::serve(c, stream, peer));
+            }
+            Err(e) => {
+                if ctx.draining.get() {
+                    return;
+                }
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, worker = ctx.id, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Runs the worker until it has drained: spawns the background tasks, accepts, and returns
+/// once draining has finished (all connections closed, every record handed to the sink).
+pub async fn run(
+    ctx: Rc<Ctx>,
+    listeners: Vec<std::net::TcpListener>,
+    wake: std::os::unix::net::UnixStream,
+    ready: impl FnOnce(Result<(), String>),
+) {
+    let mut ls = Vec::new();
+    for l in listeners {
+        match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => ls.push(l),
+            Err(e) => {
+                ready(Err(format!("cannot register listener: {e}")));
+                return;
+            }
+        }
+    }
+    monoio::spawn(flusher(ctx.clone()));
+    monoio::spawn(ack_router(ctx.clone(), wake));
+    monoio::spawn(sweeper(ctx.clone()));
+    for l in ls {
+        monoio::spawn(accept_loop(ctx.clone(), l));
+    }
+    ctx.refresh_now();
+    ready(Ok(()));
+    // Wait for drain to start, then for the connections to finish (bounded).
+    while !ctx.draining.get() {
+        ctx.drained.wait().await;
+    }
+    let deadline = Instant::now() + ctx.settings.drain_timeout;
+    let mut aborted = false;
+    loop {
+        if ctx.active() == 0 {
+            break;
+        }
+        if !aborted && Instant::now() >= deadline {
+            tracing::warn!(worker = ctx.id, open = ctx.active(), "drain timeout: closing connections");
+            ctx.abort_all();
+            aborted = true;
+        }
+        ctx.drained.wait().await;
+    }
+    // Every connection wrote its final record; hand everything over.
+    ctx.hand_over();
+    while ctx.sink_congested() {
+        monoio::time::sleep(BATCH_LINGER).await;
+        ctx.hand_over();
+    }
+}
