@@ -12,6 +12,7 @@
 //!
 //! Start the whole proxy in-process with [`runtime::start`] (tests and benches do, on port 0).
 
+pub mod admin;
 pub mod capture;
 pub mod cli;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod conn;
 pub mod handoff;
 pub mod http1;
 pub mod inspect;
+pub mod notify;
 pub mod runtime;
 pub mod sink;
 pub mod stats;

@@ -87,19 +87,56 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// Waits for one of the blocked signals; `None` when `timeout` passed first (watchdog ping).
+fn wait_signal(set: &libc::sigset_t, timeout: Option<std::time::Duration>) -> Option<libc::c_int> {
+    loop {
+        let rc = match timeout {
+            Some(t) => {
+                let ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as libc::c_long,
+                };
+                // SAFETY: valid set and timespec; a null siginfo pointer is allowed.
+                unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) }
+            }
+            None => {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is a valid signal set; sigwait writes the signal number.
+                match unsafe { libc::sigwait(set, &mut sig) } {
+                    0 => sig,
+                    _ => -1,
+                }
+            }
+        };
+        if rc > 0 {
+            return Some(rc);
+        }
+        if timeout.is_some() && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+            return None;
+        }
+    }
+}
+
 fn run(cfg: capture_proxy::config::Config) -> anyhow::Result<()> {
     let set = block_signals();
+    let env = |k: &str| std::env::var(k).ok();
+    let notifier = capture_proxy::notify::Notifier::from_env(&env);
     let handle = capture_proxy::start(cfg).context("start-up failed")?;
     for a in handle.local_addrs() {
         tracing::info!(addr = %a, node_id = handle.node_id(), io = handle.io_driver(), "listening");
     }
+    if let Some(a) = handle.admin_addr() {
+        tracing::info!(addr = %a, "admin endpoint listening");
+    }
+    notifier.ready("listening");
     loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is a valid signal set; sigwait writes the signal number.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc != 0 {
-            continue;
-        }
+        let sig = match wait_signal(&set, notifier.watchdog_interval()) {
+            Some(s) => s,
+            None => {
+                notifier.watchdog();
+                continue;
+            }
+        };
         match sig {
             libc::SIGHUP => {
                 tracing::info!("SIGHUP: nothing to reload in this build");
@@ -110,6 +147,7 @@ fn run(cfg: capture_proxy::config::Config) -> anyhow::Result<()> {
             }
         }
     }
+    notifier.stopping();
     handle.shutdown();
     tracing::info!("shutdown complete");
     Ok(())

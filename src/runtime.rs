@@ -58,6 +58,8 @@ pub struct Handle {
     pub worker_stats: Vec<Arc<WorkerStats>>,
     pub sink_stats: Arc<SinkStats>,
     driver: &'static str,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Handle {
@@ -73,6 +75,11 @@ impl Handle {
         self.driver
     }
 
+    /// The admin endpoint's bound address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Sum of one counter over all workers.
     pub fn counter(&self, c: crate::stats::Counter) -> u64 {
         crate::stats::total(&self.worker_stats, c)
@@ -81,6 +88,7 @@ impl Handle {
     /// Graceful shutdown: stop accepting, let in-flight exchanges finish (bounded by
     /// `--drain-timeout`), write every connection's final record, flush and sync the sink.
     pub fn shutdown(mut self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
         for (c, i) in self.controls.iter().zip(&self.inboxes) {
             c.drain.store(true, std::sync::atomic::Ordering::Release);
             i.poke_control();
@@ -355,6 +363,22 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         workers.push(h);
     }
     drop(ready_tx);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin_addr = match cfg.admin_listen {
+        Some(addr) => Some(
+            crate::admin::start(
+                addr,
+                crate::admin::AdminState {
+                    workers: worker_stats.clone(),
+                    sink: sink_stats.clone(),
+                    draining: draining.clone(),
+                    node_id: node_id.clone(),
+                },
+            )
+            .map_err(|source| StartError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     let handle = Handle {
         addrs,
         node_id,
@@ -366,6 +390,8 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         worker_stats,
         sink_stats,
         driver: if driver { "io_uring" } else { "epoll" },
+        draining,
+        admin_addr,
     };
     for _ in 0..nworkers {
         match ready_rx.recv() {

@@ -1,11 +1,830 @@
-//! STUB
-use std::path::Path;
-#[derive(Debug, thiserror::Error)]
-pub enum FileSinkError { #[error("io")] Io }
-pub struct FileSink;
+//! File sink: writes `TrafficStream` records to local trace files, one record per line, the
+//! line being the standard base64 (with padding) of the serialized record followed by `\n`
+//! (capture-format.md, "Other encodings"; the Replayer's file input reads exactly this).
+//! Also the read side of that format (`list_trace_files`, `read_trace_lines`) for `inspect`.
+//!
+//! Owns: trace file naming (`capture-<node_id>-<seq:06>.log`), size-based rotation, the write
+//! buffer and the commit/fsync points. Runs on the single sink thread, never on a worker.
+//! Depends only on std, `base64`, `thiserror` and `tracing`.
+//!
+//! Invariants:
+//! - An existing file is never overwritten or appended to: every file is created with
+//!   `create_new`, and a new `FileSink` starts after the highest sequence number already in the
+//!   directory for its node id.
+//! - A file only ever contains whole lines written by one sink, in append order; after an I/O
+//!   error the sink abandons the file (it may end in a torn line) and continues in a new one,
+//!   so a torn line can never merge with a later record.
+//! - Once `commit` returns `Ok`, every record appended so far is in the kernel (survives a
+//!   process crash); once `sync` (or a rotation) returns `Ok`, it is on disk.
+//! - Steady state allocates nothing per record: the base64 line buffer is reused (it keeps the
+//!   capacity of the largest record seen, at most about 4/3 of `--maxTrafficBufferSize`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+/// Capacity of the `BufWriter` in front of the current file, in bytes. A batch of typical
+/// records (a few KiB each) is pushed with a handful of `write(2)` calls at `commit`; a line
+/// larger than this bypasses the buffer and is written directly, so it bounds memory, not
+/// record size. 256 KiB keeps syscalls rare without holding much uncommitted data.
+pub const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// How many successive sequence numbers `open`/rotation try when the chosen file name already
+/// exists (only possible if another process writes the same node id into the same directory).
+/// Small because a collision is already a misconfiguration; we fail loudly rather than scan.
+const MAX_CREATE_ATTEMPTS: u32 = 16;
+
+/// Width of the zero-padded sequence number in file names (`capture-<node>-000001.log`) so
+/// that names of one node sort lexically in order up to a million files.
+const SEQ_WIDTH: usize = 6;
+
+const FILE_PREFIX: &str = "capture-";
+const FILE_SUFFIX: &str = ".log";
+
+/// Errors of the writer side.
+#[derive(thiserror::Error, Debug)]
+pub enum FileSinkError {
+    #[error("trace file {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "trace file {}: an append failed since the last commit; those records are not committed",
+        .path.display()
+    )]
+    AppendFailed { path: PathBuf },
+    #[error(
+        "node id {0:?} cannot be used in a trace file name (allowed: ASCII letters, digits, '-', '_', '.')"
+    )]
+    InvalidNodeId(String),
+    #[error(
+        "no free trace file name for node {node_id} in {} after {attempts} attempts \
+         (is another process writing the same node id here?)",
+        .dir.display()
+    )]
+    NoFreeName {
+        dir: PathBuf,
+        node_id: String,
+        attempts: u32,
+    },
+}
+
+fn io_err(path: &Path, source: io::Error) -> FileSinkError {
+    FileSinkError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The file currently being appended to.
+struct CurrentFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    /// Bytes appended to this file so far (buffered or not).
+    bytes: u64,
+}
+
+/// Appends base64 lines to `capture-<node_id>-<seq>.log` files in one directory, rotating by
+/// size. The first file is opened eagerly by `open`, so an unwritable directory is reported at
+/// startup rather than at the first record.
+pub struct FileSink {
+    dir: PathBuf,
+    node_id: String,
+    max_file_bytes: u64,
+    /// Sequence number of the current file, or of the last file used when `current` is None.
+    seq: u64,
+    current: Option<CurrentFile>,
+    /// Reused base64 line buffer (line + `\n`).
+    line: Vec<u8>,
+    bytes_written: u64,
+    records_written: u64,
+    files_rotated: u64,
+    /// Set when an `append` failed since the last `commit`: that `commit` must fail so the
+    /// caller never counts as committed a record whose buffered bytes were discarded.
+    failed_since_commit: Option<PathBuf>,
+}
+
 impl FileSink {
-    pub fn open(_d: &Path, _n: &str, _m: u64) -> Result<Self, FileSinkError> { Ok(FileSink) }
-    pub fn append(&mut self, _v: &[u8]) -> Result<(), FileSinkError> { Ok(()) }
-    pub fn commit(&mut self) -> Result<(), FileSinkError> { Ok(()) }
-    pub fn sync(&mut self) -> Result<(), FileSinkError> { Ok(()) }
+    /// Creates `dir` if missing and opens the first file eagerly, named
+    /// `capture-<node_id>-<seq:06>.log` with `seq` one above the highest existing sequence
+    /// number for this node id in `dir` (1 when there is none). Never overwrites a file.
+    pub fn open(dir: &Path, node_id: &str, max_file_bytes: u64) -> Result<Self, FileSinkError> {
+        if !valid_node_id(node_id) {
+            return Err(FileSinkError::InvalidNodeId(node_id.to_owned()));
+        }
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let mut highest = 0u64;
+        for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let name = entry.file_name();
+            if let Some((node, Some(seq))) = name.to_str().and_then(parse_trace_file_name) {
+                if node == node_id {
+                    highest = highest.max(seq);
+                }
+            }
+        }
+        let mut sink = FileSink {
+            dir: dir.to_path_buf(),
+            node_id: node_id.to_owned(),
+            max_file_bytes,
+            seq: highest,
+            current: None,
+            line: Vec::new(),
+            bytes_written: 0,
+            records_written: 0,
+            files_rotated: 0,
+            failed_since_commit: None,
+        };
+        sink.open_next()?;
+        Ok(sink)
+    }
+
+    /// Appends one record as a base64 line. If the current file already holds data and the
+    /// line would take it past `max_file_bytes`, rotates first (a record larger than the limit
+    /// goes alone into its own file). The line sits in the write buffer until `commit`.
+    ///
+    /// On error the record is not written, the current file is abandoned (the sink continues
+    /// in a new file on the next call) and the next `commit` fails too: every record appended
+    /// since the last successful `commit` counts as not committed (some of them may still
+    /// have reached a file, so a failure can over-report loss, never under-report it).
+    pub fn append(&mut self, value: &[u8]) -> Result<(), FileSinkError> {
+        let result = self.append_inner(value);
+        if result.is_err() && self.failed_since_commit.is_none() {
+            self.failed_since_commit = Some(match &result {
+                Err(FileSinkError::Io { path, .. }) => path.clone(),
+                _ => self.dir.clone(),
+            });
+        }
+        result
+    }
+
+    fn append_inner(&mut self, value: &[u8]) -> Result<(), FileSinkError> {
+        self.encode_line(value);
+        let line_len = self.line.len() as u64;
+        let must_rotate = match &self.current {
+            Some(cur) => cur.bytes > 0 && cur.bytes.saturating_add(line_len) > self.max_file_bytes,
+            None => false,
+        };
+        if must_rotate {
+            self.rotate()?;
+        } else if self.current.is_none() {
+            self.open_next()?;
+        }
+        let Some(cur) = self.current.as_mut() else {
+            // open_next/rotate returned Ok, so a file is open; keep the type system honest.
+            return Err(io_err(
+                &self.dir,
+                io::Error::other("file sink has no open file"),
+            ));
+        };
+        if let Err(e) = cur.writer.write_all(&self.line) {
+            let path = cur.path.clone();
+            self.abandon_current();
+            return Err(io_err(&path, e));
+        }
+        cur.bytes = cur.bytes.saturating_add(line_len);
+        self.bytes_written = self.bytes_written.saturating_add(line_len);
+        self.records_written = self.records_written.saturating_add(1);
+        Ok(())
+    }
+
+    /// Pushes buffered bytes to the OS (`write(2)`). After `Ok`, every record appended since
+    /// the previous `commit` survives a process crash (not a power loss: see `sync`). Called
+    /// at the end of every batch. Fails (`AppendFailed`) when an `append` failed since the
+    /// previous `commit`; either way the next batch starts clean.
+    pub fn commit(&mut self) -> Result<(), FileSinkError> {
+        let failed = self.failed_since_commit.take();
+        if let Some(cur) = self.current.as_mut() {
+            if let Err(e) = cur.writer.flush() {
+                let path = cur.path.clone();
+                self.abandon_current();
+                return Err(io_err(&path, e));
+            }
+        }
+        match failed {
+            Some(path) => Err(FileSinkError::AppendFailed { path }),
+            None => Ok(()),
+        }
+    }
+
+    /// `commit`, then fsync the current file and the directory. Called at shutdown.
+    pub fn sync(&mut self) -> Result<(), FileSinkError> {
+        self.commit()?;
+        if let Some(cur) = self.current.as_mut() {
+            if let Err(e) = cur.writer.get_ref().sync_all() {
+                let path = cur.path.clone();
+                self.abandon_current();
+                return Err(io_err(&path, e));
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Path of the file currently appended to (None only after an I/O error, until the next
+    /// `append` opens a new file).
+    pub fn current_path(&self) -> Option<&Path> {
+        self.current.as_ref().map(|c| c.path.as_path())
+    }
+
+    /// Total bytes successfully appended (base64 lines including `\n`), over all files;
+    /// includes bytes a later failed `commit` did not commit.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Total records successfully appended, over all files (same caveat).
+    pub fn records_written(&self) -> u64 {
+        self.records_written
+    }
+
+    /// How many times a full file was closed (flushed + fsynced) and the next one opened.
+    pub fn files_rotated(&self) -> u64 {
+        self.files_rotated
+    }
+
+    /// Encodes `value` as base64 + `\n` into the reused line buffer.
+    fn encode_line(&mut self, value: &[u8]) {
+        // `encoded_len` is None only when the length overflows usize, impossible for a slice
+        // that exists in memory; fall back to an over-estimate rather than panic.
+        let b64_len = base64::encoded_len(value.len(), true)
+            .unwrap_or_else(|| value.len().saturating_mul(2).saturating_add(4));
+        self.line.clear();
+        self.line.resize(b64_len, 0);
+        let written = STANDARD
+            .encode_slice(value, self.line.as_mut_slice())
+            .unwrap_or(0);
+        self.line.truncate(written);
+        self.line.push(b'\n');
+    }
+
+    /// Flushes and fsyncs the current file, then opens the next one.
+    fn rotate(&mut self) -> Result<(), FileSinkError> {
+        if let Some(mut cur) = self.current.take() {
+            let closed = cur
+                .writer
+                .flush()
+                .and_then(|()| cur.writer.get_ref().sync_all());
+            if let Err(e) = closed {
+                // Drop without flushing again: the file is abandoned.
+                let (_file, _unwritten) = cur.writer.into_parts();
+                return Err(io_err(&cur.path, e));
+            }
+            tracing::debug!(path = %cur.path.display(), bytes = cur.bytes, "trace file closed");
+        }
+        self.open_next()?;
+        self.files_rotated = self.files_rotated.saturating_add(1);
+        Ok(())
+    }
+
+    /// Creates the file with the next free sequence number and makes it current.
+    fn open_next(&mut self) -> Result<(), FileSinkError> {
+        for _ in 0..MAX_CREATE_ATTEMPTS {
+            self.seq = self.seq.saturating_add(1);
+            let path = self
+                .dir
+                .join(trace_file_name(&self.node_id, self.seq).as_str());
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    // Make the new name durable (and with it the previous file's, on rotation).
+                    sync_dir(&self.dir)?;
+                    tracing::debug!(path = %path.display(), "trace file opened");
+                    self.current = Some(CurrentFile {
+                        path,
+                        writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+                        bytes: 0,
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::warn!(path = %path.display(), "trace file already exists; skipping");
+                }
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        Err(FileSinkError::NoFreeName {
+            dir: self.dir.clone(),
+            node_id: self.node_id.clone(),
+            attempts: MAX_CREATE_ATTEMPTS,
+        })
+    }
+
+    /// Drops the current file without flushing its buffer (after an I/O error).
+    fn abandon_current(&mut self) {
+        if let Some(cur) = self.current.take() {
+            tracing::warn!(path = %cur.path.display(), "abandoning trace file after an I/O error");
+            let (_file, _unwritten) = cur.writer.into_parts();
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), FileSinkError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+fn valid_node_id(node_id: &str) -> bool {
+    !node_id.is_empty()
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `capture-<node_id>-<seq:06>.log`.
+pub fn trace_file_name(node_id: &str, seq: u64) -> String {
+    format!("{FILE_PREFIX}{node_id}-{seq:0SEQ_WIDTH$}{FILE_SUFFIX}")
+}
+
+/// Splits a `capture-*.log` file name into (node id, sequence number). The sequence number is
+/// the all-digit part after the last `-`; a `capture-*.log` name without one yields
+/// `(whole middle part, None)`. Other names yield None.
+fn parse_trace_file_name(name: &str) -> Option<(&str, Option<u64>)> {
+    let middle = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
+    if let Some((node, seq)) = middle.rsplit_once('-') {
+        if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = seq.parse::<u64>() {
+                return Some((node, Some(n)));
+            }
+        }
+    }
+    Some((middle, None))
+}
+
+/// All `capture-*.log` regular files of `dir`, sorted by node id, then sequence number (names
+/// without a numeric sequence come first within their node id, then by name).
+pub fn list_trace_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<(String, Option<u64>, String, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((node, seq)) = parse_trace_file_name(name) else {
+            continue;
+        };
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        found.push((node.to_owned(), seq, name.to_owned(), entry.path()));
+    }
+    found.sort_by(|a, b| (&a.0, a.1, &a.2).cmp(&(&b.0, b.1, &b.2)));
+    Ok(found.into_iter().map(|(_, _, _, p)| p).collect())
+}
+
+/// A line of a trace file that could not be read back. Displays as `path:line: reason`.
+#[derive(thiserror::Error, Debug)]
+pub enum TraceReadError {
+    #[error("{}:{line}: read failed: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        /// 0 when the file could not be opened.
+        line: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}:{line}: not valid base64: {source}", .path.display())]
+    Base64 {
+        path: PathBuf,
+        line: u64,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("{}:{line}: empty line", .path.display())]
+    EmptyLine { path: PathBuf, line: u64 },
+    #[error(
+        "{}:{line}: last line has no newline and is not valid base64 (torn write?): {source}",
+        .path.display()
+    )]
+    TornLine {
+        path: PathBuf,
+        line: u64,
+        #[source]
+        source: base64::DecodeError,
+    },
+}
+
+impl TraceReadError {
+    /// The file and 1-based line number (0 = the file itself) the error is about.
+    pub fn location(&self) -> (&Path, u64) {
+        match self {
+            TraceReadError::Io { path, line, .. }
+            | TraceReadError::Base64 { path, line, .. }
+            | TraceReadError::EmptyLine { path, line }
+            | TraceReadError::TornLine { path, line, .. } => (path, *line),
+        }
+    }
+
+    /// The reason alone, without the `path:line: ` prefix of `Display`.
+    pub fn reason(&self) -> String {
+        match self {
+            TraceReadError::Io { source, .. } => format!("read failed: {source}"),
+            TraceReadError::Base64 { source, .. } => format!("not valid base64: {source}"),
+            TraceReadError::EmptyLine { .. } => "empty line".to_owned(),
+            TraceReadError::TornLine { source, .. } => {
+                format!("last line has no newline and is not valid base64 (torn write?): {source}")
+            }
+        }
+    }
+
+    /// True for errors after which the iterator stops (I/O), false for a bad line that is
+    /// skipped.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, TraceReadError::Io { .. })
+    }
+}
+
+/// Iterator over the base64-decoded record values of one trace file, see `read_trace_lines`.
+pub struct TraceLines {
+    path: PathBuf,
+    reader: Option<BufReader<File>>,
+    open_error: Option<io::Error>,
+    line_no: u64,
+    buf: Vec<u8>,
+}
+
+impl TraceLines {
+    /// 1-based line number of the item most recently returned (0 before the first).
+    pub fn line_number(&self) -> u64 {
+        self.line_no
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads `path` line by line, yielding each line's base64-decoded value. A line that does not
+/// decode yields an `Err` naming file and line, and reading continues with the next line; an
+/// I/O error (including failure to open the file) yields one `Err` and ends the iteration.
+/// A trailing `\r` is tolerated; a final line without `\n` is accepted if it decodes.
+pub fn read_trace_lines(path: &Path) -> TraceLines {
+    let (reader, open_error) = match File::open(path) {
+        Ok(f) => (Some(BufReader::new(f)), None),
+        Err(e) => (None, Some(e)),
+    };
+    TraceLines {
+        path: path.to_path_buf(),
+        reader,
+        open_error,
+        line_no: 0,
+        buf: Vec::new(),
+    }
+}
+
+impl Iterator for TraceLines {
+    type Item = Result<Vec<u8>, TraceReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(source) = self.open_error.take() {
+            return Some(Err(TraceReadError::Io {
+                path: self.path.clone(),
+                line: 0,
+                source,
+            }));
+        }
+        let reader = self.reader.as_mut()?;
+        self.buf.clear();
+        let n = match reader.read_until(b'\n', &mut self.buf) {
+            Ok(n) => n,
+            Err(source) => {
+                self.reader = None;
+                return Some(Err(TraceReadError::Io {
+                    path: self.path.clone(),
+                    line: self.line_no.saturating_add(1),
+                    source,
+                }));
+            }
+        };
+        if n == 0 {
+            self.reader = None;
+            return None;
+        }
+        self.line_no = self.line_no.saturating_add(1);
+        let mut text: &[u8] = &self.buf;
+        let terminated = text.last() == Some(&b'\n');
+        if terminated {
+            text = text.get(..text.len() - 1).unwrap_or_default();
+        }
+        if text.last() == Some(&b'\r') {
+            text = text.get(..text.len() - 1).unwrap_or_default();
+        }
+        if text.is_empty() {
+            return Some(Err(TraceReadError::EmptyLine {
+                path: self.path.clone(),
+                line: self.line_no,
+            }));
+        }
+        Some(match STANDARD.decode(text) {
+            Ok(v) => Ok(v),
+            Err(source) if terminated => Err(TraceReadError::Base64 {
+                path: self.path.clone(),
+                line: self.line_no,
+                source,
+            }),
+            Err(source) => Err(TraceReadError::TornLine {
+                path: self.path.clone(),
+                line: self.line_no,
+                source,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, size: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| (0..size).map(|j| (i * 31 + j * 7) as u8).collect())
+            .collect()
+    }
+
+    fn read_all(dir: &Path) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for f in list_trace_files(dir).unwrap() {
+            for v in read_trace_lines(&f) {
+                out.push(v.unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn append_commit_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("traces/sub");
+        let mut sink = FileSink::open(&dir, "node-1", 1 << 20).unwrap();
+        let first = sink.current_path().unwrap().to_path_buf();
+        assert_eq!(
+            first.file_name().unwrap().to_str().unwrap(),
+            "capture-node-1-000001.log"
+        );
+        let vals = values(20, 100);
+        for v in &vals {
+            sink.append(v).unwrap();
+        }
+        sink.append(b"").unwrap(); // empty value still a (padded-to-nothing) line? see below
+        sink.commit().unwrap();
+        // The empty value encodes to an empty line, which the reader reports.
+        let mut lines = read_trace_lines(&first);
+        for v in &vals {
+            assert_eq!(&lines.next().unwrap().unwrap(), v);
+        }
+        let e = lines.next().unwrap().unwrap_err();
+        assert!(
+            matches!(e, TraceReadError::EmptyLine { line: 21, .. }),
+            "{e}"
+        );
+        assert!(lines.next().is_none());
+        assert_eq!(sink.records_written(), 21);
+        assert_eq!(sink.files_rotated(), 0);
+        let expected: u64 = vals
+            .iter()
+            .map(|v| v.len().div_ceil(3) as u64 * 4 + 1)
+            .sum();
+        assert_eq!(sink.bytes_written(), expected + 1);
+        assert_eq!(fs::metadata(&first).unwrap().len(), expected + 1);
+    }
+
+    #[test]
+    fn lines_are_standard_base64_with_padding() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(tmp.path(), "n", 1 << 20).unwrap();
+        sink.append(&[0xfb, 0xff]).unwrap(); // needs '+'/'/' alphabet and padding
+        sink.append(b"hello").unwrap();
+        sink.sync().unwrap();
+        let text = fs::read_to_string(sink.current_path().unwrap()).unwrap();
+        assert_eq!(text, "+/8=\naGVsbG8=\n");
+    }
+
+    #[test]
+    fn commit_makes_data_visible_without_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(tmp.path(), "n", 1 << 20).unwrap();
+        sink.append(b"abc").unwrap();
+        let path = sink.current_path().unwrap().to_path_buf();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0, "still buffered");
+        sink.commit().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "YWJj\n");
+        drop(sink);
+    }
+
+    #[test]
+    fn rotation_keeps_order_and_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Each 90-byte value is a 121-byte line; 400-byte files hold 3 lines.
+        let mut sink = FileSink::open(tmp.path(), "abc-def", 400).unwrap();
+        let vals = values(10, 90);
+        for v in &vals {
+            sink.append(v).unwrap();
+            sink.commit().unwrap();
+        }
+        sink.sync().unwrap();
+        let files = list_trace_files(tmp.path()).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "capture-abc-def-000001.log",
+                "capture-abc-def-000002.log",
+                "capture-abc-def-000003.log",
+                "capture-abc-def-000004.log"
+            ]
+        );
+        for f in &files[..3] {
+            assert_eq!(fs::metadata(f).unwrap().len(), 363);
+        }
+        assert_eq!(sink.files_rotated(), 3);
+        assert_eq!(read_all(tmp.path()), vals);
+    }
+
+    #[test]
+    fn oversized_record_gets_its_own_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(tmp.path(), "n", 100).unwrap();
+        let small = vec![1u8; 10];
+        let big = vec![2u8; 300];
+        sink.append(&big).unwrap(); // first file empty: goes in without rotating
+        sink.append(&small).unwrap();
+        sink.append(&big).unwrap();
+        sink.append(&small).unwrap();
+        sink.sync().unwrap();
+        let files = list_trace_files(tmp.path()).unwrap();
+        assert_eq!(files.len(), 4);
+        let per_file: Vec<usize> = files.iter().map(|f| read_trace_lines(f).count()).collect();
+        assert_eq!(per_file, [1, 1, 1, 1]);
+        assert_eq!(
+            read_all(tmp.path()),
+            [big.clone(), small.clone(), big, small]
+        );
+    }
+
+    #[test]
+    fn reopen_continues_sequence() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut sink = FileSink::open(tmp.path(), "n1", 10).unwrap();
+            sink.append(b"0123456789").unwrap();
+            sink.append(b"0123456789").unwrap();
+            sink.sync().unwrap();
+        }
+        // Another node's files and unrelated files do not matter.
+        fs::write(tmp.path().join("capture-n2-000050.log"), "").unwrap();
+        fs::write(tmp.path().join("other.txt"), "x").unwrap();
+        let mut sink = FileSink::open(tmp.path(), "n1", 10).unwrap();
+        assert_eq!(
+            sink.current_path().unwrap().file_name().unwrap(),
+            "capture-n1-000003.log"
+        );
+        sink.append(b"third").unwrap();
+        sink.sync().unwrap();
+        let names: Vec<_> = list_trace_files(tmp.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "capture-n1-000001.log",
+                "capture-n1-000002.log",
+                "capture-n1-000003.log",
+                "capture-n2-000050.log"
+            ]
+        );
+        // An existing later name is skipped, never overwritten.
+        fs::write(tmp.path().join("capture-n1-000004.log"), "keep").unwrap();
+        sink.append(b"0123456789").unwrap();
+        sink.sync().unwrap();
+        assert_eq!(
+            sink.current_path().unwrap().file_name().unwrap(),
+            "capture-n1-000005.log"
+        );
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("capture-n1-000004.log")).unwrap(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn sequence_beyond_six_digits_sorts_numerically() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("capture-n-999999.log"), "").unwrap();
+        let sink = FileSink::open(tmp.path(), "n", 10).unwrap();
+        assert_eq!(
+            sink.current_path().unwrap().file_name().unwrap(),
+            "capture-n-1000000.log"
+        );
+        let files = list_trace_files(tmp.path()).unwrap();
+        assert_eq!(files.last().unwrap(), sink.current_path().unwrap());
+    }
+
+    #[test]
+    fn invalid_node_id_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        for bad in ["", "a/b", "..\0", "a b"] {
+            assert!(matches!(
+                FileSink::open(tmp.path(), bad, 10),
+                Err(FileSinkError::InvalidNodeId(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn unwritable_dir_reported_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("plain-file");
+        fs::write(&file, "x").unwrap();
+        let err = FileSink::open(&file.join("sub"), "n", 10).err().unwrap();
+        assert!(matches!(err, FileSinkError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn corrupt_line_reported_with_file_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("capture-n-000001.log");
+        fs::write(&path, "aGVsbG8=\nnot base64!\n\r\nd29ybGQ=\r\nYWJj").unwrap();
+        let items: Vec<_> = read_trace_lines(&path).collect();
+        assert_eq!(items.len(), 5);
+        assert_eq!(items[0].as_ref().unwrap(), b"hello");
+        let e = items[1].as_ref().unwrap_err();
+        assert_eq!(e.location(), (path.as_path(), 2));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("{}:2: not valid base64", path.display())),
+            "{msg}"
+        );
+        assert!(matches!(
+            items[2],
+            Err(TraceReadError::EmptyLine { line: 3, .. })
+        ));
+        assert_eq!(items[3].as_ref().unwrap(), b"world");
+        assert_eq!(
+            items[4].as_ref().unwrap(),
+            b"abc",
+            "unterminated but decodable"
+        );
+
+        fs::write(&path, "aGVsbG8=\naGVsb").unwrap();
+        let mut it = read_trace_lines(&path);
+        assert!(it.next().unwrap().is_ok());
+        let e = it.next().unwrap().unwrap_err();
+        assert!(matches!(e, TraceReadError::TornLine { line: 2, .. }), "{e}");
+        assert_eq!(it.line_number(), 2);
+        assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn failed_append_fails_the_next_commit_then_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t");
+        let mut sink = FileSink::open(&dir, "n", 10).unwrap();
+        sink.append(b"0123456789").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        // Needs a rotation, and the next file cannot be created.
+        let e = sink.append(b"0123456789").unwrap_err();
+        assert!(matches!(e, FileSinkError::Io { .. }), "{e}");
+        assert!(sink.current_path().is_none());
+        let e = sink.commit().unwrap_err();
+        assert!(matches!(e, FileSinkError::AppendFailed { .. }), "{e}");
+        sink.commit().unwrap(); // the next batch starts clean
+        fs::create_dir_all(&dir).unwrap();
+        sink.append(b"abc").unwrap();
+        sink.commit().unwrap();
+        assert_eq!(
+            sink.current_path().unwrap().file_name().unwrap(),
+            "capture-n-000003.log"
+        );
+        assert_eq!(read_all(&dir), [b"abc".to_vec()]);
+    }
+
+    #[test]
+    fn missing_file_is_one_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut it = read_trace_lines(&tmp.path().join("nope.log"));
+        let e = it.next().unwrap().unwrap_err();
+        assert!(e.is_fatal());
+        assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn parse_names() {
+        assert_eq!(
+            parse_trace_file_name("capture-a-b-c-000012.log"),
+            Some(("a-b-c", Some(12)))
+        );
+        assert_eq!(parse_trace_file_name("capture-x.log"), Some(("x", None)));
+        assert_eq!(parse_trace_file_name("capture-x-.log"), Some(("x-", None)));
+        assert_eq!(parse_trace_file_name("capture-x-1.txt"), None);
+        assert_eq!(parse_trace_file_name("trace-x-1.log"), None);
+    }
 }

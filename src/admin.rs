@@ -1,0 +1,217 @@
+//! The admin HTTP endpoint (`--admin-listen`, default 127.0.0.1:9901): `/metrics` (Prometheus
+//! text format), `/health` (process alive) and `/ready` (listening, sink usable, not
+//! draining). Runs on its own small OS thread with blocking sockets — never on a worker.
+//!
+//! May depend on: `stats`, `sink::SinkStats`. Reads counters the workers publish (relaxed
+//! atomics) and merges their histograms here, off the hot path.
+//!
+//! Invariant: a slow or malicious admin client can only delay other admin clients (one
+//! request per connection, bounded read, short timeouts), never the data path.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sink::SinkStats;
+use crate::stats::{Counter, WorkerStats};
+
+/// What the endpoint reports on.
+#[derive(Clone)]
+pub struct AdminState {
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub sink: Arc<SinkStats>,
+    /// Set once shutdown has begun: `/ready` answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
+    pub node_id: Arc<str>,
+}
+
+/// Most bytes read of an admin request head; admin requests are tiny.
+const MAX_REQUEST_BYTES: usize = 4096;
+/// Socket timeouts for admin clients (s): keeps one stuck client from blocking the others long.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds and serves on a background thread. Returns the bound address.
+pub fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("cp-admin".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(s) => serve(s, &state),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })?;
+    Ok(bound)
+}
+
+fn serve(mut s: TcpStream, state: &AdminState) {
+    let _ = s.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = s.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let mut buf = [0u8; MAX_REQUEST_BYTES];
+    let mut len = 0;
+    while len < buf.len() {
+        match s.read(buf.get_mut(len..).unwrap_or(&mut [])) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                len += n;
+                if buf.get(..len).is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n")) {
+                    break;
+                }
+            }
+        }
+    }
+    let head = buf.get(..len).unwrap_or(&[]);
+    let path = head
+        .split(|b| *b == b' ')
+        .nth(1)
+        .map(|p| p.split(|b| *b == b'?').next().unwrap_or(p))
+        .unwrap_or(b"");
+    let (status, ctype, body) = match path {
+        b"/metrics" => ("200 OK", "text/plain; version=0.0.4", render_metrics(state)),
+        b"/health" => ("200 OK", "text/plain", "ok\n".to_string()),
+        b"/ready" => {
+            let (ready, why) = readiness(state);
+            if ready {
+                ("200 OK", "text/plain", "ready\n".to_string())
+            } else {
+                ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n"))
+            }
+        }
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes());
+}
+
+fn readiness(state: &AdminState) -> (bool, &'static str) {
+    if state.draining.load(Ordering::Acquire) {
+        return (false, "draining");
+    }
+    if state.sink.healthy.load(Ordering::Relaxed) == 0 {
+        return (false, "capture sink unavailable");
+    }
+    (true, "")
+}
+
+/// Prometheus text exposition of every counter (summed over workers), the derived gauges and
+/// the merged histograms.
+pub fn render_metrics(state: &AdminState) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(8192);
+    for c in Counter::ALL {
+        let v = crate::stats::total(&state.workers, *c);
+        let _ = writeln!(out, "# HELP {}_total {}", c.name(), c.help());
+        let _ = writeln!(out, "# TYPE {}_total counter", c.name());
+        let _ = writeln!(out, "{}_total {}", c.name(), v);
+    }
+    let accepted = crate::stats::total(&state.workers, Counter::ConnAccepted);
+    let closed = crate::stats::total(&state.workers, Counter::ConnClosed);
+    let _ = writeln!(out, "# HELP activeConnection client connections currently open");
+    let _ = writeln!(out, "# TYPE activeConnection gauge");
+    let _ = writeln!(out, "activeConnection {}", accepted.saturating_sub(closed));
+    let s = &state.sink;
+    let sink_metrics: [(&str, &str, u64); 4] = [
+        ("sinkRecordsCommitted_total", "records committed by the sink thread", s.records_committed.load(Ordering::Relaxed)),
+        ("sinkBytesCommitted_total", "bytes committed by the sink thread", s.bytes_committed.load(Ordering::Relaxed)),
+        ("sinkRecordsFailed_total", "records the sink thread failed", s.records_failed.load(Ordering::Relaxed)),
+        ("sinkBatches_total", "batches received by the sink thread", s.batches.load(Ordering::Relaxed)),
+    ];
+    for (name, help, v) in sink_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let _ = writeln!(out, "# HELP sinkHealthy 1 when the capture sink accepts records");
+    let _ = writeln!(out, "# TYPE sinkHealthy gauge");
+    let _ = writeln!(out, "sinkHealthy {}", s.healthy.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP draining 1 while the proxy shuts down");
+    let _ = writeln!(out, "# TYPE draining gauge");
+    let _ = writeln!(out, "draining {}", u8::from(state.draining.load(Ordering::Acquire)));
+    render_histogram(&mut out, "requestHeldDuration", "time a mutating request was held for its record (ms)", state.workers.iter().map(|w| &w.hold_us));
+    out
+}
+
+/// Bucket bounds (ms) for exported histograms: sub-millisecond to the 10 s ack timeout.
+const BUCKETS_MS: [f64; 12] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0, 5000.0, 10000.0];
+
+fn render_histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    hists: impl Iterator<Item = &'a std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+) {
+    use std::fmt::Write as _;
+    let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+    for h in hists {
+        if let Ok(g) = h.lock() {
+            match merged.as_mut() {
+                Some(m) => {
+                    let _ = m.add(&*g);
+                }
+                None => merged = Some(g.clone()),
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP {name}_milliseconds {help}");
+    let _ = writeln!(out, "# TYPE {name}_milliseconds histogram");
+    let Some(h) = merged else { return };
+    for b in BUCKETS_MS {
+        let us = (b * 1000.0) as u64;
+        let count = h.count_between(0, us);
+        let _ = writeln!(out, "{name}_milliseconds_bucket{{le=\"{b}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_milliseconds_bucket{{le=\"+Inf\"}} {}", h.len());
+    let sum_ms = h.mean() * h.len() as f64 / 1000.0;
+    let _ = writeln!(out, "{name}_milliseconds_sum {sum_ms}");
+    let _ = writeln!(out, "{name}_milliseconds_count {}", h.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AdminState {
+        AdminState {
+            workers: vec![Arc::new(WorkerStats::default()), Arc::new(WorkerStats::default())],
+            sink: Arc::new(SinkStats::default()),
+            draining: Arc::new(AtomicBool::new(false)),
+            node_id: Arc::from("n"),
+        }
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    }
+
+    #[test]
+    fn metrics_sum_workers_and_ready_flips() {
+        let st = state();
+        st.workers[0].add(Counter::BytesRead, 5);
+        st.workers[1].add(Counter::BytesRead, 7);
+        st.workers[0].inc(Counter::ConnAccepted);
+        st.sink.healthy.store(1, Ordering::Relaxed);
+        let addr = start("127.0.0.1:0".parse().unwrap(), st.clone()).unwrap();
+        let m = get(addr, "/metrics");
+        assert!(m.contains("\nbytesRead_total 12\n"), "{m}");
+        assert!(m.contains("\nactiveConnection 1\n"), "{m}");
+        assert!(get(addr, "/health").starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/ready").starts_with("HTTP/1.1 200"));
+        st.sink.healthy.store(0, Ordering::Relaxed);
+        assert!(get(addr, "/ready").starts_with("HTTP/1.1 503"));
+        st.sink.healthy.store(1, Ordering::Relaxed);
+        st.draining.store(true, Ordering::Release);
+        let r = get(addr, "/ready");
+        assert!(r.starts_with("HTTP/1.1 503") && r.contains("draining"), "{r}");
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+}
