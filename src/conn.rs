@@ -396,10 +396,8 @@ async fn client_to_upstream(
         }
         let in_msg = framer.in_message();
         st.req_idle.set(!in_msg);
-        if in_msg && !rq.head_done {
-            if st.head_started.get().is_none() {
-                st.head_started.set(Some(ctx.now_ms()));
-            }
+        if in_msg && !rq.head_done && st.head_started.get().is_none() {
+            st.head_started.set(Some(ctx.now_ms()));
         }
         if fwd < data_len {
             let (r, b) = write_up(&mut uw, st, buf, fwd, data_len).await;

@@ -340,7 +340,6 @@ impl Ctx {
         let mut e = Emit { b: &mut batch, conn: st.conn, key: &st.key, stats: &self.stats, emitted: 0 };
         let r = f(b, &mut e);
         let emitted = e.emitted;
-        drop(e);
         drop(batch);
         if b.has_unflushed() {
             if st.unflushed_since.get().is_none() {
@@ -483,8 +482,6 @@ impl Ctx {
         let idle_ms = s.client_idle_timeout.map(|d| d.as_millis() as u64);
         let head_ms = s.request_head_timeout.map(|d| d.as_millis() as u64);
         let draining = self.draining.get();
-        let conns: Vec<Rc<ConnState>> = Vec::new();
-        let _ = conns;
         let n = self.slots.borrow().len();
         for i in 0..n {
             let st = match self.slots.borrow().get(i).and_then(|s| s.conn.clone()) {

@@ -1,0 +1,519 @@
+//! End-to-end capture tests: a real origin, the proxy in-process on port 0 with a file sink,
+//! raw clients; each test decodes the trace and checks it against the bytes exchanged
+//! (capture-format.md): reads == what the client sent, writes == what it received, markers,
+//! numbering, EOM lengths, flush points, and that the origin got exactly what the client sent.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use capture_proxy::capture::proto::traffic_stream::Index;
+use common::*;
+
+/// Bound of the polls on the live trace directory (seconds).
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header rule of the suppression tests: `--suppressCaptureForHeaderMatch user-agent
+/// ELB-HealthChecker/.*`, compiled anchored as `config` does.
+fn health_check_rule() -> (String, regex::bytes::Regex) {
+    ("user-agent".into(), regex::bytes::Regex::new("^(?:ELB-HealthChecker/.*)$").unwrap())
+}
+
+const HEALTH_CHECK: &[u8] =
+    b"GET /small?hc=1 HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: ELB-HealthChecker/2.0\r\nAccept: */*\r\n\r\n";
+
+/// Closes the client's side and waits for the proxy to close the connection.
+fn finish_client(c: &mut Client) {
+    c.shutdown_write();
+    assert!(c.closed_by_peer(), "proxy did not close the connection");
+}
+
+#[test]
+fn io_driver_follows_env() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let want = if legacy_forced() { "epoll" } else { "io_uring" };
+    assert_eq!(proxy.handle().io_driver(), want);
+    proxy.stop();
+}
+
+/// (1) Three keep-alive GETs, then close: one record, numberOfThisLastChunk 1.
+#[test]
+fn keep_alive_gets_single_record() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let reqs = [get("/small?i=1"), get("/large?bytes=3000"), get("/chunked")];
+    let mut c = proxy.client();
+    for r in &reqs {
+        c.send(r);
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.indexes(), vec![Index::NumberOfThisLastChunk(1)], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "read", "eom", "write", "read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
+    assert_eq!(conn.read_chunks(), reqs.to_vec(), "one read per request");
+    assert_eq!(conn.eoms(), reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>());
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (2) Three pipelined GETs in one write: three read+EOM pairs, each read one request.
+#[test]
+fn pipelined_gets_cut_at_request_boundaries() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let reqs = [get("/small?p=1"), get("/small?p=2"), get("/large?bytes=100")];
+    let mut c = proxy.client();
+    c.send(&reqs.concat());
+    let resps = c.read_n(3);
+    assert!(resps.iter().all(|r| r.status == 200));
+    assert_eq!(resps[0].body, small_body("/small?p=1"));
+    assert_eq!(resps[1].body, small_body("/small?p=2"));
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.indexes(), vec![Index::NumberOfThisLastChunk(1)]);
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "read", "eom", "read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
+    assert_eq!(conn.read_chunks(), reqs.to_vec(), "each read holds exactly one request");
+    assert_eq!(conn.eoms(), reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>());
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+    assert_eq!(origin.request_count(), 3);
+}
+
+/// (3) Chunked POST whose terminator arrives in its own read: one EOM after that read; the
+/// record is flushed ending in the EOM; the response and close follow in the final record.
+#[test]
+fn chunked_post_terminator_in_separate_read() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let head = b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunks = b"5\r\nhello\r\n6\r\n world\r\n";
+    let term = b"0\r\n\r\n";
+    let mut c = proxy.client();
+    let first = [&head[..], &chunks[..]].concat();
+    c.send_chunks(&[&first, term], SEGMENT_PAUSE);
+    let resp = c.read_response(false);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"hello world");
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.records.len(), 2, "{}", conn.dump());
+    assert_eq!(conn.indexes(), vec![Index::Number(1), Index::NumberOfThisLastChunk(2)]);
+    let r1 = conn.record_kinds(0);
+    assert_eq!(r1.last(), Some(&"eom"), "record 1 ends with the EOM: {}", conn.dump());
+    assert!(r1[..r1.len() - 1].iter().all(|k| *k == "read"), "{}", conn.dump());
+    assert!(r1.len() >= 3, "the terminator is its own read: {}", conn.dump());
+    assert_eq!(conn.read_chunks().last().map(Vec::as_slice), Some(&term[..]));
+    assert_eq!(conn.records[1].prior_requests_received, Some(1));
+    let r2 = conn.record_kinds(1);
+    assert_eq!(r2.last(), Some(&"close"));
+    assert!(r2[..r2.len() - 1].iter().all(|k| *k == "write"), "{}", conn.dump());
+    assert_eq!(conn.eoms(), vec![eom_of(&first)]);
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (4) A 5 MiB POST echoed back: everything captured across several records with segments,
+/// every record within the size limit, the body intact both ways.
+#[test]
+fn large_post_split_across_records() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let body = large_body(5 << 20);
+    let req = with_body("POST", "/echo", &body);
+    let mut c = proxy.client();
+    c.send(&req);
+    let resp = c.read_response(false);
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == body, "echoed body differs");
+    finish_client(&mut c);
+    let trace = proxy.stop();
+    let conn = trace.single();
+    conn.check(); // includes: every record ≤ 1 MiB − 500 bytes, segments terminated
+    assert!(conn.records.len() >= 10, "10 MiB in ≥ 10 records, got {}", conn.records.len());
+    assert!(conn.count("readSegment") >= 1, "{}", conn.dump());
+    assert!(conn.count("writeSegment") >= 1, "{}", conn.dump());
+    assert_eq!(conn.count("eom"), 1);
+    assert_eq!(conn.eoms(), vec![eom_of(&req)]);
+    // The mutating request's record is flushed at its EOM.
+    let eom_rec = conn
+        .records
+        .iter()
+        .position(|r| r.sub_stream.iter().any(|o| kind(o) == "eom"))
+        .unwrap();
+    assert_eq!(conn.record_kinds(eom_rec).last(), Some(&"eom"), "{}", conn.dump());
+    assert!(
+        conn.record_kinds(eom_rec + 1).iter().all(|k| *k != "read" && *k != "readSegment"),
+        "no reads after the request"
+    );
+    assert_exchange(&conn, &c);
+    assert!(origin.received_all() == c.sent, "origin received different bytes");
+}
+
+/// (5) PUT then DELETE on one connection: each record flushed at its EOM.
+#[test]
+fn put_then_delete_flush_at_each_eom() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let put = with_body("PUT", "/echo", br#"{"doc":1}"#);
+    let del = b"DELETE /echo HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec();
+    let mut c = proxy.client();
+    c.send(&put);
+    assert_eq!(c.read_response(false).body, br#"{"doc":1}"#);
+    c.send(&del);
+    assert_eq!(c.read_response(false).status, 200);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(
+        conn.indexes(),
+        vec![Index::Number(1), Index::Number(2), Index::NumberOfThisLastChunk(3)],
+        "{}",
+        conn.dump()
+    );
+    assert_eq!(conn.record_kinds(0), ["read", "eom"], "{}", conn.dump());
+    let r2 = conn.record_kinds(1);
+    assert_eq!(&r2[r2.len() - 2..], ["read", "eom"], "{}", conn.dump());
+    assert!(r2[..r2.len() - 2].iter().all(|k| *k == "write") && r2.len() > 2);
+    let r3 = conn.record_kinds(2);
+    assert_eq!(r3.last(), Some(&"close"));
+    assert!(r3[..r3.len() - 1].iter().all(|k| *k == "write") && r3.len() > 1);
+    assert_eq!(conn.records[1].prior_requests_received, Some(1));
+    assert_eq!(conn.records[2].prior_requests_received, Some(2));
+    assert_eq!(conn.read_chunks(), vec![put.clone(), del.clone()]);
+    assert_eq!(conn.eoms(), vec![eom_of(&put), eom_of(&del)]);
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (6) A connection that sends nothing: one record holding only `close`.
+#[test]
+fn empty_connection_single_close_record() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let mut c = proxy.client();
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.kinds(), ["close"]);
+    assert_eq!(conn.indexes(), vec![Index::NumberOfThisLastChunk(1)]);
+    assert!(conn.records[0].prior_requests_received.is_none());
+    assert!(conn.records[0].last_observation_was_unterminated_read.is_none());
+    assert!(c.received.is_empty());
+}
+
+/// (7) A GET head split over 40 writes: the reads concatenated are the head, one EOM.
+#[test]
+fn head_split_over_many_reads() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = format!(
+        "GET /small?split=40 HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: itest/1.0\r\nAccept: application/json\r\nX-Opaque-Id: {}\r\n\r\n",
+        "q".repeat(60)
+    )
+    .into_bytes();
+    let pieces: Vec<&[u8]> = req.chunks(req.len().div_ceil(40)).collect();
+    assert_eq!(pieces.len(), 40);
+    let mut c = proxy.client();
+    c.send_chunks(&pieces, Duration::from_millis(5));
+    assert_eq!(c.read_response(false).status, 200);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert!(conn.count("read") > 1, "the proxy saw several reads: {}", conn.dump());
+    assert_eq!(conn.request_reads(), vec![req.clone()]);
+    assert_eq!(conn.eoms(), vec![eom_of(&req)]);
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (8) A suppressed health check whose head arrives in one read leaves no trace at all; the
+/// next request is captured normally; the origin gets both.
+#[test]
+fn suppressed_health_check_not_captured() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.suppress.header_matches = vec![health_check_rule()]);
+    let normal = get("/small?after=hc");
+    let mut c = proxy.client();
+    c.send(HEALTH_CHECK);
+    let hc_resp = c.read_response(false);
+    assert_eq!(hc_resp.status, 200);
+    c.send(&normal);
+    let resp = c.read_response(false);
+    assert_eq!(resp.status, 200);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_bytes_eq("reads", &conn.reads(), &normal);
+    assert_bytes_eq("writes", &conn.writes(), &resp.raw);
+    assert_eq!(conn.eoms(), vec![eom_of(&normal)]);
+    assert_eq!(origin.request_count(), 2);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (8b) The health check's head split over two reads: the first read is captured, then
+/// `requestDropped`, no EOM, no response writes; the next request is normal.
+#[test]
+fn suppressed_after_partial_capture_request_dropped() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.suppress.header_matches = vec![health_check_rule()]);
+    let cut = HEALTH_CHECK.windows(12).position(|w| w == b"User-Agent: ").unwrap();
+    let (a, b) = HEALTH_CHECK.split_at(cut);
+    let normal = get("/small?after=hc2");
+    let mut c = proxy.client();
+    c.send_chunks(&[a, b], SEGMENT_PAUSE);
+    assert_eq!(c.read_response(false).status, 200);
+    c.send(&normal);
+    let resp = c.read_response(false);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(
+        conn.kinds()[..2],
+        ["read", "requestDropped"],
+        "requestDropped right after the first read: {}",
+        conn.dump()
+    );
+    assert_eq!(conn.shape(), ["read", "requestDropped", "read", "eom", "write", "close"], "{}", conn.dump());
+    assert_bytes_eq("reads", &conn.reads(), &[a, &normal[..]].concat());
+    assert_eq!(conn.request_reads(), vec![normal.clone()]);
+    assert_bytes_eq("writes", &conn.writes(), &resp.raw);
+    assert_eq!(conn.eoms(), vec![eom_of(&normal)]);
+    assert_eq!(origin.request_count(), 2);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (8c) A health check pipelined with a normal request in one write: only the normal
+/// request and its response are captured (the proxy cuts reads and responses).
+#[test]
+fn suppressed_pipelined_with_normal_request() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.suppress.header_matches = vec![health_check_rule()]);
+    let normal = get("/small?after=hc3");
+    let mut c = proxy.client();
+    c.send(&[HEALTH_CHECK, &normal[..]].concat());
+    let resps = c.read_n(2);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_bytes_eq("reads", &conn.reads(), &normal);
+    assert_bytes_eq("writes", &conn.writes(), &resps[1].raw);
+    assert_eq!(origin.request_count(), 2);
+}
+
+/// (9) `Expect: 100-continue`: the interim 100 reaches the client and is captured as a
+/// write between the head's read and the body's read.
+#[test]
+fn expect_100_continue() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let body = br#"{"expect":"continue"}"#;
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    let mut c = proxy.client();
+    c.send(&head);
+    let interim = c.read_response(false);
+    assert_eq!(interim.status, 100);
+    c.send(body);
+    let resp = c.read_response(false);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, body);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.kinds()[..4], ["read", "write", "read", "eom"], "{}", conn.dump());
+    assert_eq!(conn.read_chunks(), vec![head.clone(), body.to_vec()]);
+    assert_eq!(conn.records[0].index, Some(Index::Number(1)), "flushed at the POST's EOM");
+    assert_eq!(conn.record_kinds(0).last(), Some(&"eom"));
+    assert_bytes_eq("first write", &conn.records[0].sub_stream.iter().find_map(|o| match &o.capture {
+        Some(capture_proxy::capture::proto::traffic_observation::Capture::Write(w)) => Some(w.data.clone()),
+        _ => None,
+    }).unwrap(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(conn.eoms(), vec![eom_of(&head)]);
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (10) HEAD: headers only (Content-Length but no body); a GET after it on the same
+/// connection is framed and captured correctly.
+#[test]
+fn head_request_then_get() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let head_req = b"HEAD /large?bytes=5000 HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec();
+    let get_req = get("/small?after=head");
+    let mut c = proxy.client();
+    c.send(&head_req);
+    let h = c.read_response(true);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-length"), Some(&b"5000"[..]));
+    assert!(h.body.is_empty());
+    c.send(&get_req);
+    let g = c.read_response(false);
+    assert_eq!(g.body, small_body("/small?after=head"));
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(conn.read_chunks(), vec![head_req.clone(), get_req.clone()]);
+    assert_eq!(conn.response_writes(), vec![h.raw.clone(), g.raw.clone()]);
+    assert_eq!(conn.eoms(), vec![eom_of(&head_req), eom_of(&get_req)]);
+    assert_exchange(&conn, &c);
+}
+
+/// (10b) No-body statuses (204, 304), a chunked response and a HEAD of a chunked resource,
+/// on one connection.
+#[test]
+fn no_body_statuses_and_chunked_responses() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let reqs = [
+        (get("/status/204"), false, 204),
+        (get("/status/304"), false, 304),
+        (get("/chunked"), false, 200),
+        (b"HEAD /chunked HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec(), true, 200),
+        (get("/small"), false, 200),
+    ];
+    let mut c = proxy.client();
+    let mut raws = Vec::new();
+    for (r, is_head, status) in &reqs {
+        c.send(r);
+        let resp = c.read_response(*is_head);
+        assert_eq!(resp.status, *status);
+        raws.push(resp.raw);
+    }
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.read_chunks(), reqs.iter().map(|r| r.0.clone()).collect::<Vec<_>>());
+    assert_eq!(conn.response_writes(), raws);
+    assert_exchange(&conn, &c);
+}
+
+/// (10c) The origin answers `Connection: close` and closes: the capture ends with the
+/// response and `close`.
+#[test]
+fn origin_closes_after_response() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = get("/close");
+    let mut c = proxy.client();
+    c.send(&req);
+    let resp = c.read_response(false);
+    assert_eq!(resp.body, b"bye\n");
+    assert!(c.closed_by_peer(), "the proxy closes the client after the origin closed");
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_exchange(&conn, &c);
+}
+
+/// (11) An idle keep-alive connection's observations are flushed after the flush interval,
+/// while the connection is still open.
+#[test]
+fn idle_connection_flushed_after_interval() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.capture_flush_interval = Duration::from_millis(200));
+    let req = get("/small?idle=1");
+    let mut c = proxy.client();
+    c.send(&req);
+    let resp = c.read_response(false);
+    let live = poll_trace(proxy.dir.path(), POLL_TIMEOUT, |t| {
+        let kinds: Vec<&str> = t
+            .records
+            .iter()
+            .filter(|(r, _)| matches!(r.index, Some(Index::Number(_))))
+            .flat_map(|(r, _)| r.sub_stream.iter().map(kind))
+            .collect();
+        kinds.contains(&"read") && kinds.contains(&"eom") && kinds.contains(&"write")
+    });
+    let live = live.unwrap_or_else(|| {
+        panic!(
+            "no flushed non-final record with read+eom+write within {POLL_TIMEOUT:?}: {}",
+            Trace::load_partial(proxy.dir.path()).dump()
+        )
+    });
+    assert!(
+        live.records.iter().all(|(r, _)| matches!(r.index, Some(Index::Number(_)))),
+        "no final record while the connection is open"
+    );
+    // The connection is still usable.
+    c.send(&req);
+    let resp2 = c.read_response(false);
+    assert_eq!(resp2.body, resp.body);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert!(conn.records.len() >= 2, "{}", conn.dump());
+    assert_eq!(conn.shape(), ["read", "eom", "write", "read", "eom", "write", "close"], "{}", conn.dump());
+    assert_exchange(&conn, &c);
+}
+
+/// (12) Three concurrent connections with several requests each: complete, independent
+/// traces with distinct connection ids.
+#[test]
+fn concurrent_connections_independent() {
+    const CONNS: usize = 3;
+    const REQS: usize = 6;
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let addr = proxy.addr;
+    let workers: Vec<_> = (0..CONNS)
+        .map(|ci| {
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for ri in 0..REQS {
+                    let r = if ri % 3 == 2 {
+                        with_body("POST", &format!("/echo?c={ci}&r={ri}"), format!("body-{ci}-{ri}").as_bytes())
+                    } else {
+                        get(&format!("/small?c={ci}&r={ri}"))
+                    };
+                    c.send(&r);
+                    assert_eq!(c.read_response(false).status, 200);
+                }
+                finish_client(&mut c);
+                (c.sent.clone(), c.received.clone())
+            })
+        })
+        .collect();
+    let exchanges: Vec<(Vec<u8>, Vec<u8>)> = workers.into_iter().map(|h| h.join().unwrap()).collect();
+    let trace = proxy.stop();
+    let conns = trace.connections();
+    assert_eq!(conns.len(), CONNS, "{}", trace.dump());
+    let mut ids: Vec<&str> = conns.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), CONNS, "distinct connection ids");
+    for (sent, received) in &exchanges {
+        let conn = conns
+            .iter()
+            .find(|c| c.reads() == *sent)
+            .unwrap_or_else(|| panic!("no connection captured these reads: {}", trace.dump()));
+        conn.check();
+        assert_eq!(conn.count("eom"), REQS);
+        assert_bytes_eq("writes", &conn.writes(), received);
+    }
+    assert_eq!(origin.connections(), CONNS);
+    assert_eq!(origin.request_count(), CONNS * REQS);
+}
