@@ -31,8 +31,8 @@ use monoio::net::TcpStream;
 use crate::capture::encode::Timestamp;
 use crate::config::FailurePolicy;
 use crate::handoff::{FailKind, Outcome};
-use crate::http1::request::{Event, FrameError, FramerLimits, RequestFramer};
-use crate::http1::response::{ExpectedResponse, REvent, ResponseFramer};
+use crate::http1::{Event, FrameError, FramerLimits, RequestFramer};
+use crate::http1::{ExpectedResponse, REvent, ResponseFramer};
 use crate::stats::Counter;
 use crate::worker::{ConnState, Ctx, StopReason};
 
@@ -250,7 +250,10 @@ async fn client_to_upstream(
         let mut pos = 0usize; // framed so far
         let mut seg = 0usize; // start of the not-yet-captured part of the current request
         let mut fwd = 0usize; // forwarded so far
-        while pos < data_len {
+        // Call the framer until it returns no event (it then consumed everything): a
+        // bodiless request's MessageComplete comes on the call after its HeadComplete, even
+        // when no input is left.
+        loop {
             let input = buf.get(pos..data_len).unwrap_or(&[]);
             let step = match framer.advance(input) {
                 Ok(s) => s,
@@ -290,7 +293,7 @@ async fn client_to_upstream(
             };
             pos += step.consumed;
             match step.event {
-                None => {}
+                None => break,
                 Some(Event::HeadComplete(head)) => {
                     rq.head_done = true;
                     st.head_started.set(None);
@@ -502,7 +505,7 @@ async fn upstream_to_client(
             // Cut the writes at response boundaries so suppressed responses stay out.
             let mut pos = 0usize;
             let mut seg = 0usize;
-            while pos < data_len {
+            loop {
                 let input = buf.get(pos..data_len).unwrap_or(&[]);
                 let step = x.resp.borrow_mut().advance(input);
                 let step = match step {
@@ -550,7 +553,8 @@ async fn upstream_to_client(
                         x.opaque.set(true);
                         pos = data_len;
                     }
-                    Some(REvent::HeadComplete { .. }) | None => {}
+                    Some(REvent::HeadComplete { .. }) => {}
+                    None => break,
                 }
             }
             if seg < data_len && capturing && current_response_captured(x) {

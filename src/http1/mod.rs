@@ -1,4 +1,569 @@
-//! stub
+//! Sans-IO HTTP/1.x framing: where each request and response starts and ends in a byte
+//! stream, what its head says (method, target, headers, body framing), whether capture of a
+//! request is suppressed, and the `--setHeader` head rewrite.
+//!
+//! Owns: [`RequestFramer`] (client → destination), [`ResponseFramer`] (destination → client),
+//! [`is_suppressed`], [`HeadRewriter`], and the primitives they share (limits, errors, the
+//! empty-line scanner, the split-head accumulator and the body decoder), which live here.
+//!
+//! May depend on: `httparse` (head parsing), `regex` (suppression), `crate::config` (rule
+//! types). Nothing here does I/O or knows sockets, threads, capture formats or flags.
+//!
+//! Invariant: the framers never copy body bytes and never allocate per message in steady
+//! state; they only observe the bytes the caller forwards unchanged. A framer's answer never
+//! depends on how the caller split the stream into calls: the same bytes give the same events
+//! at the same absolute offsets. Peer bytes can make a framer return an error, never panic.
+
 pub mod request;
 pub mod response;
+pub mod rewrite;
 pub mod suppress;
+
+pub use request::{
+    line_lengths, Event, HeaderIter, Headers, Method, RequestFramer, RequestHead, Step,
+};
+pub use response::{ExpectedResponse, REvent, RStep, ResponseFramer};
+pub use rewrite::{HeadRewriter, RewriteError};
+pub use suppress::is_suppressed;
+
+/// Size limits shared by both framers. They bound memory (heads are the only bytes a framer
+/// ever buffers) and stop a peer from streaming endless framing metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramerLimits {
+    /// Most bytes of one message head (start line + header lines + the empty line, without
+    /// leading empty lines). Exceeding it is [`FrameError::HeadTooLarge`] (the proxy answers
+    /// 431).
+    pub max_head_bytes: usize,
+    /// Most bytes of one chunk-size line, extensions and line ending included.
+    pub max_chunk_line_bytes: usize,
+    /// Most bytes of a chunked body's trailer section, the final empty line included.
+    pub max_trailer_bytes: usize,
+}
+
+impl FramerLimits {
+    /// 64 KiB: eight times Netty's 8 KiB header default that the Java proxy parsed with, so
+    /// anything a real Elasticsearch/OpenSearch client sends fits, while one connection's head
+    /// buffer stays small.
+    pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
+    /// 4 KiB: Netty's initial-line limit, which it also applies to chunk-size lines; real
+    /// chunk-size lines are a few hex digits, extensions are practically never sent.
+    pub const DEFAULT_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+    /// 64 KiB: the same budget as a head. Trailers are never buffered (only scanned), so the
+    /// limit only stops an endless trailer section.
+    pub const DEFAULT_MAX_TRAILER_BYTES: usize = 64 * 1024;
+}
+
+impl Default for FramerLimits {
+    fn default() -> Self {
+        FramerLimits {
+            max_head_bytes: Self::DEFAULT_MAX_HEAD_BYTES,
+            max_chunk_line_bytes: Self::DEFAULT_MAX_CHUNK_LINE_BYTES,
+            max_trailer_bytes: Self::DEFAULT_MAX_TRAILER_BYTES,
+        }
+    }
+}
+
+/// Why a byte stream cannot be framed. Once a framer has returned an error it returns the same
+/// error for every later call: the connection's framing is lost.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The head did not end within [`FramerLimits::max_head_bytes`].
+    #[error("message head exceeds the size limit")]
+    HeadTooLarge,
+    /// The bytes are not HTTP/1.x as this framer accepts it; the text says what was wrong.
+    #[error("malformed HTTP/1.x message: {0}")]
+    Malformed(&'static str),
+}
+
+/// How a message's body is delimited (requests: from the head alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    ContentLength(u64),
+    Chunked,
+}
+
+/// Capacity the split-head buffer keeps between messages. A head larger than this that
+/// arrived split makes the buffer grow once; it is shrunk back to this when the next head
+/// starts, so an occasional huge head does not pin 64 KiB on an idle connection. 16 KiB is
+/// far above typical client heads (well under 2 KiB), so steady state never reallocates.
+const HEAD_BUF_RETAINED_BYTES: usize = 16 * 1024;
+
+/// Header slots parsed on the stack before falling back to a heap array sized from the head's
+/// line count. 64 slots (2 KiB of stack) cover every real client; the fallback costs one
+/// allocation for a head with more header lines.
+const INLINE_HEADER_SLOTS: usize = 64;
+
+/// Converts a length that is bounded by a limit to the `u32` the capture format uses,
+/// saturating instead of wrapping when a limit was configured above 4 GiB.
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Byte offset of `part` inside `base`, when `part` really points into `base`.
+fn offset_in(base: &[u8], part: &[u8]) -> Option<usize> {
+    let off = (part.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
+    let end = off.checked_add(part.len())?;
+    (end <= base.len()).then_some(off)
+}
+
+/// Strips leading and trailing optional whitespace (SP / HTAB).
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// True when the comma-separated header value contains `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| trim_ows(t).eq_ignore_ascii_case(token))
+}
+
+/// Parses one Content-Length field value (which may be a list of identical values, RFC 9110
+/// §8.6) and merges it with a value seen earlier in the same head.
+fn merge_content_length(prev: Option<u64>, value: &[u8]) -> Result<u64, FrameError> {
+    let mut merged = prev;
+    for part in value.split(|&b| b == b',') {
+        let digits = trim_ows(part);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(FrameError::Malformed("invalid Content-Length"));
+        }
+        let mut n: u64 = 0;
+        for &d in digits {
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or(FrameError::Malformed("Content-Length overflows"))?;
+        }
+        match merged {
+            Some(m) if m != n => {
+                return Err(FrameError::Malformed("conflicting Content-Length values"))
+            }
+            _ => merged = Some(n),
+        }
+    }
+    merged.ok_or(FrameError::Malformed("invalid Content-Length"))
+}
+
+/// What the Transfer-Encoding fields of one head add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct TransferCoding {
+    /// At least one Transfer-Encoding field was present.
+    present: bool,
+    /// The last coding listed is `chunked`.
+    chunked_last: bool,
+    /// `chunked` is listed more than once or not last.
+    chunked_misplaced: bool,
+}
+
+impl TransferCoding {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        for coding in value.split(|&b| b == b',').map(trim_ows) {
+            if coding.is_empty() {
+                continue;
+            }
+            if self.chunked_last {
+                // Something follows an earlier `chunked`.
+                self.chunked_misplaced = true;
+            }
+            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+}
+
+/// Finds the end of a section that ends with an empty line (a head or a trailer section),
+/// across calls. Line endings are LF or CRLF; the empty line is "\n" or "\r\n".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LineScan {
+    /// Bytes of the current line seen so far (saturating).
+    line_len: usize,
+    /// The current line's first byte is CR (meaningful when `line_len > 0`).
+    first_is_cr: bool,
+}
+
+impl LineScan {
+    /// Scans `input`, which continues the section; returns the index just past the LF that
+    /// ends the empty line, or `None` when `input` ran out first (state kept for the next call).
+    fn find_section_end(&mut self, input: &[u8]) -> Option<usize> {
+        let mut pos = 0usize;
+        loop {
+            let rest = input.get(pos..).unwrap_or_default();
+            match rest.iter().position(|&b| b == b'\n') {
+                None => {
+                    if let Some(&first) = rest.first() {
+                        if self.line_len == 0 {
+                            self.first_is_cr = first == b'\r';
+                        }
+                        self.line_len = self.line_len.saturating_add(rest.len());
+                    }
+                    return None;
+                }
+                Some(off) => {
+                    let seg = rest.get(..off).unwrap_or_default();
+                    let empty = match (self.line_len, seg) {
+                        (0, []) | (0, [b'\r']) => true,
+                        (1, []) => self.first_is_cr,
+                        _ => false,
+                    };
+                    *self = LineScan::default();
+                    pos = pos.saturating_add(off).saturating_add(1);
+                    if empty {
+                        return Some(pos);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Collects the bytes of a head that arrived split across calls. The buffer keeps its
+/// capacity between heads (see [`HEAD_BUF_RETAINED_BYTES`]).
+#[derive(Debug, Default)]
+struct HeadAccum {
+    buf: Vec<u8>,
+    scan: LineScan,
+    /// An LF has been appended: the start line is complete.
+    saw_lf: bool,
+    /// The start line has been validated (once it was complete) while accumulating.
+    start_line_checked: bool,
+}
+
+impl HeadAccum {
+    fn start(&mut self) {
+        self.buf.clear();
+        self.buf.shrink_to(HEAD_BUF_RETAINED_BYTES);
+        self.scan = LineScan::default();
+        self.saw_lf = false;
+        self.start_line_checked = false;
+    }
+
+    /// Appends the head bytes at the start of `input`, up to and including the empty line
+    /// when it is there. Returns `(consumed, head_complete)`.
+    fn feed(&mut self, input: &[u8], max_head: usize) -> Result<(usize, bool), FrameError> {
+        let room = max_head.saturating_sub(self.buf.len());
+        let window = input.get(..input.len().min(room)).unwrap_or_default();
+        match self.scan.find_section_end(window) {
+            Some(n) => {
+                self.buf
+                    .extend_from_slice(window.get(..n).unwrap_or_default());
+                Ok((n, true))
+            }
+            None if input.len() > room => Err(FrameError::HeadTooLarge),
+            None => {
+                // Only the new bytes are searched: a head dribbled in byte by byte stays
+                // linear.
+                self.saw_lf |= window.contains(&b'\n');
+                self.buf.extend_from_slice(window);
+                Ok((window.len(), false))
+            }
+        }
+    }
+
+    /// True once per head: the start line is complete in the buffer and was not yet checked.
+    fn start_line_ready(&mut self) -> bool {
+        if !self.start_line_checked && self.saw_lf {
+            self.start_line_checked = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// Number of leading CR/LF bytes (empty lines before a start line, RFC 9112 §2.2).
+fn leading_empty_lines(input: &[u8]) -> usize {
+    input
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(input.len())
+}
+
+/// Where a chunked body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// In a chunk-size line.
+    Size {
+        size: u64,
+        digits: u32,
+        phase: SizePhase,
+        line_len: usize,
+    },
+    /// Inside chunk data; bytes left.
+    Data(u64),
+    /// After chunk data, expecting its CRLF (or bare LF).
+    DataEnd { saw_cr: bool },
+    /// In the trailer section after the last chunk.
+    Trailers { scan: LineScan, bytes: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizePhase {
+    Digits,
+    /// After `;` or whitespace: chunk extensions, skipped up to the line end.
+    Ext,
+    /// After a CR: only LF may follow.
+    Cr,
+}
+
+impl Chunk {
+    const START: Chunk = Chunk::Size {
+        size: 0,
+        digits: 0,
+        phase: SizePhase::Digits,
+        line_len: 0,
+    };
+}
+
+/// Body framing state of the message in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Content-Length bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the connection closes (responses only).
+    CloseDelimited,
+}
+
+impl Body {
+    /// Consumes body bytes from the start of `input`. Returns `(consumed, complete)`; when not
+    /// complete, all of `input` was consumed. Body bytes are never copied.
+    fn advance(
+        &mut self,
+        input: &[u8],
+        limits: &FramerLimits,
+    ) -> Result<(usize, bool), FrameError> {
+        match self {
+            Body::CloseDelimited => Ok((input.len(), false)),
+            Body::Length(left) => {
+                let take = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                // `take` fits in u64 because it is at most `*left`.
+                *left -= take as u64;
+                Ok((take, *left == 0))
+            }
+            Body::Chunked(chunk) => advance_chunked(chunk, input, limits),
+        }
+    }
+}
+
+fn advance_chunked(
+    chunk: &mut Chunk,
+    input: &[u8],
+    limits: &FramerLimits,
+) -> Result<(usize, bool), FrameError> {
+    let mut pos = 0usize;
+    loop {
+        let rest = input.get(pos..).unwrap_or_default();
+        match chunk {
+            Chunk::Size {
+                size,
+                digits,
+                phase,
+                line_len,
+            } => {
+                let mut line_done = false;
+                for &b in rest {
+                    pos += 1;
+                    *line_len = line_len.saturating_add(1);
+                    if *line_len > limits.max_chunk_line_bytes {
+                        return Err(FrameError::Malformed("chunk-size line too long"));
+                    }
+                    match (*phase, b) {
+                        (_, b'\n') => {
+                            line_done = true;
+                            break;
+                        }
+                        (SizePhase::Cr, _) => {
+                            return Err(FrameError::Malformed("CR without LF in chunk-size line"))
+                        }
+                        (SizePhase::Digits, _) if b.is_ascii_hexdigit() => {
+                            let d = char::from(b).to_digit(16).unwrap_or(0);
+                            *size = size
+                                .checked_mul(16)
+                                .and_then(|s| s.checked_add(u64::from(d)))
+                                .ok_or(FrameError::Malformed("chunk size overflows"))?;
+                            *digits = digits.saturating_add(1);
+                        }
+                        (SizePhase::Digits, b';' | b' ' | b'\t') => *phase = SizePhase::Ext,
+                        (SizePhase::Digits | SizePhase::Ext, b'\r') => *phase = SizePhase::Cr,
+                        (SizePhase::Digits, _) => {
+                            return Err(FrameError::Malformed("invalid chunk size"))
+                        }
+                        (SizePhase::Ext, _) => {}
+                    }
+                }
+                if !line_done {
+                    return Ok((input.len(), false));
+                }
+                if *digits == 0 {
+                    return Err(FrameError::Malformed("missing chunk size"));
+                }
+                *chunk = if *size == 0 {
+                    Chunk::Trailers {
+                        scan: LineScan::default(),
+                        bytes: 0,
+                    }
+                } else {
+                    Chunk::Data(*size)
+                };
+            }
+            Chunk::Data(left) => {
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(rest.len());
+                *left -= take as u64;
+                pos += take;
+                if *left > 0 {
+                    return Ok((input.len(), false));
+                }
+                *chunk = Chunk::DataEnd { saw_cr: false };
+            }
+            Chunk::DataEnd { saw_cr } => match rest.first() {
+                None => return Ok((input.len(), false)),
+                Some(b'\r') if !*saw_cr => {
+                    *saw_cr = true;
+                    pos += 1;
+                }
+                Some(b'\n') => {
+                    pos += 1;
+                    *chunk = Chunk::START;
+                }
+                Some(_) => return Err(FrameError::Malformed("chunk data not followed by CRLF")),
+            },
+            Chunk::Trailers { scan, bytes } => {
+                let room = limits.max_trailer_bytes.saturating_sub(*bytes);
+                let window = rest.get(..rest.len().min(room)).unwrap_or_default();
+                match scan.find_section_end(window) {
+                    Some(n) => return Ok((pos + n, true)),
+                    None if rest.len() > room => {
+                        return Err(FrameError::Malformed("trailer section too large"))
+                    }
+                    None => {
+                        *bytes += window.len();
+                        return Ok((input.len(), false));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Maps an `httparse` error to a stable description.
+fn httparse_error(e: httparse::Error) -> FrameError {
+    FrameError::Malformed(match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid response status",
+        httparse::Error::Token => "invalid token in start line",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    })
+}
+
+/// Result of trying to parse a head with `httparse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parsed<T> {
+    /// Parsed; the head is the first `len` bytes.
+    Complete { len: usize, meta: T },
+    /// A valid prefix of a head.
+    Partial,
+    /// Not a head.
+    Invalid(httparse::Error),
+}
+
+/// An uninitialised header slot for httparse (filled by the parse, no zeroing up front).
+type HeaderSlot<'b> = std::mem::MaybeUninit<httparse::Header<'b>>;
+
+/// Heap header slots for a head with more header lines than [`INLINE_HEADER_SLOTS`]: one per
+/// line, which is always enough.
+fn heap_header_slots<'b>(raw: &[u8]) -> Vec<HeaderSlot<'b>> {
+    let lines = raw.iter().filter(|&&b| b == b'\n').count();
+    vec![HeaderSlot::uninit(); lines.saturating_add(1)]
+}
+
+/// The framing-relevant header names, recognised by length first so most headers cost one
+/// integer comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Upgrade,
+    Other,
+}
+
+fn known_header(name: &[u8]) -> Known {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        14 if is(b"content-length") => Known::ContentLength,
+        17 if is(b"transfer-encoding") => Known::TransferEncoding,
+        10 if is(b"connection") => Known::Connection,
+        6 if is(b"expect") => Known::Expect,
+        7 if is(b"upgrade") => Known::Upgrade,
+        _ => Known::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_scan_finds_empty_line_across_splits() {
+        let cases: &[(&[u8], usize)] = &[
+            (b"a\r\n\r\nrest", 5),
+            (b"a\n\nrest", 3),
+            (b"a\r\n\nrest", 4),
+            (b"a\n\r\nrest", 4),
+            (b"ab\rc\n\n", 6),
+        ];
+        for &(input, end) in cases {
+            let mut s = LineScan::default();
+            assert_eq!(s.find_section_end(input), Some(end));
+            for split in 0..input.len() {
+                let mut s = LineScan::default();
+                let (a, b) = input.split_at(split);
+                let got = match s.find_section_end(a) {
+                    Some(n) => Some(n),
+                    None => s.find_section_end(b).map(|n| n + a.len()),
+                };
+                assert_eq!(got, Some(end), "{input:?} split {split}");
+            }
+        }
+        let mut s = LineScan::default();
+        assert_eq!(s.find_section_end(b"a\r\rb\n"), None);
+    }
+
+    #[test]
+    fn content_length_merging() {
+        assert_eq!(merge_content_length(None, b"42"), Ok(42));
+        assert_eq!(merge_content_length(None, b"42, 42"), Ok(42));
+        assert_eq!(merge_content_length(Some(42), b"42"), Ok(42));
+        assert!(merge_content_length(Some(41), b"42").is_err());
+        assert!(merge_content_length(None, b"4 2").is_err());
+        assert!(merge_content_length(None, b"").is_err());
+        assert!(merge_content_length(None, b"+4").is_err());
+        assert!(merge_content_length(None, b"99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn transfer_coding_rules() {
+        let mut t = TransferCoding::default();
+        t.add(b"gzip, chunked");
+        assert!(t.chunked_last && !t.chunked_misplaced);
+        let mut t = TransferCoding::default();
+        t.add(b"chunked");
+        t.add(b"gzip");
+        assert!(!t.chunked_last && t.chunked_misplaced);
+        let mut t = TransferCoding::default();
+        t.add(b"chunked, chunked");
+        assert!(t.chunked_misplaced);
+    }
+}
