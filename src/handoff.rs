@@ -118,6 +118,9 @@ impl Returned {
 /// Most emptied buffers a worker's inbox keeps for return; more are freed. 256 × a typical
 /// small record buffer (a few KiB) bounds what sits idle in the inbox.
 const MAX_RETURNED_BUFFERS: usize = 256;
+/// Most emptied batch vectors the inbox keeps for return: enough for the batches in flight
+/// in steady state (a sink that keeps up holds a handful).
+pub const MAX_RETURNED_RECORD_VECS: usize = 64;
 
 /// The sink→worker inbox of one worker.
 pub struct Inbox {
@@ -160,7 +163,7 @@ impl Inbox {
                 }
             }
             if let Some(v) = recs {
-                if r.record_vecs.len() < 16 {
+                if r.record_vecs.len() < MAX_RETURNED_RECORD_VECS {
                     r.record_vecs.push(v);
                 }
             }

@@ -430,7 +430,7 @@ impl Ctx {
                 }
             }
             for v in r.record_vecs.drain(..) {
-                if b.record_vecs.len() < 16 && v.is_empty() {
+                if b.record_vecs.len() < crate::handoff::MAX_RETURNED_RECORD_VECS && v.is_empty() {
                     b.record_vecs.push(v);
                 }
             }

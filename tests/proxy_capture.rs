@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -94,6 +95,40 @@ fn pipelined_gets_cut_at_request_boundaries() {
     assert_eq!(origin.request_count(), 3);
 }
 
+/// (2b) Mutating requests pipelined with a GET in one write: cut per request, a record
+/// flushed at each mutating request's EOM.
+#[test]
+fn pipelined_mutating_requests_flush_at_each_eom() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let reqs = [
+        with_body("POST", "/echo?p=1", b"{\"one\":1}"),
+        get("/small?p=2"),
+        with_body("PUT", "/echo?p=3", b"{\"three\":3}"),
+    ];
+    let mut c = proxy.client();
+    c.send(&reqs.concat());
+    let resps = c.read_n(3);
+    assert_eq!(resps[0].body, b"{\"one\":1}");
+    assert_eq!(resps[2].body, b"{\"three\":3}");
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.read_chunks(), reqs.to_vec(), "{}", conn.dump());
+    assert_eq!(conn.eoms(), reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>());
+    assert_eq!(
+        conn.indexes(),
+        vec![Index::Number(1), Index::Number(2), Index::NumberOfThisLastChunk(3)],
+        "{}",
+        conn.dump()
+    );
+    assert_eq!(conn.record_kinds(0), ["read", "eom"]);
+    assert_eq!(conn.record_kinds(1), ["read", "eom", "read", "eom"]);
+    assert_eq!(conn.records[2].prior_requests_received, Some(3));
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
 /// (3) Chunked POST whose terminator arrives in its own read: one EOM after that read; the
 /// record is flushed ending in the EOM; the response and close follow in the final record.
 #[test]
@@ -124,6 +159,80 @@ fn chunked_post_terminator_in_separate_read() {
     assert_eq!(r2.last(), Some(&"close"));
     assert!(r2[..r2.len() - 1].iter().all(|k| *k == "write"), "{}", conn.dump());
     assert_eq!(conn.eoms(), vec![eom_of(&first)]);
+    assert_exchange(&conn, &c);
+    assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// (3b) The reliability hold: when the origin has received all of a captured mutating
+/// request, its record (ending in its EOM) is already committed to the trace file.
+#[test]
+fn mutating_requests_reach_origin_after_their_record() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let dir = proxy.dir.path().to_path_buf();
+    // (method, EOMs in the committed trace when the origin got the whole request)
+    let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let seen2 = seen.clone();
+    origin.set_hook(move |req| {
+        let t = Trace::load_partial(&dir);
+        let eoms = t
+            .records
+            .iter()
+            .flat_map(|(r, _)| r.sub_stream.iter())
+            .filter(|o| kind(o) == "eom")
+            .count();
+        seen2.lock().unwrap().push((req.method.clone(), eoms));
+    });
+    let reqs = [
+        with_body("POST", "/echo?m=post", b"{\"a\":1}"),
+        with_body("PUT", "/echo?m=put", b"{\"b\":2}"),
+        get("/small?m=get"),
+        with_body("PATCH", "/echo?m=patch", b"{\"c\":3}"),
+        b"DELETE /echo?m=delete HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec(),
+    ];
+    let mut c = proxy.client();
+    for r in &reqs {
+        c.send(r);
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    let seen = seen.lock().unwrap().clone();
+    let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["POST", "PUT", "GET", "PATCH", "DELETE"]);
+    for (i, (m, eoms)) in seen.iter().enumerate() {
+        if m != "GET" {
+            assert_eq!(*eoms, i + 1, "{m}: its EOM was not committed when the origin got it");
+        }
+    }
+    // Each mutating request's record ends at its EOM.
+    let ends: Vec<&str> = conn.records.iter().map(|r| kind(r.sub_stream.last().unwrap())).collect();
+    assert_eq!(ends.iter().filter(|k| **k == "eom").count(), 4, "{}", conn.dump());
+    assert_eq!(conn.read_chunks(), reqs.to_vec());
+    assert_exchange(&conn, &c);
+}
+
+/// (3c) A chunked POST with chunk extensions and a trailer, sent a few bytes per write: one
+/// EOM right after the read holding the final CRLF of the trailer section.
+#[test]
+fn chunked_post_with_trailer_in_small_pieces() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-Trailer: yes\r\n\r\n".to_vec();
+    let pieces: Vec<&[u8]> = req.chunks(7).collect();
+    let mut c = proxy.client();
+    c.send_chunks(&pieces, Duration::from_millis(3));
+    let resp = c.read_response(false);
+    assert_eq!(resp.body, b"Wikipedia in\r\n\r\nchunks.");
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.count("eom"), 1);
+    assert_eq!(conn.request_reads(), vec![req.clone()]);
+    assert_eq!(conn.eoms(), vec![eom_of(&req)]);
+    assert_eq!(conn.records[0].index, Some(Index::Number(1)));
+    assert_eq!(conn.record_kinds(0).last(), Some(&"eom"));
     assert_exchange(&conn, &c);
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
 }
@@ -163,6 +272,34 @@ fn large_post_split_across_records() {
     );
     assert_exchange(&conn, &c);
     assert!(origin.received_all() == c.sent, "origin received different bytes");
+}
+
+/// (4b) A small `--maxTrafficBufferSize` (2 KiB): a 100 KB POST and its echo span many
+/// records, each within the limit, numbered without gaps, field 7 set on every record that
+/// starts mid-request.
+#[test]
+fn small_record_limit_many_segments() {
+    const BUFFER: usize = 2048;
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.max_traffic_buffer_size = BUFFER);
+    let body = large_body(100_000);
+    let req = with_body("POST", "/echo", &body);
+    let mut c = proxy.client();
+    c.send(&req);
+    let resp = c.read_response(false);
+    assert!(resp.body == body);
+    c.send(&get("/small?after=big"));
+    c.read_response(false);
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check_with_limit(BUFFER - 500);
+    assert!(conn.records.len() > 130, "{} records", conn.records.len());
+    assert!(
+        conn.records.iter().filter(|r| r.last_observation_was_unterminated_read == Some(true)).count() > 50,
+        "records starting mid-request carry field 7"
+    );
+    assert_eq!(conn.count("eom"), 2);
+    assert_exchange(&conn, &c);
 }
 
 /// (5) PUT then DELETE on one connection: each record flushed at its EOM.
@@ -423,6 +560,25 @@ fn origin_closes_after_response() {
     let resp = c.read_response(false);
     assert_eq!(resp.body, b"bye\n");
     assert!(c.closed_by_peer(), "the proxy closes the client after the origin closed");
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_exchange(&conn, &c);
+}
+
+/// (10d) The client half-closes right after its request: the response still arrives whole
+/// and is captured, then the connection closes.
+#[test]
+fn client_half_close_after_request() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = get("/large?bytes=20000");
+    let mut c = proxy.client();
+    c.send(&req);
+    c.shutdown_write();
+    let resp = c.read_response(false);
+    assert_eq!(resp.body, large_body(20_000));
+    assert!(c.closed_by_peer());
     let conn = proxy.stop().single();
     conn.check();
     assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());

@@ -191,3 +191,39 @@ fn graceful_shutdown_completes_in_flight_request() {
     assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
     assert_exchange(&conn, &c);
 }
+
+/// (g) A request head that does not complete within `--request-head-timeout`: 408, close,
+/// and a `connectionException` after the partial read.
+#[test]
+fn request_head_timeout_gives_408() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.request_head_timeout = Some(Duration::from_millis(300)));
+    let partial = b"GET /small HTTP/1.1\r\nHost: origin.test\r\n";
+    let mut c = proxy.client();
+    c.send(partial);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 408);
+    assert!(c.closed_by_peer());
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_bytes_eq("reads", &conn.reads(), partial);
+    assert_eq!(conn.kinds(), ["read", "connectionException", "close"], "{}", conn.dump());
+}
+
+/// (h) `--client-idle-timeout`: an idle keep-alive connection is closed; the capture is
+/// complete.
+#[test]
+fn client_idle_timeout_closes() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| cfg.client_idle_timeout = Some(Duration::from_millis(300)));
+    let mut c = proxy.client();
+    c.send(&get("/small"));
+    assert_eq!(c.read_response(false).status, 200);
+    let t0 = std::time::Instant::now();
+    assert!(c.closed_by_peer(), "closed when idle");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_exchange(&conn, &c);
+}

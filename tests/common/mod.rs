@@ -46,6 +46,17 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// `read` that retries `EINTR`: a blocking socket read with a timeout (SO_RCVTIMEO) fails with
+/// EINTR whenever the thread is interrupted (signal, freezer), whatever SA_RESTART says.
+pub fn read_retrying(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // Origin server
 // ----------------------------------------------------------------------------------------
@@ -63,9 +74,13 @@ pub struct OriginRequest {
     pub body: Vec<u8>,
 }
 
+/// Called by the origin with each complete request before it answers.
+pub type OriginHook = Box<dyn Fn(&OriginRequest) + Send + Sync>;
+
 #[derive(Default)]
 struct OriginShared {
     requests: Mutex<Vec<OriginRequest>>,
+    hook: Mutex<Option<OriginHook>>,
     /// Every byte received, per connection in accept order.
     conn_raw: Mutex<Vec<Vec<u8>>>,
     connections: AtomicUsize,
@@ -120,6 +135,12 @@ impl Origin {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Installs `hook`, called with each request once all its bytes arrived, before the
+    /// origin answers (e.g. to look at the trace at the moment the origin got the request).
+    pub fn set_hook(&self, hook: impl Fn(&OriginRequest) + Send + Sync + 'static) {
+        *self.shared.hook.lock().unwrap() = Some(Box::new(hook));
     }
 
     /// Every request received so far, in arrival order.
@@ -196,7 +217,7 @@ impl OriginConn {
     /// Reads more bytes; `Ok(false)` on EOF.
     fn fill(&mut self) -> io::Result<bool> {
         let mut tmp = [0u8; READ_CHUNK];
-        let n = self.stream.read(&mut tmp)?;
+        let n = read_retrying(&mut self.stream, &mut tmp)?;
         if n == 0 {
             return Ok(false);
         }
@@ -315,13 +336,17 @@ impl OriginConn {
             }
             let (end, body) = self.read_body(&head)?;
             let raw: Vec<u8> = self.buf.drain(..end).collect();
-            self.shared.requests.lock().unwrap().push(OriginRequest {
+            let req = OriginRequest {
                 conn: self.idx,
                 method: head.method.clone(),
                 target: head.target.clone(),
                 raw,
                 body: body.clone(),
-            });
+            };
+            if let Some(h) = self.shared.hook.lock().unwrap().as_ref() {
+                h(&req);
+            }
+            self.shared.requests.lock().unwrap().push(req);
             let client_close = head
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -331,7 +356,7 @@ impl OriginConn {
                 // Drain until the peer closes so our close does not reset unread bytes.
                 let _ = self.stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut tmp = [0u8; 4096];
-                while matches!(self.stream.read(&mut tmp), Ok(n) if n > 0) {}
+                while matches!(read_retrying(&mut self.stream, &mut tmp), Ok(n) if n > 0) {}
                 return Ok(());
             }
         }
@@ -516,7 +541,7 @@ impl Client {
             return Ok(false);
         }
         let mut tmp = vec![0u8; READ_CHUNK];
-        let n = self.stream.read(&mut tmp)?;
+        let n = read_retrying(&mut self.stream, &mut tmp)?;
         if n == 0 {
             self.eof = true;
             return Ok(false);
@@ -1064,6 +1089,11 @@ impl ConnTrace {
     /// timestamp; one `close`, last; segments terminated by `segmentEnd` with the original
     /// timestamp; EOM right after a read, same timestamp, both lengths set; sizes ≤ limit.
     pub fn check(&self) {
+        self.check_with_limit(MAX_RECORD_BYTES)
+    }
+
+    /// [`check`](Self::check) with records limited to `max_record_bytes`.
+    pub fn check_with_limit(&self, max_record_bytes: usize) {
         let fail = |msg: String| -> ! { panic!("connection {}: {msg}\n{}", self.id, self.dump()) };
         let n = self.records.len();
         if n == 0 {
@@ -1094,8 +1124,8 @@ impl ConnTrace {
             if &r.node_id != node {
                 fail(format!("record {} nodeId differs", i + 1));
             }
-            if *size > MAX_RECORD_BYTES {
-                fail(format!("record {} is {} bytes > {}", i + 1, size, MAX_RECORD_BYTES));
+            if *size > max_record_bytes {
+                fail(format!("record {} is {} bytes > {}", i + 1, size, max_record_bytes));
             }
             if r.prior_requests_received == Some(0) {
                 fail(format!("record {} has explicit priorRequestsReceived=0", i + 1));
