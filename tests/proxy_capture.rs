@@ -18,7 +18,10 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The header rule of the suppression tests: `--suppressCaptureForHeaderMatch user-agent
 /// ELB-HealthChecker/.*`, compiled anchored as `config` does.
 fn health_check_rule() -> (String, regex::bytes::Regex) {
-    ("user-agent".into(), regex::bytes::Regex::new("^(?:ELB-HealthChecker/.*)$").unwrap())
+    (
+        "user-agent".into(),
+        regex::bytes::Regex::new("^(?:ELB-HealthChecker/.*)$").unwrap(),
+    )
 }
 
 const HEALTH_CHECK: &[u8] =
@@ -53,7 +56,12 @@ fn keep_alive_gets_single_record() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.indexes(), vec![Index::NumberOfThisLastChunk(1)], "{}", conn.dump());
+    assert_eq!(
+        conn.indexes(),
+        vec![Index::NumberOfThisLastChunk(1)],
+        "{}",
+        conn.dump()
+    );
     assert_eq!(
         conn.shape(),
         ["read", "eom", "write", "read", "eom", "write", "read", "eom", "write", "close"],
@@ -61,7 +69,10 @@ fn keep_alive_gets_single_record() {
         conn.dump()
     );
     assert_eq!(conn.read_chunks(), reqs.to_vec(), "one read per request");
-    assert_eq!(conn.eoms(), reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>());
+    assert_eq!(
+        conn.eoms(),
+        reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>()
+    );
     assert_exchange(&conn, &c);
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
 }
@@ -71,7 +82,11 @@ fn keep_alive_gets_single_record() {
 fn pipelined_gets_cut_at_request_boundaries() {
     let origin = Origin::start();
     let proxy = Proxy::start(origin.addr(), |_| {});
-    let reqs = [get("/small?p=1"), get("/small?p=2"), get("/large?bytes=100")];
+    let reqs = [
+        get("/small?p=1"),
+        get("/small?p=2"),
+        get("/large?bytes=100"),
+    ];
     let mut c = proxy.client();
     c.send(&reqs.concat());
     let resps = c.read_n(3);
@@ -88,8 +103,15 @@ fn pipelined_gets_cut_at_request_boundaries() {
         "{}",
         conn.dump()
     );
-    assert_eq!(conn.read_chunks(), reqs.to_vec(), "each read holds exactly one request");
-    assert_eq!(conn.eoms(), reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>());
+    assert_eq!(
+        conn.read_chunks(),
+        reqs.to_vec(),
+        "each read holds exactly one request"
+    );
+    assert_eq!(
+        conn.eoms(),
+        reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>()
+    );
     assert_exchange(&conn, &c);
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
     assert_eq!(origin.request_count(), 3);
@@ -115,10 +137,17 @@ fn pipelined_mutating_requests_flush_at_each_eom() {
     let conn = proxy.stop().single();
     conn.check();
     assert_eq!(conn.read_chunks(), reqs.to_vec(), "{}", conn.dump());
-    assert_eq!(conn.eoms(), reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>());
+    assert_eq!(
+        conn.eoms(),
+        reqs.iter().map(|r| eom_of(r)).collect::<Vec<_>>()
+    );
     assert_eq!(
         conn.indexes(),
-        vec![Index::Number(1), Index::Number(2), Index::NumberOfThisLastChunk(3)],
+        vec![
+            Index::Number(1),
+            Index::Number(2),
+            Index::NumberOfThisLastChunk(3)
+        ],
         "{}",
         conn.dump()
     );
@@ -127,6 +156,100 @@ fn pipelined_mutating_requests_flush_at_each_eom() {
     assert_eq!(conn.records[2].prior_requests_received, Some(3));
     assert_exchange(&conn, &c);
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
+}
+
+/// A small deterministic PRNG (xorshift64) for reproducible cut points.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// (2c) Many mixed requests (GET, HEAD, Content-Length and chunked POSTs) pipelined and cut at
+/// pseudo-random points, written while responses are read: every request gets exactly its
+/// own reads and EOM, in order, across many records.
+#[test]
+fn pipelined_random_cuts_many_requests() {
+    const REQUESTS: usize = 600;
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut reqs: Vec<(Vec<u8>, bool)> = Vec::with_capacity(REQUESTS);
+    for i in 0..REQUESTS {
+        let r = match i % 5 {
+            0 => (get(&format!("/small?i={i}")), false),
+            1 => (
+                with_body(
+                    "POST",
+                    &format!("/echo?i={i}"),
+                    &large_body(rng.below(3000)),
+                ),
+                false,
+            ),
+            2 => (
+                format!("HEAD /large?bytes={i} HTTP/1.1\r\nHost: origin.test\r\n\r\n").into_bytes(),
+                true,
+            ),
+            3 => {
+                let mut v = format!(
+                    "POST /echo?i={i} HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .into_bytes();
+                for _ in 0..rng.below(4) {
+                    let n = 1 + rng.below(700);
+                    v.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                    v.extend_from_slice(&large_body(n));
+                    v.extend_from_slice(b"\r\n");
+                }
+                v.extend_from_slice(b"0\r\n\r\n");
+                (v, false)
+            }
+            _ => (get(&format!("/large?bytes={}", rng.below(5000))), false),
+        };
+        reqs.push(r);
+    }
+    let all: Vec<u8> = reqs.iter().flat_map(|(r, _)| r.iter().copied()).collect();
+    let mut c = proxy.client();
+    let mut w = c.stream.try_clone().unwrap();
+    let mut cuts = vec![0usize];
+    while *cuts.last().unwrap() < all.len() {
+        let next = (cuts.last().unwrap() + 1 + rng.below(4000)).min(all.len());
+        cuts.push(next);
+    }
+    let all2 = all.clone();
+    let writer = thread::spawn(move || {
+        use std::io::Write;
+        for win in cuts.windows(2) {
+            w.write_all(&all2[win[0]..win[1]]).unwrap();
+        }
+    });
+    let heads: Vec<bool> = reqs.iter().map(|(_, h)| *h).collect();
+    let resps = c.read_responses(&heads);
+    writer.join().unwrap();
+    c.sent = all.clone();
+    assert!(resps.iter().all(|r| r.status == 200));
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    let want: Vec<Vec<u8>> = reqs.iter().map(|(r, _)| r.clone()).collect();
+    let got = conn.request_reads();
+    assert_eq!(got.len(), want.len(), "one EOM per request");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_bytes_eq(&format!("request {i}"), g, w);
+    }
+    assert_eq!(
+        conn.eoms(),
+        want.iter().map(|r| eom_of(r)).collect::<Vec<_>>()
+    );
+    assert_exchange(&conn, &c);
+    assert!(
+        origin.received_all() == all,
+        "origin received different bytes"
+    );
 }
 
 /// (3) Chunked POST whose terminator arrives in its own read: one EOM after that read; the
@@ -140,7 +263,13 @@ fn chunked_post_terminator_in_separate_read() {
     let term = b"0\r\n\r\n";
     let mut c = proxy.client();
     let first = [&head[..], &chunks[..]].concat();
-    c.send_chunks(&[&first, term], SEGMENT_PAUSE);
+    c.send(&first);
+    // The proxy forwards what it read: once the origin has it, the terminator is a new read.
+    assert!(
+        origin.wait_received(&first, FORWARD_WAIT),
+        "first part forwarded"
+    );
+    c.send(term);
     let resp = c.read_response(false);
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"hello world");
@@ -148,16 +277,39 @@ fn chunked_post_terminator_in_separate_read() {
     let conn = proxy.stop().single();
     conn.check();
     assert_eq!(conn.records.len(), 2, "{}", conn.dump());
-    assert_eq!(conn.indexes(), vec![Index::Number(1), Index::NumberOfThisLastChunk(2)]);
+    assert_eq!(
+        conn.indexes(),
+        vec![Index::Number(1), Index::NumberOfThisLastChunk(2)]
+    );
     let r1 = conn.record_kinds(0);
-    assert_eq!(r1.last(), Some(&"eom"), "record 1 ends with the EOM: {}", conn.dump());
-    assert!(r1[..r1.len() - 1].iter().all(|k| *k == "read"), "{}", conn.dump());
-    assert!(r1.len() >= 3, "the terminator is its own read: {}", conn.dump());
-    assert_eq!(conn.read_chunks().last().map(Vec::as_slice), Some(&term[..]));
+    assert_eq!(
+        r1.last(),
+        Some(&"eom"),
+        "record 1 ends with the EOM: {}",
+        conn.dump()
+    );
+    assert!(
+        r1[..r1.len() - 1].iter().all(|k| *k == "read"),
+        "{}",
+        conn.dump()
+    );
+    assert!(
+        r1.len() >= 3,
+        "the terminator is its own read: {}",
+        conn.dump()
+    );
+    assert_eq!(
+        conn.read_chunks().last().map(Vec::as_slice),
+        Some(&term[..])
+    );
     assert_eq!(conn.records[1].prior_requests_received, Some(1));
     let r2 = conn.record_kinds(1);
     assert_eq!(r2.last(), Some(&"close"));
-    assert!(r2[..r2.len() - 1].iter().all(|k| *k == "write"), "{}", conn.dump());
+    assert!(
+        r2[..r2.len() - 1].iter().all(|k| *k == "write"),
+        "{}",
+        conn.dump()
+    );
     assert_eq!(conn.eoms(), vec![eom_of(&first)]);
     assert_exchange(&conn, &c);
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
@@ -203,12 +355,25 @@ fn mutating_requests_reach_origin_after_their_record() {
     assert_eq!(methods, ["POST", "PUT", "GET", "PATCH", "DELETE"]);
     for (i, (m, eoms)) in seen.iter().enumerate() {
         if m != "GET" {
-            assert_eq!(*eoms, i + 1, "{m}: its EOM was not committed when the origin got it");
+            assert_eq!(
+                *eoms,
+                i + 1,
+                "{m}: its EOM was not committed when the origin got it"
+            );
         }
     }
     // Each mutating request's record ends at its EOM.
-    let ends: Vec<&str> = conn.records.iter().map(|r| kind(r.sub_stream.last().unwrap())).collect();
-    assert_eq!(ends.iter().filter(|k| **k == "eom").count(), 4, "{}", conn.dump());
+    let ends: Vec<&str> = conn
+        .records
+        .iter()
+        .map(|r| kind(r.sub_stream.last().unwrap()))
+        .collect();
+    assert_eq!(
+        ends.iter().filter(|k| **k == "eom").count(),
+        4,
+        "{}",
+        conn.dump()
+    );
     assert_eq!(conn.read_chunks(), reqs.to_vec());
     assert_exchange(&conn, &c);
 }
@@ -254,7 +419,11 @@ fn large_post_split_across_records() {
     let trace = proxy.stop();
     let conn = trace.single();
     conn.check(); // includes: every record ≤ 1 MiB − 500 bytes, segments terminated
-    assert!(conn.records.len() >= 10, "10 MiB in ≥ 10 records, got {}", conn.records.len());
+    assert!(
+        conn.records.len() >= 10,
+        "10 MiB in ≥ 10 records, got {}",
+        conn.records.len()
+    );
     assert!(conn.count("readSegment") >= 1, "{}", conn.dump());
     assert!(conn.count("writeSegment") >= 1, "{}", conn.dump());
     assert_eq!(conn.count("eom"), 1);
@@ -265,13 +434,23 @@ fn large_post_split_across_records() {
         .iter()
         .position(|r| r.sub_stream.iter().any(|o| kind(o) == "eom"))
         .unwrap();
-    assert_eq!(conn.record_kinds(eom_rec).last(), Some(&"eom"), "{}", conn.dump());
+    assert_eq!(
+        conn.record_kinds(eom_rec).last(),
+        Some(&"eom"),
+        "{}",
+        conn.dump()
+    );
     assert!(
-        conn.record_kinds(eom_rec + 1).iter().all(|k| *k != "read" && *k != "readSegment"),
+        conn.record_kinds(eom_rec + 1)
+            .iter()
+            .all(|k| *k != "read" && *k != "readSegment"),
         "no reads after the request"
     );
     assert_exchange(&conn, &c);
-    assert!(origin.received_all() == c.sent, "origin received different bytes");
+    assert!(
+        origin.received_all() == c.sent,
+        "origin received different bytes"
+    );
 }
 
 /// (4b) A small `--maxTrafficBufferSize` (2 KiB): a 100 KB POST and its echo span many
@@ -295,7 +474,11 @@ fn small_record_limit_many_segments() {
     conn.check_with_limit(BUFFER - 500);
     assert!(conn.records.len() > 130, "{} records", conn.records.len());
     assert!(
-        conn.records.iter().filter(|r| r.last_observation_was_unterminated_read == Some(true)).count() > 50,
+        conn.records
+            .iter()
+            .filter(|r| r.last_observation_was_unterminated_read == Some(true))
+            .count()
+            > 50,
         "records starting mid-request carry field 7"
     );
     assert_eq!(conn.count("eom"), 2);
@@ -319,7 +502,11 @@ fn put_then_delete_flush_at_each_eom() {
     conn.check();
     assert_eq!(
         conn.indexes(),
-        vec![Index::Number(1), Index::Number(2), Index::NumberOfThisLastChunk(3)],
+        vec![
+            Index::Number(1),
+            Index::Number(2),
+            Index::NumberOfThisLastChunk(3)
+        ],
         "{}",
         conn.dump()
     );
@@ -350,7 +537,9 @@ fn empty_connection_single_close_record() {
     assert_eq!(conn.kinds(), ["close"]);
     assert_eq!(conn.indexes(), vec![Index::NumberOfThisLastChunk(1)]);
     assert!(conn.records[0].prior_requests_received.is_none());
-    assert!(conn.records[0].last_observation_was_unterminated_read.is_none());
+    assert!(conn.records[0]
+        .last_observation_was_unterminated_read
+        .is_none());
     assert!(c.received.is_empty());
 }
 
@@ -372,8 +561,17 @@ fn head_split_over_many_reads() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
-    assert!(conn.count("read") > 1, "the proxy saw several reads: {}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
+    assert!(
+        conn.count("read") > 1,
+        "the proxy saw several reads: {}",
+        conn.dump()
+    );
     assert_eq!(conn.request_reads(), vec![req.clone()]);
     assert_eq!(conn.eoms(), vec![eom_of(&req)]);
     assert_exchange(&conn, &c);
@@ -385,7 +583,9 @@ fn head_split_over_many_reads() {
 #[test]
 fn suppressed_health_check_not_captured() {
     let origin = Origin::start();
-    let proxy = Proxy::start(origin.addr(), |cfg| cfg.suppress.header_matches = vec![health_check_rule()]);
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.suppress.header_matches = vec![health_check_rule()]
+    });
     let normal = get("/small?after=hc");
     let mut c = proxy.client();
     c.send(HEALTH_CHECK);
@@ -397,7 +597,12 @@ fn suppressed_health_check_not_captured() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_bytes_eq("reads", &conn.reads(), &normal);
     assert_bytes_eq("writes", &conn.writes(), &resp.raw);
     assert_eq!(conn.eoms(), vec![eom_of(&normal)]);
@@ -410,12 +615,23 @@ fn suppressed_health_check_not_captured() {
 #[test]
 fn suppressed_after_partial_capture_request_dropped() {
     let origin = Origin::start();
-    let proxy = Proxy::start(origin.addr(), |cfg| cfg.suppress.header_matches = vec![health_check_rule()]);
-    let cut = HEALTH_CHECK.windows(12).position(|w| w == b"User-Agent: ").unwrap();
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.suppress.header_matches = vec![health_check_rule()]
+    });
+    let cut = HEALTH_CHECK
+        .windows(12)
+        .position(|w| w == b"User-Agent: ")
+        .unwrap();
     let (a, b) = HEALTH_CHECK.split_at(cut);
     let normal = get("/small?after=hc2");
     let mut c = proxy.client();
-    c.send_chunks(&[a, b], SEGMENT_PAUSE);
+    c.send(a);
+    // The proxy forwards what it read: once the origin has it, the rest is a new read.
+    assert!(
+        origin.wait_received(a, FORWARD_WAIT),
+        "first part forwarded"
+    );
+    c.send(b);
     assert_eq!(c.read_response(false).status, 200);
     c.send(&normal);
     let resp = c.read_response(false);
@@ -428,7 +644,12 @@ fn suppressed_after_partial_capture_request_dropped() {
         "requestDropped right after the first read: {}",
         conn.dump()
     );
-    assert_eq!(conn.shape(), ["read", "requestDropped", "read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "requestDropped", "read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_bytes_eq("reads", &conn.reads(), &[a, &normal[..]].concat());
     assert_eq!(conn.request_reads(), vec![normal.clone()]);
     assert_bytes_eq("writes", &conn.writes(), &resp.raw);
@@ -442,7 +663,9 @@ fn suppressed_after_partial_capture_request_dropped() {
 #[test]
 fn suppressed_pipelined_with_normal_request() {
     let origin = Origin::start();
-    let proxy = Proxy::start(origin.addr(), |cfg| cfg.suppress.header_matches = vec![health_check_rule()]);
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.suppress.header_matches = vec![health_check_rule()]
+    });
     let normal = get("/small?after=hc3");
     let mut c = proxy.client();
     c.send(&[HEALTH_CHECK, &normal[..]].concat());
@@ -450,7 +673,12 @@ fn suppressed_pipelined_with_normal_request() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_bytes_eq("reads", &conn.reads(), &normal);
     assert_bytes_eq("writes", &conn.writes(), &resps[1].raw);
     assert_eq!(origin.request_count(), 2);
@@ -479,14 +707,33 @@ fn expect_100_continue() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.kinds()[..4], ["read", "write", "read", "eom"], "{}", conn.dump());
+    assert_eq!(
+        conn.kinds()[..4],
+        ["read", "write", "read", "eom"],
+        "{}",
+        conn.dump()
+    );
     assert_eq!(conn.read_chunks(), vec![head.clone(), body.to_vec()]);
-    assert_eq!(conn.records[0].index, Some(Index::Number(1)), "flushed at the POST's EOM");
+    assert_eq!(
+        conn.records[0].index,
+        Some(Index::Number(1)),
+        "flushed at the POST's EOM"
+    );
     assert_eq!(conn.record_kinds(0).last(), Some(&"eom"));
-    assert_bytes_eq("first write", &conn.records[0].sub_stream.iter().find_map(|o| match &o.capture {
-        Some(capture_proxy::capture::proto::traffic_observation::Capture::Write(w)) => Some(w.data.clone()),
-        _ => None,
-    }).unwrap(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_bytes_eq(
+        "first write",
+        &conn.records[0]
+            .sub_stream
+            .iter()
+            .find_map(|o| match &o.capture {
+                Some(capture_proxy::capture::proto::traffic_observation::Capture::Write(w)) => {
+                    Some(w.data.clone())
+                }
+                _ => None,
+            })
+            .unwrap(),
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+    );
     assert_eq!(conn.eoms(), vec![eom_of(&head)]);
     assert_exchange(&conn, &c);
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
@@ -512,7 +759,12 @@ fn head_request_then_get() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_eq!(conn.read_chunks(), vec![head_req.clone(), get_req.clone()]);
     assert_eq!(conn.response_writes(), vec![h.raw.clone(), g.raw.clone()]);
     assert_eq!(conn.eoms(), vec![eom_of(&head_req), eom_of(&get_req)]);
@@ -529,7 +781,11 @@ fn no_body_statuses_and_chunked_responses() {
         (get("/status/204"), false, 204),
         (get("/status/304"), false, 304),
         (get("/chunked"), false, 200),
-        (b"HEAD /chunked HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec(), true, 200),
+        (
+            b"HEAD /chunked HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec(),
+            true,
+            200,
+        ),
         (get("/small"), false, 200),
     ];
     let mut c = proxy.client();
@@ -543,7 +799,10 @@ fn no_body_statuses_and_chunked_responses() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.read_chunks(), reqs.iter().map(|r| r.0.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        conn.read_chunks(),
+        reqs.iter().map(|r| r.0.clone()).collect::<Vec<_>>()
+    );
     assert_eq!(conn.response_writes(), raws);
     assert_exchange(&conn, &c);
 }
@@ -559,10 +818,18 @@ fn origin_closes_after_response() {
     c.send(&req);
     let resp = c.read_response(false);
     assert_eq!(resp.body, b"bye\n");
-    assert!(c.closed_by_peer(), "the proxy closes the client after the origin closed");
+    assert!(
+        c.closed_by_peer(),
+        "the proxy closes the client after the origin closed"
+    );
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_exchange(&conn, &c);
 }
 
@@ -581,8 +848,46 @@ fn client_half_close_after_request() {
     assert!(c.closed_by_peer());
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_exchange(&conn, &c);
+}
+
+/// (10e) An upgrade (101): the request and the 101 are captured; the opaque stream after it
+/// is forwarded both ways but not captured.
+#[test]
+fn upgrade_then_opaque_stream() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = b"GET /upgrade HTTP/1.1\r\nHost: origin.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n".to_vec();
+    let mut c = proxy.client();
+    c.send(&req);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 101);
+    c.send(b"opaque-ping-1");
+    let mut got = Vec::new();
+    while got.len() < 13 {
+        let mut tmp = [0u8; 64];
+        let n = read_retrying(&mut c.stream, &mut tmp).unwrap();
+        assert!(n > 0, "eof before the echo");
+        got.extend_from_slice(&tmp[..n]);
+    }
+    assert_eq!(got, b"opaque-ping-1");
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
+    assert_bytes_eq("reads", &conn.reads(), &req);
+    assert_bytes_eq("writes", &conn.writes(), &r.raw);
 }
 
 /// (11) An idle keep-alive connection's observations are flushed after the flush interval,
@@ -590,7 +895,9 @@ fn client_half_close_after_request() {
 #[test]
 fn idle_connection_flushed_after_interval() {
     let origin = Origin::start();
-    let proxy = Proxy::start(origin.addr(), |cfg| cfg.capture_flush_interval = Duration::from_millis(200));
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.capture_flush_interval = Duration::from_millis(200)
+    });
     let req = get("/small?idle=1");
     let mut c = proxy.client();
     c.send(&req);
@@ -611,7 +918,9 @@ fn idle_connection_flushed_after_interval() {
         )
     });
     assert!(
-        live.records.iter().all(|(r, _)| matches!(r.index, Some(Index::Number(_)))),
+        live.records
+            .iter()
+            .all(|(r, _)| matches!(r.index, Some(Index::Number(_)))),
         "no final record while the connection is open"
     );
     // The connection is still usable.
@@ -622,7 +931,12 @@ fn idle_connection_flushed_after_interval() {
     let conn = proxy.stop().single();
     conn.check();
     assert!(conn.records.len() >= 2, "{}", conn.dump());
-    assert_eq!(conn.shape(), ["read", "eom", "write", "read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_exchange(&conn, &c);
 }
 
@@ -641,7 +955,11 @@ fn concurrent_connections_independent() {
                 let mut c = Client::connect(addr);
                 for ri in 0..REQS {
                     let r = if ri % 3 == 2 {
-                        with_body("POST", &format!("/echo?c={ci}&r={ri}"), format!("body-{ci}-{ri}").as_bytes())
+                        with_body(
+                            "POST",
+                            &format!("/echo?c={ci}&r={ri}"),
+                            format!("body-{ci}-{ri}").as_bytes(),
+                        )
                     } else {
                         get(&format!("/small?c={ci}&r={ri}"))
                     };
@@ -653,7 +971,8 @@ fn concurrent_connections_independent() {
             })
         })
         .collect();
-    let exchanges: Vec<(Vec<u8>, Vec<u8>)> = workers.into_iter().map(|h| h.join().unwrap()).collect();
+    let exchanges: Vec<(Vec<u8>, Vec<u8>)> =
+        workers.into_iter().map(|h| h.join().unwrap()).collect();
     let trace = proxy.stop();
     let conns = trace.connections();
     assert_eq!(conns.len(), CONNS, "{}", trace.dump());

@@ -42,7 +42,12 @@ fn destination_refused_gives_502() {
     assert!(c.closed_by_peer());
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.kinds(), ["connectionException", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.kinds(),
+        ["connectionException", "close"],
+        "{}",
+        conn.dump()
+    );
     assert!(conn.reads().is_empty());
     assert!(conn.writes().is_empty());
 }
@@ -62,11 +67,26 @@ fn malformed_request_gives_400() {
     let trace = proxy.stop();
     let conns = trace.connections();
     assert_eq!(conns.len(), 2, "{}", trace.dump());
-    let conn = conns.iter().find(|c| c.reads() == b"GARBAGE\r\n\r\n").expect("bad request captured");
+    let conn = conns
+        .iter()
+        .find(|c| c.reads() == b"GARBAGE\r\n\r\n")
+        .expect("bad request captured");
     conn.check();
-    assert_eq!(conn.kinds(), ["read", "connectionException", "close"], "{}", conn.dump());
-    assert!(conn.writes().is_empty(), "the synthetic 400 is not captured");
-    assert_eq!(origin.request_count(), 1, "only the follow-up GET reached the origin");
+    assert_eq!(
+        conn.kinds(),
+        ["read", "connectionException", "close"],
+        "{}",
+        conn.dump()
+    );
+    assert!(
+        conn.writes().is_empty(),
+        "the synthetic 400 is not captured"
+    );
+    assert_eq!(
+        origin.request_count(),
+        1,
+        "only the follow-up GET reached the origin"
+    );
     assert_eq!(origin.requests()[0].target, "/small?still=serving");
 }
 
@@ -101,8 +121,15 @@ fn oversized_head_gives_431() {
     assert_eq!(big.count("connectionException"), 1, "{}", big.dump());
     assert_eq!(big.count("eom"), 0);
     let reads = big.reads();
-    assert!(!reads.is_empty() && req.starts_with(&reads), "reads are a prefix of what was sent");
-    assert_eq!(origin.request_count(), 1, "only the follow-up GET reached the origin");
+    assert!(
+        !reads.is_empty() && req.starts_with(&reads),
+        "reads are a prefix of what was sent"
+    );
+    assert_eq!(
+        origin.request_count(),
+        1,
+        "only the follow-up GET reached the origin"
+    );
 }
 
 /// (d) The client resets mid-request (SO_LINGER 0): the partial request is captured, the
@@ -111,23 +138,28 @@ fn oversized_head_gives_431() {
 fn client_reset_mid_request() {
     let origin = Origin::start();
     let proxy = Proxy::start(origin.addr(), |_| {});
-    let partial = b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789";
+    let partial =
+        b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789";
     {
         let mut c = proxy.client();
         c.send(partial);
         // Synchronise on the proxy having read (and forwarded) the bytes before the reset.
-        let deadline = std::time::Instant::now() + WAIT;
-        while origin.received_all() != partial && std::time::Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-        assert_bytes_eq("origin received", &origin.received_all(), partial);
-        socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO)).unwrap();
+        assert!(
+            origin.wait_received(partial, FORWARD_WAIT),
+            "partial request forwarded"
+        );
+        socket2::SockRef::from(&c.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
     } // dropped: RST
     let c2 = assert_serves(&proxy);
     let trace = proxy.stop();
     let conns = trace.connections();
     assert_eq!(conns.len(), 2, "{}", trace.dump());
-    let reset = conns.iter().find(|c| c.reads() == partial).expect("reset connection captured");
+    let reset = conns
+        .iter()
+        .find(|c| c.reads() == partial)
+        .expect("reset connection captured");
     reset.check();
     assert_eq!(reset.count("eom"), 0);
     assert!(reset.writes().is_empty());
@@ -147,7 +179,9 @@ fn upstream_dies_mid_response() {
     c.send(&req);
     let r = c.try_read_response(false);
     let truncated = match &r {
-        Err(e) => e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::ConnectionReset,
+        Err(e) => {
+            e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::ConnectionReset
+        }
         Ok(_) => false,
     };
     assert!(c.closed_by_peer());
@@ -155,7 +189,10 @@ fn upstream_dies_mid_response() {
     let trace = proxy.stop();
     let conns = trace.connections();
     assert_eq!(conns.len(), 2, "{}", trace.dump());
-    let died = conns.iter().find(|c| c.reads() == req).expect("connection captured");
+    let died = conns
+        .iter()
+        .find(|c| c.reads() == req)
+        .expect("connection captured");
     died.check();
     assert!(
         truncated || died.count("connectionException") > 0,
@@ -167,6 +204,34 @@ fn upstream_dies_mid_response() {
     let other = conns.iter().find(|x| x.id != died.id).unwrap();
     other.check();
     assert_exchange(other, &c2);
+}
+
+/// (e2) The origin resets the connection before answering: the client gets a 502, the trace
+/// has the request, its EOM and a `connectionException`; the proxy keeps serving.
+#[test]
+fn upstream_reset_before_response_gives_502() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = get("/reset");
+    let mut c = proxy.client();
+    c.send(&req);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 502);
+    assert!(c.closed_by_peer());
+    assert_serves(&proxy);
+    let trace = proxy.stop();
+    let conn = trace
+        .connections()
+        .into_iter()
+        .find(|x| x.reads() == req)
+        .expect("captured");
+    conn.check();
+    assert_eq!(
+        conn.kinds(),
+        ["read", "eom", "connectionException", "close"],
+        "{}",
+        conn.dump()
+    );
 }
 
 /// (f) Graceful shutdown with a request in flight: the client still gets the whole
@@ -188,7 +253,12 @@ fn graceful_shutdown_completes_in_flight_request() {
     stopper.join().unwrap();
     let conn = Trace::load(proxy.dir.path()).single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_exchange(&conn, &c);
 }
 
@@ -197,7 +267,9 @@ fn graceful_shutdown_completes_in_flight_request() {
 #[test]
 fn request_head_timeout_gives_408() {
     let origin = Origin::start();
-    let proxy = Proxy::start(origin.addr(), |cfg| cfg.request_head_timeout = Some(Duration::from_millis(300)));
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.request_head_timeout = Some(Duration::from_millis(300))
+    });
     let partial = b"GET /small HTTP/1.1\r\nHost: origin.test\r\n";
     let mut c = proxy.client();
     c.send(partial);
@@ -207,7 +279,12 @@ fn request_head_timeout_gives_408() {
     let conn = proxy.stop().single();
     conn.check();
     assert_bytes_eq("reads", &conn.reads(), partial);
-    assert_eq!(conn.kinds(), ["read", "connectionException", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.kinds(),
+        ["read", "connectionException", "close"],
+        "{}",
+        conn.dump()
+    );
 }
 
 /// (h) `--client-idle-timeout`: an idle keep-alive connection is closed; the capture is
@@ -215,7 +292,9 @@ fn request_head_timeout_gives_408() {
 #[test]
 fn client_idle_timeout_closes() {
     let origin = Origin::start();
-    let proxy = Proxy::start(origin.addr(), |cfg| cfg.client_idle_timeout = Some(Duration::from_millis(300)));
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.client_idle_timeout = Some(Duration::from_millis(300))
+    });
     let mut c = proxy.client();
     c.send(&get("/small"));
     assert_eq!(c.read_response(false).status, 200);
@@ -224,6 +303,11 @@ fn client_idle_timeout_closes() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(conn.shape(), ["read", "eom", "write", "close"], "{}", conn.dump());
+    assert_eq!(
+        conn.shape(),
+        ["read", "eom", "write", "close"],
+        "{}",
+        conn.dump()
+    );
     assert_exchange(&conn, &c);
 }

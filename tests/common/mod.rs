@@ -30,9 +30,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the origin's reads of an idle upstream connection (seconds): the proxy may keep a
 /// connection open for the whole test; the origin thread must end eventually anyway.
 const ORIGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between writes that must reach the proxy as separate reads (milliseconds). With
-/// TCP_NODELAY each write is its own segment; a few ms lets the proxy consume it first.
-pub const SEGMENT_PAUSE: Duration = Duration::from_millis(15);
+/// Bound of the waits for the origin to have received forwarded bytes (seconds).
+pub const FORWARD_WAIT: Duration = Duration::from_secs(5);
 /// Largest serialized record under the default `--maxTrafficBufferSize` (1 MiB − 500).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024 - 500;
 /// Socket read buffer (bytes) for the origin and the client.
@@ -91,7 +90,7 @@ struct OriginShared {
 ///
 /// Routes: `/small` (≈200-byte JSON), `/large?bytes=N`, `/echo` (body echoed), `/chunked`,
 /// `/status/204`, `/status/304`, `/close` (answers with `Connection: close` and closes),
-/// `/die` (half a response then close), `/slow?ms=N`; anything else is a 404. HEAD answers
+/// `/die` (half a response then close), `/slow?ms=N`, `/upgrade` (101, then echoes raw bytes), `/reset` (RST, no answer); anything else is a 404. HEAD answers
 /// the GET's headers without a body. `Expect: 100-continue` gets an interim 100 first.
 pub struct Origin {
     addr: SocketAddr,
@@ -123,7 +122,12 @@ impl Origin {
                     thread::Builder::new()
                         .name(format!("origin-conn-{idx}"))
                         .spawn(move || {
-                            let mut c = OriginConn { stream: s, buf: Vec::new(), idx, shared: sh2 };
+                            let mut c = OriginConn {
+                                stream: s,
+                                buf: Vec::new(),
+                                idx,
+                                shared: sh2,
+                            };
                             let _ = c.serve();
                         })
                         .expect("spawn origin conn");
@@ -165,6 +169,19 @@ impl Origin {
     /// All bytes received on all connections, concatenated in accept order.
     pub fn received_all(&self) -> Vec<u8> {
         self.received().concat()
+    }
+
+    /// Waits (bounded) until the origin has received exactly `bytes` in all (so the proxy has
+    /// read and forwarded them: the next client write reaches the proxy as a separate read).
+    pub fn wait_received(&self, bytes: &[u8], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.received_all() == bytes {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.received_all() == bytes
     }
 
     /// Waits (bounded) until at least `n` requests have arrived.
@@ -240,7 +257,11 @@ impl OriginConn {
     /// Index of the CRLF ending the line that starts at `from` (reads more as needed).
     fn line_end(&mut self, from: usize) -> io::Result<usize> {
         loop {
-            if let Some(p) = self.buf.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")) {
+            if let Some(p) = self
+                .buf
+                .get(from..)
+                .and_then(|s| s.windows(2).position(|w| w == b"\r\n"))
+            {
                 return Ok(from + p);
             }
             if !self.fill()? {
@@ -263,7 +284,12 @@ impl OriginConn {
                         headers: req
                             .headers
                             .iter()
-                            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.name.to_string(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
                             .collect(),
                     }))
                 }
@@ -327,7 +353,9 @@ impl OriginConn {
         self.stream.set_write_timeout(Some(ORIGIN_IDLE_TIMEOUT))?;
         self.stream.set_nodelay(true)?;
         loop {
-            let Some(head) = self.read_head()? else { return Ok(()) };
+            let Some(head) = self.read_head()? else {
+                return Ok(());
+            };
             if head
                 .header("expect")
                 .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
@@ -347,6 +375,11 @@ impl OriginConn {
                 h(&req);
             }
             self.shared.requests.lock().unwrap().push(req);
+            if head.target == "/reset" {
+                // Abort: RST instead of an answer.
+                socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))?;
+                return Ok(());
+            }
             let client_close = head
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -387,7 +420,14 @@ impl OriginConn {
                 write_fixed(s, "200 OK", "application/octet-stream", &b, is_head, false)?;
             }
             "/echo" => {
-                write_fixed(s, "200 OK", "application/octet-stream", body, is_head, false)?;
+                write_fixed(
+                    s,
+                    "200 OK",
+                    "application/octet-stream",
+                    body,
+                    is_head,
+                    false,
+                )?;
             }
             "/slow" => {
                 thread::sleep(Duration::from_millis(qnum("ms").unwrap_or(100) as u64));
@@ -412,13 +452,43 @@ impl OriginConn {
                 write_fixed(s, "200 OK", "text/plain", b"bye\n", is_head, true)?;
                 return Ok(false);
             }
+            "/upgrade" => {
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n")?;
+                s.flush()?;
+                // Opaque from here: echo raw bytes until EOF.
+                let mut tmp = [0u8; 4096];
+                let mut leftover = std::mem::take(&mut self.buf);
+                loop {
+                    if !leftover.is_empty() {
+                        self.stream.write_all(&leftover)?;
+                        leftover.clear();
+                    }
+                    let n = read_retrying(&mut self.stream, &mut tmp)?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    if let Some(r) = self.shared.conn_raw.lock().unwrap().get_mut(self.idx) {
+                        r.extend_from_slice(&tmp[..n]);
+                    }
+                    leftover.extend_from_slice(&tmp[..n]);
+                }
+            }
             "/die" => {
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n")?;
+                s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n",
+                )?;
                 s.write_all(&large_body(500))?;
                 s.flush()?;
                 return Ok(false);
             }
-            _ => write_fixed(s, "404 Not Found", "text/plain", b"not found\n", is_head, false)?,
+            _ => write_fixed(
+                s,
+                "404 Not Found",
+                "text/plain",
+                b"not found\n",
+                is_head,
+                false,
+            )?,
         }
         s.flush()?;
         Ok(true)
@@ -510,7 +580,13 @@ impl Client {
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client { stream, pending: Vec::new(), eof: false, sent: Vec::new(), received: Vec::new() }
+        Client {
+            stream,
+            pending: Vec::new(),
+            eof: false,
+            sent: Vec::new(),
+            received: Vec::new(),
+        }
     }
 
     /// Writes `bytes` in one write call.
@@ -554,7 +630,10 @@ impl Client {
     fn need(&mut self, upto: usize) -> io::Result<()> {
         while self.pending.len() < upto {
             if !self.fill()? {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in response"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "eof in response",
+                ));
             }
         }
         Ok(())
@@ -562,11 +641,18 @@ impl Client {
 
     fn line_end(&mut self, from: usize) -> io::Result<usize> {
         loop {
-            if let Some(p) = self.pending.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")) {
+            if let Some(p) = self
+                .pending
+                .get(from..)
+                .and_then(|s| s.windows(2).position(|w| w == b"\r\n"))
+            {
                 return Ok(from + p);
             }
             if !self.fill()? {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in chunked body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "eof in chunked body",
+                ));
             }
         }
     }
@@ -578,7 +664,10 @@ impl Client {
 
     /// Reads one response per entry of `head_requests` (true = answer to a HEAD).
     pub fn read_responses(&mut self, head_requests: &[bool]) -> Vec<Response> {
-        head_requests.iter().map(|h| self.read_response(*h)).collect()
+        head_requests
+            .iter()
+            .map(|h| self.read_response(*h))
+            .collect()
     }
 
     /// Reads `n` responses to non-HEAD requests.
@@ -592,13 +681,19 @@ impl Client {
             let mut r = httparse::Response::new(&mut hs);
             match r.parse(&self.pending) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let headers: Vec<(String, Vec<u8>)> =
-                        r.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+                    let headers: Vec<(String, Vec<u8>)> = r
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), h.value.to_vec()))
+                        .collect();
                     break (n, r.code.unwrap_or(0), headers);
                 }
                 Ok(httparse::Status::Partial) => {
                     if !self.fill()? {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in response head"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "eof in response head",
+                        ));
                     }
                 }
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
@@ -610,7 +705,8 @@ impl Client {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| String::from_utf8_lossy(v).to_ascii_lowercase())
         };
-        let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+        let no_body =
+            head_request || (100..200).contains(&status) || status == 204 || status == 304;
         let (end, body) = if no_body {
             (head_len, Vec::new())
         } else if hdr("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
@@ -643,14 +739,22 @@ impl Client {
                 .parse()
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "content-length"))?;
             self.need(head_len + cl)?;
-            (head_len + cl, self.pending[head_len..head_len + cl].to_vec())
+            (
+                head_len + cl,
+                self.pending[head_len..head_len + cl].to_vec(),
+            )
         } else {
             // Close-delimited.
             while self.fill()? {}
             (self.pending.len(), self.pending[head_len..].to_vec())
         };
         let raw: Vec<u8> = self.pending.drain(..end).collect();
-        Ok(Response { status, headers, body, raw })
+        Ok(Response {
+            status,
+            headers,
+            body,
+            raw,
+        })
     }
 
     /// Reads until EOF (bounded by the read timeout); returns the bytes not yet parsed.
@@ -674,7 +778,10 @@ impl Client {
 
 /// `GET {path}` with a Host header, keep-alive.
 pub fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: itest/1.0\r\nAccept: */*\r\n\r\n").into_bytes()
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: itest/1.0\r\nAccept: */*\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// A request with a Content-Length body.
@@ -696,7 +803,9 @@ pub fn eom_lengths(request: &[u8]) -> (i32, i32) {
         .position(|w| w == b"\r\n\r\n")
         .expect("request has a complete head");
     let head = &request[..head_end];
-    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let first = lines.next().unwrap_or(&[]).len() as i32;
     let headers: i32 = lines.map(|l| l.len() as i32).sum();
     (first, headers)
@@ -723,7 +832,10 @@ pub fn legacy_forced() -> bool {
 pub fn test_config(origin: SocketAddr, dir: &Path) -> Config {
     let mut cfg = Config::for_test(
         origin,
-        SinkConfig::File(FileSinkConfig { dir: dir.to_path_buf(), max_file_bytes: 256 << 20 }),
+        SinkConfig::File(FileSinkConfig {
+            dir: dir.to_path_buf(),
+            max_file_bytes: 256 << 20,
+        }),
     );
     cfg.io_driver = driver_from_env();
     // Bounded so a test that leaves a connection open cannot hang the shutdown for long.
@@ -747,7 +859,11 @@ impl Proxy {
         tweak(&mut cfg);
         let handle = capture_proxy::start(cfg).expect("start proxy");
         let addr = handle.local_addrs()[0];
-        Proxy { handle: Some(handle), dir, addr }
+        Proxy {
+            handle: Some(handle),
+            dir,
+            addr,
+        }
     }
 
     pub fn handle(&self) -> &capture_proxy::Handle {
@@ -811,7 +927,11 @@ pub fn read_trace_values(dir: &Path, strict: bool) -> Vec<Vec<u8>> {
         // The piece after the last '\n' is empty for a complete file.
         let last = lines.pop().unwrap_or(&[]);
         if strict {
-            assert!(complete || text.is_empty(), "{}: last line not terminated", f.display());
+            assert!(
+                complete || text.is_empty(),
+                "{}: last line not terminated",
+                f.display()
+            );
         }
         let _ = last;
         for (i, l) in lines.iter().enumerate() {
@@ -831,7 +951,10 @@ pub fn read_trace_values(dir: &Path, strict: bool) -> Vec<Vec<u8>> {
 
 /// Every record in the trace directory, decoded, in file order.
 pub fn read_trace(dir: &Path) -> Vec<TrafficStream> {
-    read_trace_values(dir, true).iter().map(|v| decode(v)).collect()
+    read_trace_values(dir, true)
+        .iter()
+        .map(|v| decode(v))
+        .collect()
 }
 
 pub fn decode(v: &[u8]) -> TrafficStream {
@@ -854,7 +977,9 @@ impl Trace {
     }
 
     fn from_values(values: Vec<Vec<u8>>) -> Trace {
-        Trace { records: values.iter().map(|v| (decode(v), v.len())).collect() }
+        Trace {
+            records: values.iter().map(|v| (decode(v), v.len())).collect(),
+        }
     }
 
     /// Connections in order of their first record.
@@ -864,7 +989,11 @@ impl Trace {
         for (r, size) in &self.records {
             let c = map.entry(r.connection_id.clone()).or_insert_with(|| {
                 order.push(r.connection_id.clone());
-                ConnTrace { id: r.connection_id.clone(), records: Vec::new(), sizes: Vec::new() }
+                ConnTrace {
+                    id: r.connection_id.clone(),
+                    records: Vec::new(),
+                    sizes: Vec::new(),
+                }
             });
             c.records.push(r.clone());
             c.sizes.push(*size);
@@ -875,7 +1004,13 @@ impl Trace {
     /// The only connection of the trace (panics unless there is exactly one).
     pub fn single(&self) -> ConnTrace {
         let mut c = self.connections();
-        assert_eq!(c.len(), 1, "expected one connection in the trace, got {}: {}", c.len(), self.dump());
+        assert_eq!(
+            c.len(),
+            1,
+            "expected one connection in the trace, got {}: {}",
+            c.len(),
+            self.dump()
+        );
         c.remove(0)
     }
 
@@ -1042,7 +1177,9 @@ impl ConnTrace {
                     open = true;
                 }
                 Some(Capture::Read(_)) | Some(Capture::ReadSegment(_)) => open = false,
-                Some(Capture::Write(w)) if open => out.last_mut().unwrap().extend_from_slice(&w.data),
+                Some(Capture::Write(w)) if open => {
+                    out.last_mut().unwrap().extend_from_slice(&w.data)
+                }
                 Some(Capture::WriteSegment(w)) if open => {
                     out.last_mut().unwrap().extend_from_slice(&w.data)
                 }
@@ -1079,7 +1216,10 @@ impl ConnTrace {
 
     /// `number` / `numberOfThisLastChunk` of each record.
     pub fn indexes(&self) -> Vec<Index> {
-        self.records.iter().map(|r| r.index.expect("index set")).collect()
+        self.records
+            .iter()
+            .map(|r| r.index.expect("index set"))
+            .collect()
     }
 
     /// Checks every connection-independent rule of the spec; panics with the trace on error:
@@ -1109,7 +1249,10 @@ impl ConnTrace {
         let mut eoms_before = 0i32;
         let mut in_request = false;
         // Open segment run: (kind, timestamp).
-        let mut seg: Option<(&'static str, Option<capture_proxy::capture::proto::Timestamp>)> = None;
+        let mut seg: Option<(
+            &'static str,
+            Option<capture_proxy::capture::proto::Timestamp>,
+        )> = None;
         let mut prev: Option<&TrafficObservation> = None;
         let mut closes = 0;
         for (i, (r, size)) in self.records.iter().zip(&self.sizes).enumerate() {
@@ -1119,21 +1262,41 @@ impl ConnTrace {
                 Index::Number(i as i32 + 1)
             };
             if r.index != Some(want) {
-                fail(format!("record {} has index {:?}, want {:?}", i + 1, r.index, want));
+                fail(format!(
+                    "record {} has index {:?}, want {:?}",
+                    i + 1,
+                    r.index,
+                    want
+                ));
             }
             if &r.node_id != node {
                 fail(format!("record {} nodeId differs", i + 1));
             }
             if *size > max_record_bytes {
-                fail(format!("record {} is {} bytes > {}", i + 1, size, max_record_bytes));
+                fail(format!(
+                    "record {} is {} bytes > {}",
+                    i + 1,
+                    size,
+                    max_record_bytes
+                ));
             }
             if r.prior_requests_received == Some(0) {
-                fail(format!("record {} has explicit priorRequestsReceived=0", i + 1));
+                fail(format!(
+                    "record {} has explicit priorRequestsReceived=0",
+                    i + 1
+                ));
             }
             if r.last_observation_was_unterminated_read == Some(false) {
-                fail(format!("record {} has explicit lastObservationWasUnterminatedRead=false", i + 1));
+                fail(format!(
+                    "record {} has explicit lastObservationWasUnterminatedRead=false",
+                    i + 1
+                ));
             }
-            let want_prior = if eoms_before > 0 { Some(eoms_before) } else { None };
+            let want_prior = if eoms_before > 0 {
+                Some(eoms_before)
+            } else {
+                None
+            };
             if r.prior_requests_received != want_prior {
                 fail(format!(
                     "record {}: priorRequestsReceived {:?}, want {:?}",
@@ -1167,7 +1330,10 @@ impl ConnTrace {
                         fail(format!("record {}: {k} inside an open {sk} run", i + 1));
                     }
                     if o.ts != sts {
-                        fail(format!("record {}: segment piece with a different timestamp", i + 1));
+                        fail(format!(
+                            "record {}: segment piece with a different timestamp",
+                            i + 1
+                        ));
                     }
                 }
                 match k {
@@ -1192,7 +1358,10 @@ impl ConnTrace {
                         }
                         if let Some(Capture::ConnectionException(e)) = &o.capture {
                             if e.message.is_empty() {
-                                fail(format!("record {}: empty connectionException message", i + 1));
+                                fail(format!(
+                                    "record {}: empty connectionException message",
+                                    i + 1
+                                ));
                             }
                         }
                     }
@@ -1207,7 +1376,8 @@ impl ConnTrace {
                             ));
                         }
                         if let Some(Capture::EndOfMessageIndicator(e)) = &o.capture {
-                            if e.first_line_byte_length.is_none() || e.headers_byte_length.is_none() {
+                            if e.first_line_byte_length.is_none() || e.headers_byte_length.is_none()
+                            {
                                 fail(format!("record {}: eom without both lengths", i + 1));
                             }
                         }
@@ -1215,7 +1385,10 @@ impl ConnTrace {
                         in_request = false;
                     }
                     "close" => closes += 1,
-                    other => fail(format!("record {}: unexpected observation kind {other}", i + 1)),
+                    other => fail(format!(
+                        "record {}: unexpected observation kind {other}",
+                        i + 1
+                    )),
                 }
                 prev = Some(o);
             }
@@ -1233,7 +1406,12 @@ impl ConnTrace {
 
     pub fn dump(&self) -> String {
         Trace {
-            records: self.records.iter().cloned().zip(self.sizes.iter().copied()).collect(),
+            records: self
+                .records
+                .iter()
+                .cloned()
+                .zip(self.sizes.iter().copied())
+                .collect(),
         }
         .dump()
     }
@@ -1243,8 +1421,16 @@ impl ConnTrace {
 /// client sent, writes == every byte it received.
 #[track_caller]
 pub fn assert_exchange(conn: &ConnTrace, client: &Client) {
-    assert_bytes_eq("captured reads vs bytes the client sent", &conn.reads(), &client.sent);
-    assert_bytes_eq("captured writes vs bytes the client received", &conn.writes(), &client.received);
+    assert_bytes_eq(
+        "captured reads vs bytes the client sent",
+        &conn.reads(),
+        &client.sent,
+    );
+    assert_bytes_eq(
+        "captured writes vs bytes the client received",
+        &conn.writes(),
+        &client.received,
+    );
 }
 
 /// (Some(first line), Some(headers)) as the EOM should carry them for `request`.
@@ -1254,7 +1440,11 @@ pub fn eom_of(request: &[u8]) -> (Option<i32>, Option<i32>) {
 }
 
 /// Polls (bounded) until `pred` holds on the partially written trace; returns it if so.
-pub fn poll_trace(dir: &Path, timeout: Duration, mut pred: impl FnMut(&Trace) -> bool) -> Option<Trace> {
+pub fn poll_trace(
+    dir: &Path,
+    timeout: Duration,
+    mut pred: impl FnMut(&Trace) -> bool,
+) -> Option<Trace> {
     let deadline = Instant::now() + timeout;
     loop {
         let t = Trace::load_partial(dir);
@@ -1272,7 +1462,11 @@ pub fn poll_trace(dir: &Path, timeout: Duration, mut pred: impl FnMut(&Trace) ->
 #[track_caller]
 pub fn assert_bytes_eq(what: &str, actual: &[u8], expected: &[u8]) {
     if actual != expected {
-        let first_diff = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
+        let first_diff = actual
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(actual.len().min(expected.len()));
         let show = |v: &[u8]| {
             let from = first_diff.saturating_sub(40);
             let to = (first_diff + 80).min(v.len());

@@ -1,0 +1,1550 @@
+//! The Kafka back-end of the single sink thread: hands serialized `TrafficStream` records to
+//! librdkafka (rdkafka `BaseProducer`, bundled librdkafka) and turns delivery reports into one
+//! [`Ack`] per record.
+//!
+//! May depend on: `rdkafka`, `config` (`KafkaConfig`, `KafkaAuth`), `handoff` (`Record`, `Ack`,
+//! `Outcome`, `FailKind`, `ConnRef`). Only this file touches rdkafka; it runs on the sink thread,
+//! never on a worker, and nothing in it blocks longer than the timeout its caller passes.
+//!
+//! Invariants:
+//! - Every record given to [`KafkaSink::send`] is resolved exactly once through `done` (at once
+//!   when refused, otherwise from a delivery report, a local time-out or [`KafkaSink::close`]),
+//!   together with its emptied buffer (capacity kept).
+//! - Per-connection order: records reach librdkafka in the order `send` received them; a record
+//!   never overtakes one waiting in the internal FIFO. With `enable.idempotence=true` librdkafka
+//!   keeps that order on the partition, across retries.
+//! - At most `max_unacked_bytes` of record values are unresolved at any time (FIFO included).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::{ClientContext, OAuthToken};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
+use rdkafka::statistics::Statistics;
+
+use crate::config::{KafkaAuth, KafkaConfig, KAFKA_MESSAGE_OVERHEAD_BYTES};
+use crate::handoff::{Ack, ConnRef, FailKind, Outcome, Record};
+
+/// `request.timeout.ms`: the Java proxy's hard-coded producer value (reference §1.3).
+const REQUEST_TIMEOUT_MS: u32 = 5000;
+/// `linger.ms`: 1 ms. Mutating requests are held until their record is acknowledged, so every
+/// millisecond of linger is a millisecond of client latency; Java's kafka-clients default is 5.
+/// 0 would let librdkafka's broker thread wake on the first record of a worker batch and send
+/// it alone; 1 ms lets the whole batch (handed over in one `send` loop) go in one request.
+const LINGER_MS: &str = "1";
+/// `compression.type`: lz4. Values are HTTP heads and (mostly JSON) bodies, which lz4 shrinks
+/// several-fold at the lowest CPU cost of Kafka's codecs; it is built into librdkafka (no extra
+/// C library) and every Kafka consumer, the Java Replayer included, reads it. It cuts broker
+/// network and disk, and the broker's size limit applies to the compressed batch.
+const COMPRESSION: &str = "lz4";
+/// `statistics.interval.ms`: the statistics document tells whether any broker connection is
+/// up (for `/ready`). Once a second keeps readiness fresh; parsing one document a second is a
+/// negligible share of the sink core.
+const STATS_INTERVAL_MS: &str = "1000";
+/// `BaseProducer::poll` in rdkafka 0.39 always blocks for its whole timeout, so
+/// [`KafkaSink::poll`] polls in slices of this length and returns after the first slice that
+/// resolved something. 1 ms bounds the extra ack latency and costs ~1000 wake-ups a second
+/// only while the caller asks to wait.
+const POLL_SLICE: Duration = Duration::from_millis(1);
+/// How long [`KafkaSink::close`] keeps collecting the reports of purged records before
+/// resolving the rest itself.
+const PURGE_COLLECT: Duration = Duration::from_millis(200);
+/// Most commit durations kept for [`KafkaSink::take_commit_durations`] (16 B each = 1 MiB);
+/// beyond this, durations are dropped until someone takes them.
+const MAX_COMMIT_DURATIONS: usize = 65_536;
+/// Least time between two rebuilds of the producer after fatal errors, so a fatal error that
+/// repeats at once (e.g. an authorization failure) does not turn into a rebuild loop.
+const FATAL_REBUILD_INTERVAL: Duration = Duration::from_secs(5);
+/// Least time between two warnings about failed deliveries; the rest are counted.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// librdkafka's bounds for `message.max.bytes`.
+const MESSAGE_MAX_BYTES_RANGE: (usize, usize) = (1000, 1_000_000_000);
+
+/// Tunables of the Kafka sink (from the CLI; see `cli.md`).
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Largest record value accepted (`--maxTrafficBufferSize` − 500).
+    pub max_record_bytes: usize,
+    /// Most bytes of records handed to librdkafka and not yet resolved (the internal FIFO
+    /// included). Must be at least `max_record_bytes`.
+    pub max_unacked_bytes: usize,
+    /// `message.timeout.ms`: how long librdkafka retries a record (10 s like Java's
+    /// `delivery.timeout.ms`); also bounds a record's wait in the internal FIFO.
+    pub delivery_timeout: Duration,
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum KafkaSinkError {
+    #[error("invalid Kafka producer setting {key}: {reason}")]
+    Config { key: String, reason: String },
+    #[error("cannot create the Kafka producer: {0}")]
+    Client(String),
+}
+
+/// Supplies SASL/OAUTHBEARER tokens (the MSK IAM signer implements it). Called on the sink
+/// thread, from inside [`KafkaSink::poll`], whenever librdkafka asks for a (new) token.
+pub trait TokenProvider: Send + Sync {
+    /// `(token, lifetime as milliseconds since the Unix epoch, principal name)`.
+    fn token(&self) -> Result<(String, i64, String), String>;
+}
+
+/// Counters for metrics (cumulative since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KafkaCounters {
+    pub committed: u64,
+    /// Value bytes of committed records.
+    pub committed_bytes: u64,
+    /// Failed records by [`FailKind`], indexed by [`fail_index`].
+    pub failed: [u64; 5],
+    /// Times the producer was rebuilt after a fatal librdkafka error.
+    pub rebuilds: u64,
+}
+
+impl KafkaCounters {
+    pub fn failed_of(&self, kind: FailKind) -> u64 {
+        self.failed.get(fail_index(kind)).copied().unwrap_or(0)
+    }
+}
+
+/// Index of `kind` in [`KafkaCounters::failed`].
+pub fn fail_index(kind: FailKind) -> usize {
+    match kind {
+        FailKind::TooLarge => 0,
+        FailKind::Timeout => 1,
+        FailKind::Overloaded => 2,
+        FailKind::SinkError => 3,
+        FailKind::Shutdown => 4,
+    }
+}
+
+/// One delivery report, as the context records it for the sink to resolve.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    slot: usize,
+    err: Option<RDKafkaErrorCode>,
+}
+
+/// The producer context: librdkafka callbacks land here (all from within `poll`, on the sink
+/// thread). The mutex is therefore never contended; it only satisfies `Sync`.
+struct Ctx {
+    deliveries: Mutex<Vec<Delivery>>,
+    healthy: AtomicBool,
+    /// Set on every global error: the sink then checks whether the producer became fatal.
+    check_fatal: AtomicBool,
+    token: Option<Arc<dyn TokenProvider>>,
+    /// Last global error logged and when (rdkafka 0.39 reports each error event twice).
+    last_error: Mutex<Option<(RDKafkaErrorCode, Instant)>>,
+}
+
+impl Ctx {
+    fn new(token: Option<Arc<dyn TokenProvider>>) -> Ctx {
+        Ctx {
+            deliveries: Mutex::new(Vec::new()),
+            healthy: AtomicBool::new(false),
+            check_fatal: AtomicBool::new(false),
+            token,
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl ClientContext for Ctx {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{msg}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
+        }
+    }
+
+    fn stats(&self, s: Statistics) {
+        let up = s
+            .brokers
+            .values()
+            .any(|b| b.source != "internal" && (b.state == "UP" || b.state == "UPDATE"));
+        self.healthy.store(up, Ordering::Relaxed);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.healthy.store(false, Ordering::Relaxed);
+        }
+        // A fatal error arrives with its underlying code (rdkafka does not pass on
+        // `rd_kafka_event_error_is_fatal`): let the sink ask `rd_kafka_fatal_error`.
+        self.check_fatal.store(true, Ordering::Relaxed);
+        let key = code.unwrap_or(RDKafkaErrorCode::Fail);
+        let mut last = lock(&self.last_error);
+        let repeat =
+            matches!(*last, Some((c, t)) if c == key && t.elapsed() < Duration::from_secs(1));
+        if !repeat {
+            *last = Some((key, Instant::now()));
+            tracing::warn!(error = %error, reason, "kafka producer error");
+        }
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let Some(p) = &self.token else {
+            return Err("no OAUTHBEARER token provider configured".into());
+        };
+        match p.token() {
+            Ok((token, lifetime_ms, principal_name)) => Ok(OAuthToken {
+                token,
+                principal_name,
+                lifetime_ms,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka OAUTHBEARER token provider failed");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, slot: usize) {
+        let err = match r {
+            Ok(_) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                None
+            }
+            Err((e, _)) => {
+                let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                if code == RDKafkaErrorCode::Fatal {
+                    self.check_fatal.store(true, Ordering::Relaxed);
+                }
+                Some(code)
+            }
+        };
+        lock(&self.deliveries).push(Delivery { slot, err });
+    }
+}
+
+/// A record inside librdkafka: what is needed to ack it, plus its emptied buffer.
+struct Inflight {
+    conn: ConnRef,
+    number: u32,
+    is_final: bool,
+    bytes: usize,
+    buf: Vec<u8>,
+    started: Instant,
+}
+
+/// A record waiting for room in librdkafka's queue.
+struct Waiting {
+    rec: Record,
+    started: Instant,
+}
+
+/// Result of offering one record to librdkafka.
+enum Offer {
+    Accepted,
+    QueueFull(Record),
+    Refused(Record, FailKind, RDKafkaErrorCode),
+}
+
+pub struct KafkaSink {
+    producer: BaseProducer<Ctx>,
+    client_config: ClientConfig,
+    token: Option<Arc<dyn TokenProvider>>,
+    topic: String,
+    settings: KafkaSettings,
+    /// In-flight metadata, indexed by the delivery opaque.
+    slab: Vec<Option<Inflight>>,
+    free: Vec<usize>,
+    fifo: VecDeque<Waiting>,
+    unacked_records: usize,
+    unacked_bytes: usize,
+    /// Reused to take the context's delivery reports without holding its lock.
+    reports: Vec<Delivery>,
+    counters: KafkaCounters,
+    commit_durations: Vec<Duration>,
+    /// Set by `close` before it purges: purge reports then mean Shutdown; otherwise a purge
+    /// comes from a fatal error (librdkafka's own or our rebuild) and means SinkError.
+    closing: bool,
+    last_rebuild: Option<Instant>,
+    /// The reason of a fatal librdkafka error not yet recovered from by a rebuild.
+    fatal: Option<String>,
+    closed: bool,
+    warn_last: Option<Instant>,
+    warn_suppressed: u64,
+}
+
+/// The librdkafka configuration for `cfg` (pure: nothing is created or contacted).
+/// `has_token` tells whether a [`TokenProvider`] is available (required for MSK IAM).
+pub fn producer_config(
+    cfg: &KafkaConfig,
+    s: &KafkaSettings,
+    has_token: bool,
+) -> Result<ClientConfig, KafkaSinkError> {
+    let config_err = |key: &str, reason: String| KafkaSinkError::Config {
+        key: key.to_string(),
+        reason,
+    };
+    if cfg.topic.is_empty() {
+        return Err(config_err("topic", "the topic name is empty".into()));
+    }
+    if s.max_record_bytes == 0 || s.max_unacked_bytes < s.max_record_bytes {
+        return Err(config_err(
+            "max_unacked_bytes",
+            format!(
+                "must be at least max_record_bytes ({}) and that must be > 0; got {}",
+                s.max_record_bytes, s.max_unacked_bytes
+            ),
+        ));
+    }
+    let message_max = s
+        .max_record_bytes
+        .checked_add(KAFKA_MESSAGE_OVERHEAD_BYTES)
+        .filter(|m| *m <= MESSAGE_MAX_BYTES_RANGE.1)
+        .ok_or_else(|| {
+            config_err(
+                "message.max.bytes",
+                format!(
+                    "record limit {} is above librdkafka's maximum",
+                    s.max_record_bytes
+                ),
+            )
+        })?
+        .max(MESSAGE_MAX_BYTES_RANGE.0);
+    // librdkafka: 0 means "no timeout", which we never want.
+    let timeout_ms = s.delivery_timeout.as_millis().clamp(1, i32::MAX as u128);
+    // librdkafka's own byte bound, a little above ours (it counts keys too), so that normally
+    // only its message-count bound sends records to our FIFO. Its range is 1..=i32::MAX KiB.
+    let queue_kib = (s.max_unacked_bytes / 1024)
+        .saturating_add(s.max_unacked_bytes / 8192)
+        .saturating_add(1)
+        .min(i32::MAX as usize);
+
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", &cfg.client_id)
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.max.bytes", message_max.to_string())
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("request.timeout.ms", REQUEST_TIMEOUT_MS.to_string())
+        .set("linger.ms", LINGER_MS)
+        .set("compression.type", COMPRESSION)
+        .set("queue.buffering.max.kbytes", queue_kib.to_string())
+        .set("statistics.interval.ms", STATS_INTERVAL_MS);
+    for (k, v) in &cfg.extra_properties {
+        c.set(k, v);
+    }
+    match &cfg.auth {
+        KafkaAuth::None => {}
+        KafkaAuth::Ssl => {
+            c.set("security.protocol", "ssl");
+        }
+        KafkaAuth::ScramSha512 { username, password } => {
+            c.set("security.protocol", "sasl_ssl")
+                .set("sasl.mechanisms", "SCRAM-SHA-512");
+            if let Some(u) = username {
+                c.set("sasl.username", u);
+            }
+            if let Some(p) = password {
+                c.set("sasl.password", p);
+            }
+        }
+        KafkaAuth::MskIam => {
+            if !has_token {
+                return Err(config_err(
+                    "sasl.mechanisms",
+                    "msk-iam authentication needs an MSK IAM token provider, none was given".into(),
+                ));
+            }
+            c.set("security.protocol", "sasl_ssl")
+                .set("sasl.mechanisms", "OAUTHBEARER");
+        }
+    }
+    Ok(c)
+}
+
+/// `now + d`, saturating far in the future instead of overflowing.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(now)
+}
+
+fn create_producer(
+    c: &ClientConfig,
+    token: Option<Arc<dyn TokenProvider>>,
+) -> Result<BaseProducer<Ctx>, KafkaSinkError> {
+    c.create_with_context(Ctx::new(token)).map_err(|e| match e {
+        KafkaError::ClientConfig(_, reason, key, _) => KafkaSinkError::Config { key, reason },
+        other => KafkaSinkError::Client(other.to_string()),
+    })
+}
+
+impl KafkaSink {
+    /// Builds the producer. Does not wait for brokers: the proxy must start and forward even
+    /// when Kafka is down (records then wait in librdkafka up to `delivery_timeout`).
+    pub fn new(
+        cfg: &KafkaConfig,
+        s: KafkaSettings,
+        token: Option<Arc<dyn TokenProvider>>,
+    ) -> Result<Self, KafkaSinkError> {
+        let client_config = producer_config(cfg, &s, token.is_some())?;
+        let producer = create_producer(&client_config, token.clone())?;
+        Ok(KafkaSink {
+            producer,
+            client_config,
+            token,
+            topic: cfg.topic.clone(),
+            settings: s,
+            slab: Vec::new(),
+            free: Vec::new(),
+            fifo: VecDeque::new(),
+            unacked_records: 0,
+            unacked_bytes: 0,
+            reports: Vec::new(),
+            counters: KafkaCounters::default(),
+            commit_durations: Vec::new(),
+            closing: false,
+            last_rebuild: None,
+            fatal: None,
+            closed: false,
+            warn_last: None,
+            warn_suppressed: 0,
+        })
+    }
+
+    /// Non-blocking: hands one record over (key = `rec.key`, the configured topic, no
+    /// headers). A full librdkafka queue parks it in the FIFO (retried by `poll`); a record
+    /// over `max_record_bytes` fails as TooLarge and one that would take the unresolved bytes
+    /// over `max_unacked_bytes` fails as Overloaded, both at once through `done`.
+    /// librdkafka copies the value at once; the emptied buffer (capacity kept) comes back
+    /// through `done` with the record's ack, since `done` pairs every buffer with an ack.
+    pub fn send(&mut self, rec: Record, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        let len = rec.value.len();
+        if self.closed {
+            self.refuse(rec, FailKind::Shutdown, done);
+            return;
+        }
+        if len > self.settings.max_record_bytes {
+            self.refuse(rec, FailKind::TooLarge, done);
+            return;
+        }
+        match self.unacked_bytes.checked_add(len) {
+            Some(total) if total <= self.settings.max_unacked_bytes => {}
+            _ => {
+                self.refuse(rec, FailKind::Overloaded, done);
+                return;
+            }
+        }
+        self.unacked_records += 1;
+        self.unacked_bytes += len;
+        let w = Waiting {
+            rec,
+            started: Instant::now(),
+        };
+        if self.fifo.is_empty() {
+            self.offer_and_handle(w, done);
+        } else {
+            self.fifo.push_back(w);
+            self.drain_fifo(done);
+        }
+    }
+
+    /// Serves delivery reports (and librdkafka's other events) for up to `timeout`, returning
+    /// early after the first slice that resolved a record. `Duration::ZERO` = one pass without
+    /// waiting. Call it regularly even when idle: token refresh and health run through it.
+    pub fn poll(&mut self, timeout: Duration, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        let deadline = deadline_after(timeout);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            self.producer.poll(remaining.min(POLL_SLICE));
+            let mut resolved = self.take_reports(done);
+            resolved += self.drain_fifo(done);
+            if self
+                .producer
+                .context()
+                .check_fatal
+                .swap(false, Ordering::Relaxed)
+            {
+                if let Some((code, reason)) = self.producer.client().fatal_error() {
+                    self.fatal = Some(format!("{code}: {reason}"));
+                }
+            }
+            if self.fatal.is_some() {
+                resolved += self.rebuild_after_fatal(done);
+            }
+            if resolved > 0 || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+
+    /// `(records, bytes)` handed over and not yet resolved (FIFO included).
+    pub fn unacked(&self) -> (usize, usize) {
+        (self.unacked_records, self.unacked_bytes)
+    }
+
+    /// True when the producer currently reaches a broker: a broker connection is up (from
+    /// librdkafka's statistics, once a second) or a delivery just succeeded; false after
+    /// "all brokers down" and until the first connection after start-up.
+    pub fn healthy(&self) -> bool {
+        !self.closed
+            && self.fatal.is_none()
+            && self.producer.context().healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn counters(&self) -> KafkaCounters {
+        self.counters
+    }
+
+    /// Moves the send-to-ack durations of records committed since the last call into `out`.
+    pub fn take_commit_durations(&mut self, out: &mut Vec<Duration>) {
+        out.append(&mut self.commit_durations);
+    }
+
+    /// At shutdown: keeps polling until everything is resolved or `timeout` has passed, then
+    /// resolves the rest as Failed(Shutdown). Later `send`s fail as Shutdown at once.
+    pub fn close(&mut self, timeout: Duration, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        let deadline = deadline_after(timeout);
+        while self.unacked_records > 0 {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            self.poll(remaining.min(Duration::from_millis(10)), done);
+        }
+        if self.unacked_records > 0 {
+            self.closing = true;
+            self.purge_all(FailKind::Shutdown, done);
+        }
+        self.closed = true;
+        self.producer
+            .context()
+            .healthy
+            .store(false, Ordering::Relaxed);
+    }
+
+    // ----- internals -----
+
+    fn refuse(&mut self, mut rec: Record, kind: FailKind, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        self.count_failure(kind, None);
+        rec.value.clear();
+        done(
+            Ack {
+                conn: rec.conn,
+                number: rec.number,
+                is_final: rec.is_final,
+                outcome: Outcome::Failed(kind),
+            },
+            rec.value,
+        );
+    }
+
+    /// Offers `w` to librdkafka; returns false (and keeps `w` at the FIFO's front) when the
+    /// queue is full. Other refusals resolve the record.
+    fn offer_and_handle(&mut self, w: Waiting, done: &mut dyn FnMut(Ack, Vec<u8>)) -> bool {
+        let started = w.started;
+        match self.offer(w.rec, started) {
+            Offer::Accepted => true,
+            Offer::QueueFull(rec) => {
+                self.fifo.push_front(Waiting { rec, started });
+                false
+            }
+            Offer::Refused(rec, kind, code) => {
+                self.count_failure(kind, Some(code));
+                self.finish(
+                    rec.conn,
+                    rec.number,
+                    rec.is_final,
+                    rec.value.len(),
+                    rec.value,
+                    started,
+                    Outcome::Failed(kind),
+                    done,
+                );
+                true
+            }
+        }
+    }
+
+    fn offer(&mut self, mut rec: Record, started: Instant) -> Offer {
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slab.push(None);
+                self.slab.len() - 1
+            }
+        };
+        let res = self.producer.send(
+            BaseRecord::<str, [u8], usize>::with_opaque_to(&self.topic, slot)
+                .key(&*rec.key)
+                .payload(rec.value.as_slice()),
+        );
+        let code = match res {
+            Ok(()) => None,
+            Err((e, _)) => Some(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+        };
+        match code {
+            None => {
+                let bytes = rec.value.len();
+                rec.value.clear();
+                if let Some(s) = self.slab.get_mut(slot) {
+                    *s = Some(Inflight {
+                        conn: rec.conn,
+                        number: rec.number,
+                        is_final: rec.is_final,
+                        bytes,
+                        buf: rec.value,
+                        started,
+                    });
+                }
+                Offer::Accepted
+            }
+            Some(code) => {
+                self.free.push(slot);
+                match code {
+                    RDKafkaErrorCode::QueueFull => Offer::QueueFull(rec),
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::MessageBatchTooLarge => {
+                        Offer::Refused(rec, FailKind::TooLarge, code)
+                    }
+                    RDKafkaErrorCode::Fatal => {
+                        self.producer
+                            .context()
+                            .check_fatal
+                            .store(true, Ordering::Relaxed);
+                        Offer::Refused(rec, FailKind::SinkError, code)
+                    }
+                    _ => Offer::Refused(rec, FailKind::SinkError, code),
+                }
+            }
+        }
+    }
+
+    /// Retries FIFO records in order; fails those that waited past the delivery timeout.
+    /// Returns how many records it resolved.
+    fn drain_fifo(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
+        let mut resolved = 0;
+        while let Some(w) = self.fifo.pop_front() {
+            if w.started.elapsed() >= self.settings.delivery_timeout {
+                self.count_failure(FailKind::Timeout, Some(RDKafkaErrorCode::QueueFull));
+                let r = w.rec;
+                let len = r.value.len();
+                self.finish(
+                    r.conn,
+                    r.number,
+                    r.is_final,
+                    len,
+                    r.value,
+                    w.started,
+                    Outcome::Failed(FailKind::Timeout),
+                    done,
+                );
+                resolved += 1;
+                continue;
+            }
+            if !self.offer_and_handle(w, done) {
+                break;
+            }
+        }
+        resolved
+    }
+
+    /// Resolves the delivery reports collected by the context. Returns how many.
+    fn take_reports(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
+        {
+            let mut d = lock(&self.producer.context().deliveries);
+            std::mem::swap(&mut *d, &mut self.reports);
+        }
+        let mut reports = std::mem::take(&mut self.reports);
+        let mut n = 0;
+        for d in reports.drain(..) {
+            let Some(f) = self.slab.get_mut(d.slot).and_then(Option::take) else {
+                continue; // not ours any more (resolved by a purge or rebuild)
+            };
+            self.free.push(d.slot);
+            let outcome = match d.err {
+                None => Outcome::Committed,
+                Some(code) => {
+                    let kind = self.fail_kind(code);
+                    self.count_failure(kind, Some(code));
+                    Outcome::Failed(kind)
+                }
+            };
+            self.finish(
+                f.conn, f.number, f.is_final, f.bytes, f.buf, f.started, outcome, done,
+            );
+            n += 1;
+        }
+        self.reports = reports;
+        n
+    }
+
+    fn fail_kind(&self, code: RDKafkaErrorCode) -> FailKind {
+        match code {
+            RDKafkaErrorCode::MessageTimedOut => FailKind::Timeout,
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
+                FailKind::TooLarge
+            }
+            RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight => {
+                if self.closing {
+                    FailKind::Shutdown
+                } else {
+                    FailKind::SinkError
+                }
+            }
+            _ => FailKind::SinkError,
+        }
+    }
+
+    /// Acks one accepted record (it was counted in `unacked`).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        conn: ConnRef,
+        number: u32,
+        is_final: bool,
+        bytes: usize,
+        mut buf: Vec<u8>,
+        started: Instant,
+        outcome: Outcome,
+        done: &mut dyn FnMut(Ack, Vec<u8>),
+    ) {
+        self.unacked_records = self.unacked_records.saturating_sub(1);
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(bytes);
+        if outcome == Outcome::Committed {
+            self.counters.committed += 1;
+            self.counters.committed_bytes += bytes as u64;
+            if self.commit_durations.len() < MAX_COMMIT_DURATIONS {
+                self.commit_durations.push(started.elapsed());
+            }
+        }
+        buf.clear();
+        done(
+            Ack {
+                conn,
+                number,
+                is_final,
+                outcome,
+            },
+            buf,
+        );
+    }
+
+    fn count_failure(&mut self, kind: FailKind, code: Option<RDKafkaErrorCode>) {
+        if let Some(c) = self.counters.failed.get_mut(fail_index(kind)) {
+            *c += 1;
+        }
+        if matches!(kind, FailKind::Shutdown) {
+            return;
+        }
+        let now = Instant::now();
+        match self.warn_last {
+            Some(t) if now.duration_since(t) < WARN_INTERVAL => self.warn_suppressed += 1,
+            _ => {
+                let err = code.map(|c| c.to_string()).unwrap_or_default();
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    error = %err,
+                    suppressed = self.warn_suppressed,
+                    "kafka record not committed; its capture is lost"
+                );
+                self.warn_last = Some(now);
+                self.warn_suppressed = 0;
+            }
+        }
+    }
+
+    /// Purges librdkafka's queues, collects the purge reports for a short while, then resolves
+    /// whatever is left (FIFO included) as `kind`.
+    fn purge_all(&mut self, kind: FailKind, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        let until = Instant::now() + PURGE_COLLECT;
+        loop {
+            self.producer.poll(Duration::ZERO);
+            self.take_reports(done);
+            if self.slab.iter().all(Option::is_none) || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(POLL_SLICE);
+        }
+        for i in 0..self.slab.len() {
+            let Some(f) = self.slab.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(i);
+            self.count_failure(kind, None);
+            self.finish(
+                f.conn,
+                f.number,
+                f.is_final,
+                f.bytes,
+                f.buf,
+                f.started,
+                Outcome::Failed(kind),
+                done,
+            );
+        }
+        if kind == FailKind::Shutdown {
+            while let Some(w) = self.fifo.pop_front() {
+                self.count_failure(kind, None);
+                let r = w.rec;
+                let len = r.value.len();
+                self.finish(
+                    r.conn,
+                    r.number,
+                    r.is_final,
+                    len,
+                    r.value,
+                    w.started,
+                    Outcome::Failed(kind),
+                    done,
+                );
+            }
+        }
+    }
+
+    /// After a fatal librdkafka error the producer accepts nothing more: fail what it holds
+    /// (SinkError) and replace it with a new one; FIFO records go to the new producer.
+    fn rebuild_after_fatal(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
+        if matches!(self.last_rebuild, Some(t) if t.elapsed() < FATAL_REBUILD_INTERVAL) {
+            return 0;
+        }
+        self.last_rebuild = Some(Instant::now());
+        let reason = self.fatal.as_deref().unwrap_or("unknown");
+        tracing::error!(reason, "kafka producer hit a fatal error; rebuilding it");
+        let before = self.unacked_records;
+        self.purge_all(FailKind::SinkError, done);
+        match create_producer(&self.client_config, self.token.clone()) {
+            Ok(p) => {
+                // Dropping the old producer purges and flushes it (its reports go to its own,
+                // discarded context: every record it held is resolved already).
+                self.producer = p;
+                self.counters.rebuilds += 1;
+                self.fatal = None;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot rebuild the kafka producer"),
+        }
+        before.saturating_sub(self.unacked_records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    use rdkafka::types::RDKafkaApiKey;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    use std::sync::atomic::AtomicUsize;
+
+    const TOPIC: &str = "logging-traffic-topic";
+
+    fn kcfg(brokers: &str) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.to_string(),
+            topic: TOPIC.to_string(),
+            client_id: "test-producer".to_string(),
+            extra_properties: Vec::new(),
+            auth: KafkaAuth::None,
+        }
+    }
+
+    fn settings() -> KafkaSettings {
+        KafkaSettings {
+            max_record_bytes: 1024 * 1024 - 500,
+            max_unacked_bytes: 64 * 1024 * 1024,
+            delivery_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn mock(partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+        let m = MockCluster::new(1).unwrap();
+        m.create_topic(TOPIC, partitions, 1).unwrap();
+        m
+    }
+
+    fn conn(slot: u32) -> ConnRef {
+        ConnRef {
+            worker: 0,
+            slot,
+            generation: 7,
+        }
+    }
+
+    fn rec(slot: u32, number: u32, value: Vec<u8>) -> Record {
+        Record {
+            conn: conn(slot),
+            key: Arc::from(format!("conn-{slot}").as_str()),
+            number,
+            is_final: false,
+            value,
+        }
+    }
+
+    fn value(slot: u32, number: u32) -> Vec<u8> {
+        format!("value of {slot}/{number}").into_bytes()
+    }
+
+    /// Polls until `n` acks arrived or `limit` passed.
+    fn poll_until(sink: &mut KafkaSink, acks: &mut Vec<Ack>, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while acks.len() < n && Instant::now() < deadline {
+            sink.poll(Duration::from_millis(20), &mut |a, b| {
+                assert!(b.is_empty());
+                acks.push(a)
+            });
+        }
+    }
+
+    fn send(sink: &mut KafkaSink, r: Record, acks: &mut Vec<Ack>) {
+        sink.send(r, &mut |a, _| acks.push(a));
+    }
+
+    struct Got {
+        partition: i32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        has_headers: bool,
+    }
+
+    /// Reads `n` records of TOPIC (all partitions, from the beginning), waiting at most `limit`,
+    /// then a little longer to catch duplicates.
+    fn consume(bootstrap: &str, partitions: i32, n: usize, limit: Duration) -> Vec<Got> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + limit;
+        let mut extra_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || extra_until.is_some_and(|t| now >= t) {
+                break;
+            }
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                out.push(Got {
+                    partition: m.partition(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    has_headers: m.headers().is_some(),
+                });
+            }
+            if out.len() >= n && extra_until.is_none() {
+                extra_until = Some(Instant::now() + Duration::from_millis(300));
+            }
+        }
+        out
+    }
+
+    fn assert_committed_in_order(acks: &[Ack], slots: &[u32], per_slot: u32) {
+        for s in slots {
+            let nums: Vec<u32> = acks
+                .iter()
+                .filter(|a| a.conn == conn(*s))
+                .map(|a| {
+                    assert_eq!(a.outcome, Outcome::Committed, "{a:?}");
+                    a.number
+                })
+                .collect();
+            assert_eq!(nums, (1..=per_slot).collect::<Vec<_>>(), "conn {s}");
+        }
+    }
+
+    #[test]
+    fn delivers_records_with_key_value_and_no_headers_in_order() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        for n in 1..=10 {
+            for s in [1, 2] {
+                send(&mut sink, rec(s, n, value(s, n)), &mut acks);
+            }
+        }
+        // One record of the full default size (1 MiB - 500) fits message.max.bytes.
+        let big: Vec<u8> = (0..settings().max_record_bytes)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        send(&mut sink, rec(3, 1, big.clone()), &mut acks);
+        assert!(acks.is_empty(), "nothing resolved before delivery");
+        assert_eq!(sink.unacked().0, 21);
+        poll_until(&mut sink, &mut acks, 21, Duration::from_secs(10));
+        assert_eq!(acks.len(), 21);
+        assert_committed_in_order(&acks, &[1, 2], 10);
+        assert_eq!(sink.unacked(), (0, 0));
+        let c = sink.counters();
+        assert_eq!(c.committed, 21);
+        assert_eq!(c.failed, [0; 5]);
+        let mut d = Vec::new();
+        sink.take_commit_durations(&mut d);
+        assert_eq!(d.len(), 21);
+
+        let got = consume(&bs, 1, 21, Duration::from_secs(10));
+        assert_eq!(got.len(), 21, "exactly once");
+        for s in [1u32, 2] {
+            let key = format!("conn-{s}").into_bytes();
+            let vals: Vec<&Vec<u8>> = got
+                .iter()
+                .filter(|g| g.key == key)
+                .map(|g| &g.value)
+                .collect();
+            let want: Vec<Vec<u8>> = (1..=10).map(|n| value(s, n)).collect();
+            assert_eq!(vals, want.iter().collect::<Vec<_>>());
+        }
+        assert!(got.iter().any(|g| g.key == b"conn-3" && g.value == big));
+        assert!(got.iter().all(|g| !g.has_headers));
+    }
+
+    /// Kafka's Java `murmur2` (our own implementation of the published algorithm), to check
+    /// that librdkafka's `murmur2_random` places keys where the Java client would.
+    fn java_murmur2(data: &[u8]) -> i32 {
+        let m: u32 = 0x5bd1_e995;
+        let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+        let mut chunks = data.chunks_exact(4);
+        for c in &mut chunks {
+            let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            k = k.wrapping_mul(m);
+            k ^= k >> 24;
+            k = k.wrapping_mul(m);
+            h = h.wrapping_mul(m);
+            h ^= k;
+        }
+        let rest = chunks.remainder();
+        if rest.len() >= 3 {
+            h ^= u32::from(rest[2]) << 16;
+        }
+        if rest.len() >= 2 {
+            h ^= u32::from(rest[1]) << 8;
+        }
+        if !rest.is_empty() {
+            h ^= u32::from(rest[0]);
+            h = h.wrapping_mul(m);
+        }
+        h ^= h >> 13;
+        h = h.wrapping_mul(m);
+        h ^= h >> 15;
+        h as i32
+    }
+
+    #[test]
+    fn one_key_one_partition_in_order_java_placement() {
+        const PARTS: i32 = 4;
+        let m = mock(PARTS);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        let slots: Vec<u32> = (1..=8).collect();
+        for n in 1..=10 {
+            for s in &slots {
+                send(&mut sink, rec(*s, n, value(*s, n)), &mut acks);
+            }
+        }
+        poll_until(&mut sink, &mut acks, 80, Duration::from_secs(10));
+        assert_committed_in_order(&acks, &slots, 10);
+        let got = consume(&bs, PARTS, 80, Duration::from_secs(10));
+        assert_eq!(got.len(), 80);
+        let mut used = std::collections::HashSet::new();
+        for s in &slots {
+            let key = format!("conn-{s}").into_bytes();
+            let mine: Vec<&Got> = got.iter().filter(|g| g.key == key).collect();
+            let p = mine[0].partition;
+            assert!(
+                mine.iter().all(|g| g.partition == p),
+                "conn {s} split over partitions"
+            );
+            assert_eq!(
+                p,
+                (java_murmur2(&key) & 0x7fff_ffff) % PARTS,
+                "Java placement"
+            );
+            let vals: Vec<Vec<u8>> = mine.iter().map(|g| g.value.clone()).collect();
+            assert_eq!(vals, (1..=10).map(|n| value(*s, n)).collect::<Vec<_>>());
+            used.insert(p);
+        }
+        assert!(used.len() > 1, "keys spread over partitions");
+    }
+
+    #[test]
+    fn broker_down_then_up_delivers_in_order() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
+        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
+        assert_eq!(acks.len(), 1);
+
+        m.broker_down(1).unwrap();
+        for n in 2..=6 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        poll_until(&mut sink, &mut acks, 6, Duration::from_millis(1500));
+        assert_eq!(
+            acks.len(),
+            1,
+            "nothing acked while the broker is down: {acks:?}"
+        );
+        m.broker_up(1).unwrap();
+        poll_until(&mut sink, &mut acks, 6, Duration::from_secs(8));
+        assert_committed_in_order(&acks, &[1], 6);
+        let got = consume(&bs, 1, 6, Duration::from_secs(10));
+        let vals: Vec<Vec<u8>> = got.into_iter().map(|g| g.value).collect();
+        assert_eq!(vals, (1..=6).map(|n| value(1, n)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn ack_latency_follows_broker_rtt() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
+        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
+        assert_eq!(acks.len(), 1);
+        let mut d = Vec::new();
+        sink.take_commit_durations(&mut d);
+
+        m.broker_round_trip_time(1, Duration::from_millis(50))
+            .unwrap();
+        let t0 = Instant::now();
+        send(&mut sink, rec(1, 2, value(1, 2)), &mut acks);
+        poll_until(&mut sink, &mut acks, 2, Duration::from_secs(5));
+        let took = t0.elapsed();
+        assert_eq!(acks.len(), 2);
+        assert_eq!(acks[1].outcome, Outcome::Committed);
+        assert!(took >= Duration::from_millis(40), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        d.clear();
+        sink.take_commit_durations(&mut d);
+        assert_eq!(d.len(), 1);
+        assert!(d[0] >= Duration::from_millis(40) && d[0] <= took, "{d:?}");
+    }
+
+    #[test]
+    fn retriable_produce_errors_commit_once_in_order() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
+        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
+        m.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
+        );
+        for n in 2..=10 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        poll_until(&mut sink, &mut acks, 10, Duration::from_secs(10));
+        assert_committed_in_order(&acks, &[1], 10);
+        let got = consume(&bs, 1, 10, Duration::from_secs(10));
+        let vals: Vec<Vec<u8>> = got.into_iter().map(|g| g.value).collect();
+        assert_eq!(
+            vals,
+            (1..=10).map(|n| value(1, n)).collect::<Vec<_>>(),
+            "no duplicates"
+        );
+    }
+
+    #[test]
+    fn undeliverable_record_times_out() {
+        let m = mock(1);
+        m.broker_down(1).unwrap();
+        let s = KafkaSettings {
+            delivery_timeout: Duration::from_secs(1),
+            ..settings()
+        };
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), s, None).unwrap();
+        let mut acks = Vec::new();
+        let t0 = Instant::now();
+        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
+        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].outcome, Outcome::Failed(FailKind::Timeout));
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(sink.counters().failed_of(FailKind::Timeout), 1);
+        assert_eq!(sink.unacked(), (0, 0));
+        assert!(!sink.healthy());
+    }
+
+    #[test]
+    fn too_large_records_fail() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let s = KafkaSettings {
+            max_record_bytes: 1000,
+            ..settings()
+        };
+        let mut sink = KafkaSink::new(&kcfg(&bs), s, None).unwrap();
+        let mut acks = Vec::new();
+        send(&mut sink, rec(1, 1, vec![0; 1001]), &mut acks);
+        assert_eq!(acks.len(), 1, "refused at once");
+        assert_eq!(acks[0].outcome, Outcome::Failed(FailKind::TooLarge));
+        assert_eq!(sink.unacked(), (0, 0));
+        send(&mut sink, rec(1, 2, vec![0; 1000]), &mut acks);
+        poll_until(&mut sink, &mut acks, 2, Duration::from_secs(5));
+        assert_eq!(acks[1].outcome, Outcome::Committed);
+
+        // The broker refuses the next one as too large.
+        m.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        send(&mut sink, rec(1, 3, vec![1; 900]), &mut acks);
+        poll_until(&mut sink, &mut acks, 3, Duration::from_secs(5));
+        assert_eq!(acks.len(), 3);
+        assert_eq!(acks[2].outcome, Outcome::Failed(FailKind::TooLarge));
+        assert_eq!(sink.counters().failed_of(FailKind::TooLarge), 2);
+        // And the producer goes on.
+        send(&mut sink, rec(1, 4, vec![2; 10]), &mut acks);
+        poll_until(&mut sink, &mut acks, 4, Duration::from_secs(5));
+        assert_eq!(acks[3].outcome, Outcome::Committed);
+    }
+
+    #[test]
+    fn unacked_byte_bound_overloads() {
+        let m = mock(1);
+        m.broker_down(1).unwrap();
+        let s = KafkaSettings {
+            max_record_bytes: 4000,
+            max_unacked_bytes: 10_000,
+            ..settings()
+        };
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), s, None).unwrap();
+        let mut acks = Vec::new();
+        for n in 1..=3 {
+            send(&mut sink, rec(1, n, vec![n as u8; 3000]), &mut acks);
+        }
+        assert!(acks.is_empty());
+        assert_eq!(sink.unacked(), (3, 9000));
+        send(&mut sink, rec(2, 1, vec![0; 3000]), &mut acks);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].conn, conn(2));
+        assert_eq!(acks[0].outcome, Outcome::Failed(FailKind::Overloaded));
+        send(&mut sink, rec(2, 2, vec![0; 1000]), &mut acks);
+        assert_eq!(acks.len(), 1, "still fits exactly");
+        assert_eq!(sink.unacked(), (4, 10_000));
+        m.broker_up(1).unwrap();
+        poll_until(&mut sink, &mut acks, 5, Duration::from_secs(8));
+        assert_eq!(acks.len(), 5);
+        assert!(
+            acks[1..].iter().all(|a| a.outcome == Outcome::Committed),
+            "{acks:?}"
+        );
+        assert_eq!(sink.unacked(), (0, 0));
+        assert_eq!(sink.counters().failed_of(FailKind::Overloaded), 1);
+    }
+
+    #[test]
+    fn close_resolves_everything() {
+        // Reachable broker: close waits for the acks.
+        let m = mock(1);
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        for n in 1..=5 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        sink.close(Duration::from_secs(5), &mut |a, _| acks.push(a));
+        assert_committed_in_order(&acks, &[1], 5);
+        assert_eq!(sink.unacked(), (0, 0));
+
+        // Broker down: close gives up after its timeout and fails the rest as Shutdown.
+        let m2 = mock(1);
+        m2.broker_down(1).unwrap();
+        let mut sink = KafkaSink::new(&kcfg(&m2.bootstrap_servers()), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        for n in 1..=4 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        let t0 = Instant::now();
+        sink.close(Duration::from_millis(300), &mut |a, _| acks.push(a));
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(acks.len(), 4);
+        assert!(acks
+            .iter()
+            .all(|a| a.outcome == Outcome::Failed(FailKind::Shutdown)));
+        assert_eq!(sink.unacked(), (0, 0));
+        send(&mut sink, rec(1, 5, value(1, 5)), &mut acks);
+        assert_eq!(acks[4].outcome, Outcome::Failed(FailKind::Shutdown));
+        assert!(!sink.healthy());
+    }
+
+    #[test]
+    fn full_librdkafka_queue_parks_records_in_fifo_in_order() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut cfg = kcfg(&bs);
+        cfg.extra_properties = vec![("queue.buffering.max.messages".into(), "4".into())];
+        let mut sink = KafkaSink::new(&cfg, settings(), None).unwrap();
+        let mut acks = Vec::new();
+        for n in 1..=40 {
+            send(&mut sink, rec(1 + n % 2, n, value(1, n)), &mut acks);
+        }
+        assert!(acks.is_empty());
+        assert!(sink.fifo.len() >= 30, "fifo {}", sink.fifo.len());
+        assert_eq!(sink.unacked().0, 40);
+        poll_until(&mut sink, &mut acks, 40, Duration::from_secs(10));
+        assert_eq!(acks.len(), 40);
+        let nums: Vec<u32> = acks.iter().map(|a| a.number).collect();
+        assert_eq!(
+            nums,
+            (1..=40).collect::<Vec<_>>(),
+            "one partition: global order kept"
+        );
+        assert!(acks.iter().all(|a| a.outcome == Outcome::Committed));
+        let got = consume(&bs, 1, 40, Duration::from_secs(10));
+        let vals: Vec<Vec<u8>> = got.into_iter().map(|g| g.value).collect();
+        assert_eq!(vals, (1..=40).map(|n| value(1, n)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn fatal_error_rebuilds_the_producer() {
+        let m = mock(1);
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
+        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
+        // Record 2 is held by librdkafka (broker down) when the producer turns fatal.
+        m.broker_down(1).unwrap();
+        send(&mut sink, rec(1, 2, value(1, 2)), &mut acks);
+        sink.poll(Duration::from_millis(50), &mut |a, _| acks.push(a));
+        assert_eq!(acks.len(), 1);
+        let reason = std::ffi::CString::new("test fatal").unwrap();
+        // SAFETY: a valid client handle and NUL-terminated reason; test-only librdkafka API.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                sink.producer.client().native_ptr(),
+                RespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.counters().rebuilds == 0 && Instant::now() < deadline {
+            sink.poll(Duration::from_millis(20), &mut |a, _| acks.push(a));
+        }
+        assert_eq!(sink.counters().rebuilds, 1);
+        assert_eq!(acks.len(), 2, "{acks:?}");
+        assert_eq!(acks[1].outcome, Outcome::Failed(FailKind::SinkError));
+        assert_eq!(sink.unacked(), (0, 0));
+        m.broker_up(1).unwrap();
+        send(&mut sink, rec(1, 3, value(1, 3)), &mut acks);
+        poll_until(&mut sink, &mut acks, 3, Duration::from_secs(8));
+        assert_eq!(acks.len(), 3);
+        assert_eq!(acks[2].outcome, Outcome::Committed);
+    }
+
+    #[test]
+    fn health_follows_broker_reachability() {
+        let m = mock(1);
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), settings(), None).unwrap();
+        let wait = |sink: &mut KafkaSink, want: bool| {
+            let deadline = Instant::now() + Duration::from_secs(6);
+            while sink.healthy() != want && Instant::now() < deadline {
+                sink.poll(Duration::from_millis(20), &mut |_, _| {});
+            }
+            sink.healthy()
+        };
+        assert!(wait(&mut sink, true), "healthy without any record sent");
+        m.broker_down(1).unwrap();
+        assert!(!wait(&mut sink, false), "unhealthy once the broker is down");
+        m.broker_up(1).unwrap();
+        assert!(wait(&mut sink, true), "healthy again");
+    }
+
+    struct CountingProvider(AtomicUsize);
+    impl TokenProvider for CountingProvider {
+        fn token(&self) -> Result<(String, i64, String), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let now = rdkafka::util::current_time_millis();
+            Ok(("token-value".into(), now + 900_000, "principal".into()))
+        }
+    }
+
+    #[test]
+    fn msk_iam_requires_and_calls_the_token_provider() {
+        // Nothing listens there: the sink must start anyway and ask for a token.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cfg = kcfg(&format!("127.0.0.1:{port}"));
+        cfg.auth = KafkaAuth::MskIam;
+        match KafkaSink::new(&cfg, settings(), None) {
+            Err(KafkaSinkError::Config { key, .. }) => assert_eq!(key, "sasl.mechanisms"),
+            other => panic!("expected a config error, got {:?}", other.err()),
+        }
+        let p = Arc::new(CountingProvider(AtomicUsize::new(0)));
+        let mut sink = KafkaSink::new(&cfg, settings(), Some(p.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while p.0.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            sink.poll(Duration::from_millis(20), &mut |_, _| {});
+        }
+        assert!(p.0.load(Ordering::SeqCst) >= 1, "token provider called");
+        sink.close(Duration::ZERO, &mut |_, _| {});
+    }
+
+    fn props(c: &ClientConfig) -> std::collections::BTreeMap<String, String> {
+        c.config_map()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn property_mapping_per_auth_type() {
+        let s = settings();
+        let mut cfg = kcfg("b1:9092,b2:9092");
+        cfg.extra_properties = vec![
+            ("linger.ms".into(), "7".into()),
+            ("security.protocol".into(), "plaintext".into()),
+            ("ssl.ca.location".into(), "/ca.pem".into()),
+        ];
+        let base = props(&producer_config(&cfg, &s, false).unwrap());
+        let expect = [
+            ("bootstrap.servers", "b1:9092,b2:9092"),
+            ("client.id", "test-producer"),
+            ("partitioner", "murmur2_random"),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("message.max.bytes", "1048576"),
+            ("message.timeout.ms", "10000"),
+            ("request.timeout.ms", "5000"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "7"),
+            ("security.protocol", "plaintext"),
+            ("ssl.ca.location", "/ca.pem"),
+        ];
+        for (k, v) in expect {
+            assert_eq!(base.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!base.contains_key("sasl.mechanisms"));
+
+        cfg.auth = KafkaAuth::Ssl;
+        let p = props(&producer_config(&cfg, &s, false).unwrap());
+        assert_eq!(
+            p["security.protocol"], "ssl",
+            "auth wins over the property file"
+        );
+        assert!(!p.contains_key("sasl.mechanisms"));
+
+        cfg.auth = KafkaAuth::ScramSha512 {
+            username: Some("u".into()),
+            password: Some("p".into()),
+        };
+        let c = producer_config(&cfg, &s, false).unwrap();
+        assert_eq!(
+            c.get("sasl.password"),
+            Some("p"),
+            "config_map() hides it; get() does not"
+        );
+        let p = props(&c);
+        assert_eq!(p["security.protocol"], "sasl_ssl");
+        assert_eq!(p["sasl.mechanisms"], "SCRAM-SHA-512");
+        assert_eq!(p["sasl.username"], "u");
+        cfg.auth = KafkaAuth::ScramSha512 {
+            username: None,
+            password: None,
+        };
+        let p = props(&producer_config(&cfg, &s, false).unwrap());
+        assert!(!p.contains_key("sasl.username") && !p.contains_key("sasl.password"));
+
+        cfg.auth = KafkaAuth::MskIam;
+        assert!(matches!(
+            producer_config(&cfg, &s, false),
+            Err(KafkaSinkError::Config { .. })
+        ));
+        let p = props(&producer_config(&cfg, &s, true).unwrap());
+        assert_eq!(p["security.protocol"], "sasl_ssl");
+        assert_eq!(p["sasl.mechanisms"], "OAUTHBEARER");
+
+        // Every auth type builds a real (not connecting) producer with the bundled librdkafka.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cfg = kcfg(&format!("127.0.0.1:{port}"));
+        for auth in [
+            KafkaAuth::None,
+            KafkaAuth::Ssl,
+            KafkaAuth::ScramSha512 {
+                username: Some("u".into()),
+                password: Some("p".into()),
+            },
+        ] {
+            cfg.auth = auth;
+            let sink = KafkaSink::new(&cfg, settings(), None);
+            assert!(sink.is_ok(), "{:?}: {:?}", cfg.auth, sink.err());
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let mut cfg = kcfg("127.0.0.1:1");
+        cfg.extra_properties = vec![("no.such.property".into(), "1".into())];
+        match KafkaSink::new(&cfg, settings(), None) {
+            Err(KafkaSinkError::Config { key, .. }) => assert_eq!(key, "no.such.property"),
+            other => panic!("{:?}", other.err()),
+        }
+        let cfg = kcfg("127.0.0.1:1");
+        let s = KafkaSettings {
+            max_unacked_bytes: 10,
+            ..settings()
+        };
+        assert!(matches!(
+            KafkaSink::new(&cfg, s, None),
+            Err(KafkaSinkError::Config { .. })
+        ));
+        let s = KafkaSettings {
+            max_record_bytes: 2_000_000_000,
+            max_unacked_bytes: usize::MAX,
+            ..settings()
+        };
+        assert!(matches!(
+            KafkaSink::new(&cfg, s, None),
+            Err(KafkaSinkError::Config { .. })
+        ));
+    }
+}
