@@ -286,8 +286,25 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
             crate::sink::file::FileSink::open(&f.dir, &node_id, f.max_file_bytes)
                 .map_err(|e| StartError::Sink(e.to_string()))?,
         ),
-        SinkConfig::Kafka(_) => {
-            return Err(StartError::Unsupported("--kafkaConnection is not supported yet".into()))
+        SinkConfig::Kafka(k) => {
+            let token: Option<Arc<dyn crate::sink::kafka::TokenProvider>> =
+                if k.auth == crate::config::KafkaAuth::MskIam {
+                    let chain = crate::sink::msk_iam::CredentialChain::from_process_env();
+                    let p = crate::sink::msk_iam::MskIamTokenProvider::new(None, chain)
+                        .map_err(|e| StartError::Sink(format!("msk-iam: {e}")))?;
+                    Some(Arc::new(p))
+                } else {
+                    None
+                };
+            let settings = crate::sink::kafka::KafkaSettings {
+                max_record_bytes: cfg.max_record_bytes(),
+                max_unacked_bytes: KAFKA_MAX_UNACKED_BYTES.max(cfg.max_record_bytes()),
+                delivery_timeout: KAFKA_DELIVERY_TIMEOUT,
+            };
+            Backend::Kafka(Box::new(
+                crate::sink::kafka::KafkaSink::new(k, settings, token)
+                    .map_err(|e| StartError::Sink(e.to_string()))?,
+            ))
         }
     };
     let suppress_any = cfg.suppress.method.is_some()
@@ -408,6 +425,13 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
     }
     Ok(handle)
 }
+
+/// Most bytes of records handed to Kafka and not yet acknowledged (256 MiB): about 25 s of
+/// capture at 10 MB/s, enough to ride out a broker failover; beyond it records fail as
+/// "overloaded" (and the failure policy applies) instead of growing memory without bound.
+const KAFKA_MAX_UNACKED_BYTES: usize = 256 * 1024 * 1024;
+/// librdkafka's delivery deadline per record (s), as the Java producer's `delivery.timeout.ms`.
+const KAFKA_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest request head (bytes) before the proxy answers 431 (issue: "over 64 KiB").
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

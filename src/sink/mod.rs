@@ -8,6 +8,8 @@
 //! received before `SinkMsg::Shutdown` is committed (or failed) and the sink is synced.
 
 pub mod file;
+pub mod kafka;
+pub mod msk_iam;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,11 +33,24 @@ pub enum Backend {
     /// `--noCapture`: workers produce no records; the thread only answers shutdown.
     Null,
     File(file::FileSink),
+    Kafka(Box<kafka::KafkaSink>),
+}
+
+impl kafka::TokenProvider for msk_iam::MskIamTokenProvider {
+    fn token(&self) -> Result<(String, i64, String), String> {
+        msk_iam::MskIamTokenProvider::token(self)
+    }
 }
 
 /// How long the sink thread waits for a batch before doing periodic work. 50 ms keeps
 /// shutdown and health reporting prompt without busy waiting.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Longest single wait for Kafka delivery reports while records are unacknowledged (ms):
+/// bounds the extra latency a held request sees beyond the broker round trip.
+const KAFKA_POLL_SLICE: Duration = Duration::from_millis(1);
+/// At shutdown, most time to wait for Kafka to acknowledge what it holds (s). Within the
+/// systemd unit's TimeoutStopSec (60 s) after the 30 s drain.
+const KAFKA_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct SinkThread {
     backend: Backend,
@@ -73,7 +88,12 @@ impl SinkThread {
     /// Runs until `SinkMsg::Shutdown`.
     pub fn run(mut self) {
         loop {
-            match self.rx.recv_timeout(IDLE_WAIT) {
+            let busy = self.kafka_unacked() > 0;
+            // While Kafka holds unacknowledged records, keep serving its delivery reports
+            // (in ≤1 ms slices) between batches; otherwise sleep on the queue.
+            let msg = if busy { self.rx.try_recv() } else { self.rx.recv_timeout(IDLE_WAIT) };
+            let got = msg.is_some();
+            match msg {
                 None => {}
                 Some(SinkMsg::Batch(b)) => self.handle_batch(b.worker, b.records),
                 Some(SinkMsg::Shutdown) => {
@@ -83,6 +103,32 @@ impl SinkThread {
                     self.shutdown();
                     return;
                 }
+            }
+            self.poll_kafka(if busy && !got { KAFKA_POLL_SLICE } else { Duration::ZERO });
+        }
+    }
+
+    fn kafka_unacked(&self) -> usize {
+        match &self.backend {
+            Backend::Kafka(k) => k.unacked().0,
+            _ => 0,
+        }
+    }
+
+    /// Serves Kafka delivery reports and hands the resolved acks to their workers.
+    fn poll_kafka(&mut self, timeout: Duration) {
+        let Backend::Kafka(k) = &mut self.backend else { return };
+        let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+        let mut done = |ack: Ack, buf: Vec<u8>| resolve(acks, bufs, stats, ack, buf);
+        k.poll(timeout, &mut done);
+        stats.healthy.store(u64::from(k.healthy()), Ordering::Relaxed);
+        self.deliver_all();
+    }
+
+    fn deliver_all(&mut self) {
+        for ((inbox, acks), bufs) in self.inboxes.iter().zip(self.acks.iter_mut()).zip(self.bufs.iter_mut()) {
+            if !acks.is_empty() || !bufs.is_empty() {
+                inbox.deliver(acks, bufs, None);
             }
         }
     }
@@ -96,6 +142,20 @@ impl SinkThread {
                 for r in records.drain(..) {
                     push_ack(&mut self.acks, &mut self.bufs, w, r, Outcome::Committed);
                 }
+            }
+            Backend::Kafka(k) => {
+                let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+                let mut done = |ack: Ack, buf: Vec<u8>| resolve(acks, bufs, stats, ack, buf);
+                for r in records.drain(..) {
+                    k.send(r, &mut done);
+                }
+                k.poll(Duration::ZERO, &mut done);
+                // Acks of other workers' records may have resolved too.
+                self.deliver_all();
+                if let Some(inbox) = self.inboxes.get(w) {
+                    inbox.deliver(&mut Vec::new(), &mut Vec::new(), Some(records));
+                }
+                return;
             }
             Backend::File(f) => {
                 // Append everything, then make it reach the OS once; a record counts as
@@ -155,10 +215,45 @@ impl SinkThread {
     }
 
     fn shutdown(&mut self) {
-        if let Backend::File(f) = &mut self.backend {
-            if let Err(e) = f.sync() {
-                tracing::error!(error = %e, "final fsync of the trace file failed");
+        match &mut self.backend {
+            Backend::File(f) => {
+                if let Err(e) = f.sync() {
+                    tracing::error!(error = %e, "final fsync of the trace file failed");
+                }
             }
+            Backend::Kafka(k) => {
+                let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+                let mut done = |ack: Ack, buf: Vec<u8>| resolve(acks, bufs, stats, ack, buf);
+                k.close(KAFKA_CLOSE_TIMEOUT, &mut done);
+                let (left, _) = k.unacked();
+                if left > 0 {
+                    tracing::error!(records = left, "records not delivered to Kafka at shutdown");
+                }
+                self.deliver_all();
+            }
+            Backend::Null => {}
+        }
+    }
+}
+
+/// Records one resolved Kafka record: counters, the ack and the buffer for its worker.
+fn resolve(acks: &mut [Vec<Ack>], bufs: &mut [Vec<Vec<u8>>], stats: &SinkStats, ack: Ack, mut buf: Vec<u8>) {
+    match ack.outcome {
+        Outcome::Committed => {
+            stats.records_committed.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Failed(_) => {
+            stats.records_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let w = usize::from(ack.conn.worker);
+    if let Some(a) = acks.get_mut(w) {
+        a.push(ack);
+    }
+    if buf.capacity() > 0 {
+        if let Some(b) = bufs.get_mut(w) {
+            buf.clear();
+            b.push(buf);
         }
     }
 }
