@@ -21,7 +21,8 @@ impl RecordOut for Recycle {
 }
 
 fn bench(c: &mut Criterion) {
-    let settings = Arc::new(CaptureSettings::new(Arc::from("5f0c0b8e-node"), 1024 * 1024 - 500).unwrap());
+    let settings =
+        Arc::new(CaptureSettings::new(Arc::from("5f0c0b8e-node"), 1024 * 1024 - 500).unwrap());
     let req = vec![b'r'; 180];
     let resp = vec![b'w'; 400];
     let mut g = c.benchmark_group("encoder");
@@ -29,7 +30,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("exchange_read_eom_write", |b| {
         let mut out = Recycle { pool: Vec::new() };
         let mut sb = StreamBuilder::new(Arc::from("conn-1"), settings.clone());
-        let ts = Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
+        let ts = Timestamp {
+            secs: 1_700_000_000,
+            nanos: 123_456_789,
+        };
         b.iter(|| {
             sb.read(ts, &req, &mut out);
             sb.end_of_message(ts, 30, 120, &mut out);
@@ -41,7 +45,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("read_1mib_segmented", |b| {
         let mut out = Recycle { pool: Vec::new() };
         let mut sb = StreamBuilder::new(Arc::from("conn-2"), settings.clone());
-        let ts = Timestamp { secs: 1_700_000_000, nanos: 1 };
+        let ts = Timestamp {
+            secs: 1_700_000_000,
+            nanos: 1,
+        };
         b.iter(|| sb.read(ts, &big, &mut out))
     });
     g.finish();

@@ -22,14 +22,19 @@ fn inputs() -> Vec<(&'static str, Vec<u8>)> {
     let get = b"GET /_cluster/health?pretty HTTP/1.1\r\nhost: search.internal:9200\r\nuser-agent: opensearch-java/2.8\r\naccept: application/json\r\n\r\n".to_vec();
     let mut cl = b"POST /logs/_bulk HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\ncontent-length: 16384\r\n\r\n".to_vec();
     cl.extend(std::iter::repeat_n(b'a', 16384));
-    let mut chunked = b"POST /logs/_bulk HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"POST /logs/_bulk HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..64 {
         chunked.extend_from_slice(b"400\r\n");
         chunked.extend(std::iter::repeat_n(b'b', 1024));
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    vec![("small_get", get), ("content_length_16k", cl), ("chunked_64x1k", chunked)]
+    vec![
+        ("small_get", get),
+        ("content_length_16k", cl),
+        ("chunked_64x1k", chunked),
+    ]
 }
 
 fn bench(c: &mut Criterion) {

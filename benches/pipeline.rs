@@ -8,7 +8,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use capture_proxy::capture::builder::{CaptureSettings, FinishedRecord, RecordOut, StreamBuilder};
 use capture_proxy::capture::encode::Timestamp;
-use capture_proxy::handoff::{self, Ack, Batch, ConnRef, Inbox, Outcome, Record, Returned, SinkMsg};
+use capture_proxy::handoff::{
+    self, Ack, Batch, ConnRef, Inbox, Outcome, Record, Returned, SinkMsg,
+};
 use capture_proxy::http1::{Event, FramerLimits, RequestFramer};
 
 struct Worker {
@@ -23,7 +25,11 @@ impl RecordOut for Worker {
     }
     fn emit(&mut self, rec: FinishedRecord) {
         self.batch.push(Record {
-            conn: ConnRef { worker: 0, slot: 0, generation: 0 },
+            conn: ConnRef {
+                worker: 0,
+                slot: 0,
+                generation: 0,
+            },
             key: self.key.clone(),
             number: rec.number,
             is_final: rec.is_final,
@@ -40,7 +46,12 @@ fn bench(c: &mut Criterion) {
         let (mut acks, mut bufs) = (Vec::new(), Vec::new());
         while let Some(SinkMsg::Batch(mut b)) = rx.recv_timeout(Duration::from_secs(30)) {
             for mut r in b.records.drain(..) {
-                acks.push(Ack { conn: r.conn, number: r.number, is_final: r.is_final, outcome: Outcome::Committed });
+                acks.push(Ack {
+                    conn: r.conn,
+                    number: r.number,
+                    is_final: r.is_final,
+                    outcome: Outcome::Committed,
+                });
                 r.value.clear();
                 bufs.push(r.value);
             }
@@ -51,7 +62,12 @@ fn bench(c: &mut Criterion) {
     let settings = Arc::new(CaptureSettings::new(Arc::from("node"), 16 * 1024).unwrap());
     let request = b"GET /_search?q=x HTTP/1.1\r\nhost: search.internal:9200\r\naccept: */*\r\n\r\n";
     let response = vec![b'w'; 300];
-    let mut w = Worker { pool: Vec::new(), batch: Vec::new(), spare: Vec::new(), key: Arc::from("conn") };
+    let mut w = Worker {
+        pool: Vec::new(),
+        batch: Vec::new(),
+        spare: Vec::new(),
+        key: Arc::from("conn"),
+    };
     let mut sb = StreamBuilder::new(w.key.clone(), settings);
     let mut f = RequestFramer::new(FramerLimits::default());
     let mut returned = Returned::default();
@@ -67,7 +83,10 @@ fn bench(c: &mut Criterion) {
                 pos += step.consumed;
                 match step.event {
                     None => break,
-                    Some(Event::MessageComplete { first_line_len, headers_len }) => {
+                    Some(Event::MessageComplete {
+                        first_line_len,
+                        headers_len,
+                    }) => {
                         sb.read(ts, request, &mut w);
                         sb.end_of_message(ts, first_line_len, headers_len, &mut w);
                     }

@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:19200".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:19200".into());
     let listener = TcpListener::bind(&addr)?;
     eprintln!("demo origin listening on {}", listener.local_addr()?);
     for conn in listener.incoming() {
@@ -42,12 +44,17 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
                 break;
             }
             let (name, value) = h.split_once(':').unwrap_or((h, ""));
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+            let (name, value) = (
+                name.trim().to_ascii_lowercase(),
+                value.trim().to_ascii_lowercase(),
+            );
             match name.as_str() {
                 "content-length" => len = value.parse().unwrap_or(0),
                 "transfer-encoding" => chunked = value.contains("chunked"),
                 "connection" => close = value == "close",
-                "expect" if value == "100-continue" => out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?,
+                "expect" if value == "100-continue" => {
+                    out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?
+                }
                 _ => {}
             }
         }
@@ -56,7 +63,8 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
             loop {
                 let mut size = String::new();
                 r.read_line(&mut size)?;
-                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
                 if n == 0 {
                     // trailers until the empty line
                     loop {

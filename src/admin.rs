@@ -36,14 +36,16 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("cp-admin".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(s) => serve(s, &state),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+    std::thread::Builder::new()
+        .name("cp-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(s) => serve(s, &state),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
             }
-        }
-    })?;
+        })?;
     Ok(bound)
 }
 
@@ -57,7 +59,10 @@ fn serve(mut s: TcpStream, state: &AdminState) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 len += n;
-                if buf.get(..len).is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n")) {
+                if buf
+                    .get(..len)
+                    .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+                {
                     break;
                 }
             }
@@ -77,7 +82,11 @@ fn serve(mut s: TcpStream, state: &AdminState) {
             if ready {
                 ("200 OK", "text/plain", "ready\n".to_string())
             } else {
-                ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n"))
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                )
             }
         }
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
@@ -112,33 +121,66 @@ pub fn render_metrics(state: &AdminState) -> String {
     }
     let accepted = crate::stats::total(&state.workers, Counter::ConnAccepted);
     let closed = crate::stats::total(&state.workers, Counter::ConnClosed);
-    let _ = writeln!(out, "# HELP activeConnection client connections currently open");
+    let _ = writeln!(
+        out,
+        "# HELP activeConnection client connections currently open"
+    );
     let _ = writeln!(out, "# TYPE activeConnection gauge");
     let _ = writeln!(out, "activeConnection {}", accepted.saturating_sub(closed));
     let s = &state.sink;
     let sink_metrics: [(&str, &str, u64); 4] = [
-        ("sinkRecordsCommitted_total", "records committed by the sink thread", s.records_committed.load(Ordering::Relaxed)),
-        ("sinkBytesCommitted_total", "bytes committed by the sink thread", s.bytes_committed.load(Ordering::Relaxed)),
-        ("sinkRecordsFailed_total", "records the sink thread failed", s.records_failed.load(Ordering::Relaxed)),
-        ("sinkBatches_total", "batches received by the sink thread", s.batches.load(Ordering::Relaxed)),
+        (
+            "sinkRecordsCommitted_total",
+            "records committed by the sink thread",
+            s.records_committed.load(Ordering::Relaxed),
+        ),
+        (
+            "sinkBytesCommitted_total",
+            "bytes committed by the sink thread",
+            s.bytes_committed.load(Ordering::Relaxed),
+        ),
+        (
+            "sinkRecordsFailed_total",
+            "records the sink thread failed",
+            s.records_failed.load(Ordering::Relaxed),
+        ),
+        (
+            "sinkBatches_total",
+            "batches received by the sink thread",
+            s.batches.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, v) in sink_metrics {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {v}");
     }
-    let _ = writeln!(out, "# HELP sinkHealthy 1 when the capture sink accepts records");
+    let _ = writeln!(
+        out,
+        "# HELP sinkHealthy 1 when the capture sink accepts records"
+    );
     let _ = writeln!(out, "# TYPE sinkHealthy gauge");
     let _ = writeln!(out, "sinkHealthy {}", s.healthy.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP draining 1 while the proxy shuts down");
     let _ = writeln!(out, "# TYPE draining gauge");
-    let _ = writeln!(out, "draining {}", u8::from(state.draining.load(Ordering::Acquire)));
-    render_histogram(&mut out, "requestHeldDuration", "time a mutating request was held for its record (ms)", state.workers.iter().map(|w| &w.hold_us));
+    let _ = writeln!(
+        out,
+        "draining {}",
+        u8::from(state.draining.load(Ordering::Acquire))
+    );
+    render_histogram(
+        &mut out,
+        "requestHeldDuration",
+        "time a mutating request was held for its record (ms)",
+        state.workers.iter().map(|w| &w.hold_us),
+    );
     out
 }
 
 /// Bucket bounds (ms) for exported histograms: sub-millisecond to the 10 s ack timeout.
-const BUCKETS_MS: [f64; 12] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0, 5000.0, 10000.0];
+const BUCKETS_MS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0, 5000.0, 10000.0,
+];
 
 fn render_histogram<'a>(
     out: &mut String,
@@ -178,7 +220,10 @@ mod tests {
 
     fn state() -> AdminState {
         AdminState {
-            workers: vec![Arc::new(WorkerStats::default()), Arc::new(WorkerStats::default())],
+            workers: vec![
+                Arc::new(WorkerStats::default()),
+                Arc::new(WorkerStats::default()),
+            ],
             sink: Arc::new(SinkStats::default()),
             draining: Arc::new(AtomicBool::new(false)),
             node_id: Arc::from("n"),
@@ -211,7 +256,10 @@ mod tests {
         st.sink.healthy.store(1, Ordering::Relaxed);
         st.draining.store(true, Ordering::Release);
         let r = get(addr, "/ready");
-        assert!(r.starts_with("HTTP/1.1 503") && r.contains("draining"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("draining"),
+            "{r}"
+        );
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
     }
 }

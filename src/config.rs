@@ -42,7 +42,10 @@ pub struct KafkaConfig {
 pub enum KafkaAuth {
     None,
     Ssl,
-    ScramSha512 { username: Option<String>, password: Option<String> },
+    ScramSha512 {
+        username: Option<String>,
+        password: Option<String>,
+    },
     MskIam,
 }
 
@@ -120,7 +123,10 @@ pub struct ServerTlsConfig {
 pub enum ClientTrust {
     File(PathBuf),
     /// The PEM text read from the named environment variable.
-    EnvPem { var: String, pem: String },
+    EnvPem {
+        var: String,
+        pem: String,
+    },
 }
 
 impl std::fmt::Debug for ClientTrust {
@@ -182,7 +188,8 @@ impl Config {
     /// Largest serialized TrafficStream this process writes (capture-format.md: "A record's
     /// value is at most --maxTrafficBufferSize minus 500 bytes").
     pub fn max_record_bytes(&self) -> usize {
-        self.max_traffic_buffer_size.saturating_sub(KAFKA_MESSAGE_OVERHEAD_BYTES)
+        self.max_traffic_buffer_size
+            .saturating_sub(KAFKA_MESSAGE_OVERHEAD_BYTES)
     }
 
     /// A configuration for tests and benches: forward to `destination`, listen on

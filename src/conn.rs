@@ -23,8 +23,7 @@ use std::rc::Rc;
 
 use monoio::buf::IoBuf;
 use monoio::io::{
-    CancelableAsyncReadRent, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf,
-    Splitable,
+    CancelableAsyncReadRent, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 
@@ -250,9 +249,9 @@ async fn client_to_upstream(
         let mut pos = 0usize; // framed so far
         let mut seg = 0usize; // start of the not-yet-captured part of the current request
         let mut fwd = 0usize; // forwarded so far
-        // Call the framer until it returns no event (it then consumed everything): a
-        // bodiless request's MessageComplete comes on the call after its HeadComplete, even
-        // when no input is left.
+                              // Call the framer until it returns no event (it then consumed everything): a
+                              // bodiless request's MessageComplete comes on the call after its HeadComplete, even
+                              // when no input is left.
         loop {
             let input = buf.get(pos..data_len).unwrap_or(&[]);
             let step = match framer.advance(input) {
@@ -319,7 +318,10 @@ async fn client_to_upstream(
                         seg = pos;
                     }
                 }
-                Some(Event::MessageComplete { first_line_len, headers_len }) => {
+                Some(Event::MessageComplete {
+                    first_line_len,
+                    headers_len,
+                }) => {
                     ctx.stats.inc(Counter::Requests);
                     let req_start = seg.min(pos);
                     let mut hold = false;
@@ -419,13 +421,18 @@ async fn client_to_upstream(
         C2uEnd::Stopped(StopReason::HeadTimeout) => {
             ctx.stats.inc(Counter::HeadTimeout);
             let ts = Timestamp::now();
-            ctx.with_capture(st, |b, e| b.connection_exception(ts, "request head timeout", e));
+            ctx.with_capture(st, |b, e| {
+                b.connection_exception(ts, "request head timeout", e)
+            });
         }
         C2uEnd::Stopped(StopReason::IdleTimeout) => ctx.stats.inc(Counter::IdleTimeout),
         _ => {}
     }
     x.c2u_done.set(true);
-    let abort = matches!(end, C2uEnd::ClientError | C2uEnd::Stopped(StopReason::Abort));
+    let abort = matches!(
+        end,
+        C2uEnd::ClientError | C2uEnd::Stopped(StopReason::Abort)
+    );
     if abort || st.outstanding.get() == 0 {
         st.stop_u2c(StopReason::PeerDone);
     }
@@ -448,7 +455,8 @@ async fn write_up(
 ) -> (std::io::Result<()>, Vec<u8>) {
     let end = to.min(buf.len());
     let start = from.min(end);
-    let (r, slice) = CancelableAsyncWriteRentExt::write_all(uw, buf.slice(start..end), st.c2u_handle()).await;
+    let (r, slice) =
+        CancelableAsyncWriteRentExt::write_all(uw, buf.slice(start..end), st.c2u_handle()).await;
     (r.map(|_| ()), slice.into_inner())
 }
 
@@ -489,7 +497,9 @@ async fn upstream_to_client(
                 m.push_str(&e.to_string());
                 ctx.with_capture(st, |b, e| b.connection_exception(ts, &m, e));
                 if st.outstanding.get() > 0 && !x.resp_started.get() {
-                    let _ = CancelableAsyncWriteRentExt::write_all(&mut cw, RESP_502, st.u2c_handle()).await;
+                    let _ =
+                        CancelableAsyncWriteRentExt::write_all(&mut cw, RESP_502, st.u2c_handle())
+                            .await;
                     break U2cEnd::Answered502;
                 }
                 break U2cEnd::UpstreamError;
@@ -566,8 +576,12 @@ async fn upstream_to_client(
             }
         }
         ctx.stats.add(Counter::BytesWritten, data_len as u64);
-        let (r, slice) =
-            CancelableAsyncWriteRentExt::write_all(&mut cw, buf.slice(0..data_len), st.u2c_handle()).await;
+        let (r, slice) = CancelableAsyncWriteRentExt::write_all(
+            &mut cw,
+            buf.slice(0..data_len),
+            st.u2c_handle(),
+        )
+        .await;
         buf = slice.into_inner();
         if r.is_err() {
             if st.u2c_stop.get().is_some() {

@@ -150,7 +150,12 @@ impl Inbox {
     }
 
     /// Sink side: add acks and buffers, waking the worker if needed.
-    pub fn deliver(&self, acks: &mut Vec<Ack>, buffers: &mut Vec<Vec<u8>>, recs: Option<Vec<Record>>) {
+    pub fn deliver(
+        &self,
+        acks: &mut Vec<Ack>,
+        buffers: &mut Vec<Vec<u8>>,
+        recs: Option<Vec<Record>>,
+    ) {
         {
             let mut r = match self.returned.lock() {
                 Ok(g) => g,
@@ -268,7 +273,11 @@ mod tests {
 
     fn rec(n: u32) -> Record {
         Record {
-            conn: ConnRef { worker: 0, slot: 1, generation: 2 },
+            conn: ConnRef {
+                worker: 0,
+                slot: 1,
+                generation: 2,
+            },
             key: Arc::from("c"),
             number: n,
             is_final: false,
@@ -281,11 +290,21 @@ mod tests {
         let (tx, rx) = channel();
         for i in 0..QUEUE_BATCHES {
             assert!(tx
-                .try_send(Batch { worker: 0, records: vec![rec(i as u32)] })
+                .try_send(Batch {
+                    worker: 0,
+                    records: vec![rec(i as u32)]
+                })
                 .is_ok());
         }
-        let back = tx.try_send(Batch { worker: 0, records: vec![rec(9)] });
-        assert_eq!(back.unwrap_err().records[0].number, 9, "full queue hands the batch back");
+        let back = tx.try_send(Batch {
+            worker: 0,
+            records: vec![rec(9)],
+        });
+        assert_eq!(
+            back.unwrap_err().records[0].number,
+            9,
+            "full queue hands the batch back"
+        );
         match rx.recv_timeout(Duration::from_millis(10)) {
             Some(SinkMsg::Batch(b)) => assert_eq!(b.records[0].number, 0),
             other => panic!("unexpected {other:?}"),
@@ -296,7 +315,11 @@ mod tests {
     fn inbox_wakes_once_per_burst() {
         let (inbox, mut rx) = Inbox::new().unwrap();
         let ack = Ack {
-            conn: ConnRef { worker: 0, slot: 0, generation: 0 },
+            conn: ConnRef {
+                worker: 0,
+                slot: 0,
+                generation: 0,
+            },
             number: 1,
             is_final: false,
             outcome: Outcome::Committed,
@@ -305,7 +328,11 @@ mod tests {
             inbox.deliver(&mut vec![ack], &mut vec![vec![0u8; 4]], None);
         }
         let mut buf = [0u8; 16];
-        assert_eq!(rx.read(&mut buf).unwrap(), 1, "one wake byte for three deliveries");
+        assert_eq!(
+            rx.read(&mut buf).unwrap(),
+            1,
+            "one wake byte for three deliveries"
+        );
         let mut spare = Returned::default();
         assert!(inbox.take(&mut spare));
         assert_eq!(spare.acks.len(), 3);

@@ -65,7 +65,9 @@ fn real_main() -> i32 {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Text => b.with_ansi(false).try_init(),
@@ -111,7 +113,8 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<std::time::Duration>) -> Op
         if rc > 0 {
             return Some(rc);
         }
-        if timeout.is_some() && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+        if timeout.is_some() && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+        {
             return None;
         }
     }

@@ -49,7 +49,10 @@ impl Notifier {
     }
 
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()));
+        self.send(&format!(
+            "READY=1\nSTATUS={status}\nMAINPID={}",
+            std::process::id()
+        ));
     }
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=draining connections");
@@ -68,7 +71,10 @@ fn send_abstract(d: &UnixDatagram, name: &str, msg: &str) -> std::io::Result<()>
 
 #[cfg(not(target_os = "linux"))]
 fn send_abstract(_d: &UnixDatagram, _name: &str, _msg: &str) -> std::io::Result<()> {
-    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "abstract sockets"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "abstract sockets",
+    ))
 }
 
 #[cfg(test)]
@@ -95,11 +101,15 @@ mod tests {
         n.stopping();
         let mut buf = [0u8; 256];
         let k = server.recv(&mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..k]).unwrap().starts_with("READY=1\n"));
+        assert!(std::str::from_utf8(&buf[..k])
+            .unwrap()
+            .starts_with("READY=1\n"));
         let k = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..k], b"WATCHDOG=1");
         let k = server.recv(&mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..k]).unwrap().starts_with("STOPPING=1"));
+        assert!(std::str::from_utf8(&buf[..k])
+            .unwrap()
+            .starts_with("STOPPING=1"));
     }
 
     #[test]

@@ -24,9 +24,16 @@ use crate::worker::{self, Control, Ctx, Settings};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot resolve destination {host}:{port}: {reason}")]
-    Resolve { host: String, port: u16, reason: String },
+    Resolve {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("io_uring was requested (--io-driver uring) but is not available on this kernel")]
     NoUring,
     #[error("{0}")]
@@ -88,7 +95,8 @@ impl Handle {
     /// Graceful shutdown: stop accepting, let in-flight exchanges finish (bounded by
     /// `--drain-timeout`), write every connection's final record, flush and sync the sink.
     pub fn shutdown(mut self) {
-        self.draining.store(true, std::sync::atomic::Ordering::Release);
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
         for (c, i) in self.controls.iter().zip(&self.inboxes) {
             c.drain.store(true, std::sync::atomic::Ordering::Release);
             i.poke_control();
@@ -124,8 +132,9 @@ pub fn allowed_cpus() -> Vec<usize> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let v: Vec<usize> =
-                (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect();
+            let v: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &set))
+                .collect();
             if !v.is_empty() {
                 return v;
             }
@@ -161,18 +170,30 @@ pub fn plan_cpus(num_threads: usize, cpu_list: Option<&[usize]>, allowed: &[usiz
         Some(list) if !list.is_empty() => {
             let workers: Vec<Option<usize>> =
                 (0..n).map(|i| list.get(i % list.len()).copied()).collect();
-            let sink = allowed.iter().copied().find(|c| !workers.contains(&Some(*c)));
+            let sink = allowed
+                .iter()
+                .copied()
+                .find(|c| !workers.contains(&Some(*c)));
             CpuPlan { workers, sink }
         }
-        _ => CpuPlan { workers: vec![None; n], sink: None },
+        _ => CpuPlan {
+            workers: vec![None; n],
+            sink: None,
+        },
     }
 }
 
 fn resolve(cfg: &Config) -> Result<Vec<SocketAddr>, StartError> {
     let d = &cfg.destination;
-    let err = |reason: String| StartError::Resolve { host: d.host.clone(), port: d.port, reason };
-    let addrs: Vec<SocketAddr> =
-        (d.host.as_str(), d.port).to_socket_addrs().map_err(|e| err(e.to_string()))?.collect();
+    let err = |reason: String| StartError::Resolve {
+        host: d.host.clone(),
+        port: d.port,
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = (d.host.as_str(), d.port)
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .collect();
     if addrs.is_empty() {
         return Err(err("no addresses".into()));
     }
@@ -181,7 +202,11 @@ fn resolve(cfg: &Config) -> Result<Vec<SocketAddr>, StartError> {
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -218,7 +243,9 @@ fn bind_all(
             }
             Err(source) => return Err(StartError::Listen { addr, source }),
         };
-        let real = first.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let real = first
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
         port.get_or_insert(real.port());
         bound.push(real);
         if let Some(w) = per_worker.first_mut() {
@@ -239,7 +266,9 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         ));
     }
     if !cfg.set_headers.is_empty() {
-        return Err(StartError::Unsupported("--setHeader is not supported yet".into()));
+        return Err(StartError::Unsupported(
+            "--setHeader is not supported yet".into(),
+        ));
     }
     if cfg.destination_pool_size > 0 {
         return Err(StartError::Unsupported(
@@ -247,7 +276,9 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         ));
     }
     if cfg.spool_dir.is_some() {
-        return Err(StartError::Unsupported("--spool-dir is not supported yet".into()));
+        return Err(StartError::Unsupported(
+            "--spool-dir is not supported yet".into(),
+        ));
     }
     let driver = match cfg.io_driver {
         IoDriver::Legacy => false,
@@ -260,7 +291,9 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         IoDriver::Auto => {
             let ok = monoio::utils::detect_uring();
             if !ok {
-                tracing::warn!("io_uring is not available (or MONOIO_FORCE_LEGACY_DRIVER is set); using epoll");
+                tracing::warn!(
+                    "io_uring is not available (or MONOIO_FORCE_LEGACY_DRIVER is set); using epoll"
+                );
             }
             ok
         }
@@ -351,10 +384,13 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         worker_stats.push(stats.clone());
         let settings = settings.clone();
         let sender = sender.clone();
-        let inbox = inboxes.get(idx).cloned().ok_or_else(|| StartError::Worker {
-            worker: idx,
-            reason: "no inbox".into(),
-        })?;
+        let inbox = inboxes
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| StartError::Worker {
+                worker: idx,
+                reason: "no inbox".into(),
+            })?;
         let cpu = plan.workers.get(idx).copied().flatten();
         let ready_tx = ready_tx.clone();
         let h = std::thread::Builder::new()
@@ -366,7 +402,8 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
                 let ready = |r: Result<(), String>| {
                     let _ = ready_tx.send((idx, r));
                 };
-                let make_ctx = move || Ctx::new(idx as u16, settings, stats, sender, inbox, control);
+                let make_ctx =
+                    move || Ctx::new(idx as u16, settings, stats, sender, inbox, control);
                 let r = if driver {
                     run_uring(make_ctx, ls, wake, ready)
                 } else {
@@ -419,7 +456,10 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
             }
             Err(_) => {
                 handle.shutdown();
-                return Err(StartError::Worker { worker: 0, reason: "worker exited".into() });
+                return Err(StartError::Worker {
+                    worker: 0,
+                    reason: "worker exited".into(),
+                });
             }
         }
     }

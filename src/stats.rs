@@ -106,7 +106,9 @@ impl WorkerStats {
         self.add(c, 1)
     }
     pub fn get(&self, c: Counter) -> u64 {
-        self.values.get(c as usize).map_or(0, |v| v.load(Ordering::Relaxed))
+        self.values
+            .get(c as usize)
+            .map_or(0, |v| v.load(Ordering::Relaxed))
     }
     /// Records a duration in a histogram without blocking (skips if a reader holds it).
     pub fn record(&self, h: &Mutex<hdrhistogram::Histogram<u64>>, d: Duration) {
@@ -131,7 +133,11 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(period: Duration) -> Self {
-        RateLimit { period, last: None, suppressed: 0 }
+        RateLimit {
+            period,
+            last: None,
+            suppressed: 0,
+        }
     }
     /// `Some(number suppressed since the last allowed one)` when this one may be logged.
     pub fn allow(&mut self) -> Option<u64> {

@@ -43,9 +43,7 @@ pub async fn connect(s: &Settings) -> std::io::Result<TcpStream> {
                 return Ok(stream);
             }
             Ok(Err(e)) => last = e,
-            Err(_) => {
-                last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            }
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         }
     }
     Err(last)

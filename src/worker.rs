@@ -279,15 +279,24 @@ impl Ctx {
         let (slot, generation) = match slot.and_then(|s| slots.get(s as usize).map(|e| (s, e))) {
             Some((s, e)) => (s, e.generation.wrapping_add(1)),
             None => {
-                slots.push(Slot { generation: 0, conn: None });
+                slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
                 ((slots.len() - 1) as u32, 0)
             }
         };
-        let conn = ConnRef { worker: self.id, slot, generation };
+        let conn = ConnRef {
+            worker: self.id,
+            slot,
+            generation,
+        };
         let key: Arc<str> = Arc::from(connection_id(&self.settings.node_id, self.id, seq).as_str());
-        let capture = self.settings.capture.as_ref().map(|s| {
-            crate::capture::builder::StreamBuilder::new(key.clone(), s.clone())
-        });
+        let capture = self
+            .settings
+            .capture
+            .as_ref()
+            .map(|s| crate::capture::builder::StreamBuilder::new(key.clone(), s.clone()));
         let now = self.now_ms();
         let st = Rc::new(ConnState {
             conn,
@@ -337,7 +346,13 @@ impl Ctx {
         let mut cap = st.capture.borrow_mut();
         let b = cap.as_mut()?;
         let mut batch = self.batch.borrow_mut();
-        let mut e = Emit { b: &mut batch, conn: st.conn, key: &st.key, stats: &self.stats, emitted: 0 };
+        let mut e = Emit {
+            b: &mut batch,
+            conn: st.conn,
+            key: &st.key,
+            stats: &self.stats,
+            emitted: 0,
+        };
         let r = f(b, &mut e);
         let emitted = e.emitted;
         drop(batch);
@@ -374,10 +389,16 @@ impl Ctx {
     fn hand_over(&self) {
         let mut b = self.batch.borrow_mut();
         if !b.records.is_empty() {
-            let fresh = b.record_vecs.pop().unwrap_or_else(|| Vec::with_capacity(256));
+            let fresh = b
+                .record_vecs
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(256));
             let records = std::mem::replace(&mut b.records, fresh);
             b.bytes = 0;
-            b.pending.push_back(Batch { worker: self.id, records });
+            b.pending.push_back(Batch {
+                worker: self.id,
+                records,
+            });
         }
         b.urgent = false;
         while let Some(batch) = b.pending.pop_front() {
@@ -512,8 +533,12 @@ impl Ctx {
     }
 
     fn abort_all(&self) {
-        let conns: Vec<Rc<ConnState>> =
-            self.slots.borrow().iter().filter_map(|s| s.conn.clone()).collect();
+        let conns: Vec<Rc<ConnState>> = self
+            .slots
+            .borrow()
+            .iter()
+            .filter_map(|s| s.conn.clone())
+            .collect();
         for st in conns {
             st.stop_c2u(StopReason::Abort);
             st.stop_u2c(StopReason::Abort);
@@ -538,7 +563,11 @@ fn lost_message(buf: &mut [u8; 96], number: u32, kind: FailKind) -> &str {
     use std::io::Write;
     let len = {
         let mut cur = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cur, "capture record {number} of this connection was lost: {}", kind.as_str());
+        let _ = write!(
+            cur,
+            "capture record {number} of this connection was lost: {}",
+            kind.as_str()
+        );
         cur.position() as usize
     };
     std::str::from_utf8(buf.get(..len).unwrap_or(&[])).unwrap_or("capture record lost")
@@ -722,7 +751,11 @@ pub async fn run(
             break;
         }
         if !aborted && Instant::now() >= deadline {
-            tracing::warn!(worker = ctx.id, open = ctx.active(), "drain timeout: closing connections");
+            tracing::warn!(
+                worker = ctx.id,
+                open = ctx.active(),
+                "drain timeout: closing connections"
+            );
             ctx.abort_all();
             aborted = true;
         }

@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use capture_proxy::capture::builder::{CaptureSettings, FinishedRecord, RecordOut, StreamBuilder};
 use capture_proxy::capture::encode::Timestamp;
-use capture_proxy::handoff::{self, Ack, Batch, ConnRef, Inbox, Outcome, Record, Returned, SinkMsg};
-use capture_proxy::http1::{Event, ExpectedResponse, FramerLimits, REvent, RequestFramer, ResponseFramer};
+use capture_proxy::handoff::{
+    self, Ack, Batch, ConnRef, Inbox, Outcome, Record, Returned, SinkMsg,
+};
+use capture_proxy::http1::{
+    Event, ExpectedResponse, FramerLimits, REvent, RequestFramer, ResponseFramer,
+};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -93,7 +97,12 @@ fn keep_alive_traffic_allocates_nothing_per_request_in_steady_state() {
                 Some(SinkMsg::Batch(mut b)) => {
                     for mut r in b.records.drain(..) {
                         records += 1;
-                        acks.push(Ack { conn: r.conn, number: r.number, is_final: r.is_final, outcome: Outcome::Committed });
+                        acks.push(Ack {
+                            conn: r.conn,
+                            number: r.number,
+                            is_final: r.is_final,
+                            outcome: Outcome::Committed,
+                        });
                         r.value.clear();
                         bufs.push(r.value);
                     }
@@ -111,7 +120,11 @@ fn keep_alive_traffic_allocates_nothing_per_request_in_steady_state() {
         pool: Vec::new(),
         batch: Vec::with_capacity(64),
         spare_batches: Vec::new(),
-        conn: ConnRef { worker: 0, slot: 0, generation: 0 },
+        conn: ConnRef {
+            worker: 0,
+            slot: 0,
+            generation: 0,
+        },
         key,
     };
     let mut req_framer = RequestFramer::new(FramerLimits::default());
@@ -119,66 +132,79 @@ fn keep_alive_traffic_allocates_nothing_per_request_in_steady_state() {
     let mut returned = Returned::default();
     let mut inflight = 0usize;
 
-    let mut one_exchange = |i: usize, p: &mut Pipeline, returned: &mut Returned, inflight: &mut usize| {
-        let ts = Timestamp { secs: 1_700_000_000 + i as i64, nanos: 1 };
-        let req: &[u8] = if i % 4 == 0 { post } else { request };
-        let mut pos = 0;
-        let mut seg = 0;
-        loop {
-            let step = req_framer.advance(&req[pos..]).unwrap();
-            pos += step.consumed;
-            match step.event {
-                None => break,
-                Some(Event::HeadComplete(h)) => {
-                    resp_framer.expect(ExpectedResponse { id: i as u64, method_head: false, method_connect: false });
-                    let _ = h.method.is_mutating();
-                }
-                Some(Event::MessageComplete { first_line_len, headers_len }) => {
-                    builder.read(ts, &req[seg..pos], p);
-                    builder.end_of_message(ts, first_line_len, headers_len, p);
-                    seg = pos;
-                    if i % 4 == 0 {
-                        builder.flush(p);
+    let mut one_exchange =
+        |i: usize, p: &mut Pipeline, returned: &mut Returned, inflight: &mut usize| {
+            let ts = Timestamp {
+                secs: 1_700_000_000 + i as i64,
+                nanos: 1,
+            };
+            let req: &[u8] = if i % 4 == 0 { post } else { request };
+            let mut pos = 0;
+            let mut seg = 0;
+            loop {
+                let step = req_framer.advance(&req[pos..]).unwrap();
+                pos += step.consumed;
+                match step.event {
+                    None => break,
+                    Some(Event::HeadComplete(h)) => {
+                        resp_framer.expect(ExpectedResponse {
+                            id: i as u64,
+                            method_head: false,
+                            method_connect: false,
+                        });
+                        let _ = h.method.is_mutating();
                     }
+                    Some(Event::MessageComplete {
+                        first_line_len,
+                        headers_len,
+                    }) => {
+                        builder.read(ts, &req[seg..pos], p);
+                        builder.end_of_message(ts, first_line_len, headers_len, p);
+                        seg = pos;
+                        if i % 4 == 0 {
+                            builder.flush(p);
+                        }
+                    }
+                    Some(Event::Http2Preface) => unreachable!(),
                 }
-                Some(Event::Http2Preface) => unreachable!(),
             }
-        }
-        let mut rpos = 0;
-        loop {
-            let step = resp_framer.advance(&response[rpos..]).unwrap();
-            rpos += step.consumed;
-            match step.event {
-                None => break,
-                Some(REvent::MessageComplete { .. }) => {}
-                Some(_) => {}
+            let mut rpos = 0;
+            loop {
+                let step = resp_framer.advance(&response[rpos..]).unwrap();
+                rpos += step.consumed;
+                match step.event {
+                    None => break,
+                    Some(REvent::MessageComplete { .. }) => {}
+                    Some(_) => {}
+                }
             }
-        }
-        builder.write(ts, response, p);
-        // Hand the batch over every 8 exchanges; take back acks and buffers.
-        if i % 8 == 7 && !p.batch.is_empty() {
-            let fresh = p.spare_batches.pop().unwrap_or_default();
-            let records = std::mem::replace(&mut p.batch, fresh);
-            *inflight += records.len();
-            tx.try_send(Batch { worker: 0, records }).map_err(|_| ()).unwrap();
-        }
-        // Steady state means the sink keeps up: never more than a few batches in flight
-        // (the proxy gets there through back-pressure).
-        let mut have = inbox.take(returned);
-        while *inflight > 64 && !have {
-            std::thread::yield_now();
-            have = inbox.take(returned);
-        }
-        while have {
-            *inflight -= returned.acks.len();
-            returned.acks.clear();
-            p.pool.append(&mut returned.buffers);
-            for v in returned.record_vecs.drain(..) {
-                p.spare_batches.push(v);
+            builder.write(ts, response, p);
+            // Hand the batch over every 8 exchanges; take back acks and buffers.
+            if i % 8 == 7 && !p.batch.is_empty() {
+                let fresh = p.spare_batches.pop().unwrap_or_default();
+                let records = std::mem::replace(&mut p.batch, fresh);
+                *inflight += records.len();
+                tx.try_send(Batch { worker: 0, records })
+                    .map_err(|_| ())
+                    .unwrap();
             }
-            have = inbox.take(returned);
-        }
-    };
+            // Steady state means the sink keeps up: never more than a few batches in flight
+            // (the proxy gets there through back-pressure).
+            let mut have = inbox.take(returned);
+            while *inflight > 64 && !have {
+                std::thread::yield_now();
+                have = inbox.take(returned);
+            }
+            while have {
+                *inflight -= returned.acks.len();
+                returned.acks.clear();
+                p.pool.append(&mut returned.buffers);
+                for v in returned.record_vecs.drain(..) {
+                    p.spare_batches.push(v);
+                }
+                have = inbox.take(returned);
+            }
+        };
 
     // Warm-up: pools, vectors and the record buffers reach their working sizes.
     for i in 0..20_000 {
@@ -209,7 +235,10 @@ fn keep_alive_traffic_allocates_nothing_per_request_in_steady_state() {
     let allocs = ALLOCS.load(Ordering::SeqCst);
     drop(tx);
     let records = consumer.join().unwrap();
-    assert!(records > 100, "records flowed through the hand-off ({records})");
+    assert!(
+        records > 100,
+        "records flowed through the hand-off ({records})"
+    );
     let other = OTHER_THREADS.load(Ordering::SeqCst);
     eprintln!("worker thread: {allocs} allocations; sink thread: {other}");
     assert_eq!(

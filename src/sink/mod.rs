@@ -91,7 +91,11 @@ impl SinkThread {
             let busy = self.kafka_unacked() > 0;
             // While Kafka holds unacknowledged records, keep serving its delivery reports
             // (in ≤1 ms slices) between batches; otherwise sleep on the queue.
-            let msg = if busy { self.rx.try_recv() } else { self.rx.recv_timeout(IDLE_WAIT) };
+            let msg = if busy {
+                self.rx.try_recv()
+            } else {
+                self.rx.recv_timeout(IDLE_WAIT)
+            };
             let got = msg.is_some();
             match msg {
                 None => {}
@@ -104,7 +108,11 @@ impl SinkThread {
                     return;
                 }
             }
-            self.poll_kafka(if busy && !got { KAFKA_POLL_SLICE } else { Duration::ZERO });
+            self.poll_kafka(if busy && !got {
+                KAFKA_POLL_SLICE
+            } else {
+                Duration::ZERO
+            });
         }
     }
 
@@ -117,16 +125,25 @@ impl SinkThread {
 
     /// Serves Kafka delivery reports and hands the resolved acks to their workers.
     fn poll_kafka(&mut self, timeout: Duration) {
-        let Backend::Kafka(k) = &mut self.backend else { return };
+        let Backend::Kafka(k) = &mut self.backend else {
+            return;
+        };
         let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
         let mut done = |ack: Ack, buf: Vec<u8>| resolve(acks, bufs, stats, ack, buf);
         k.poll(timeout, &mut done);
-        stats.healthy.store(u64::from(k.healthy()), Ordering::Relaxed);
+        stats
+            .healthy
+            .store(u64::from(k.healthy()), Ordering::Relaxed);
         self.deliver_all();
     }
 
     fn deliver_all(&mut self) {
-        for ((inbox, acks), bufs) in self.inboxes.iter().zip(self.acks.iter_mut()).zip(self.bufs.iter_mut()) {
+        for ((inbox, acks), bufs) in self
+            .inboxes
+            .iter()
+            .zip(self.acks.iter_mut())
+            .zip(self.bufs.iter_mut())
+        {
             if !acks.is_empty() || !bufs.is_empty() {
                 inbox.deliver(acks, bufs, None);
             }
@@ -207,9 +224,11 @@ impl SinkThread {
         self.stats
             .records_failed
             .fetch_add(results[1] as u64, Ordering::Relaxed);
-        if let (Some(inbox), Some(acks), Some(bufs)) =
-            (self.inboxes.get(w), self.acks.get_mut(w), self.bufs.get_mut(w))
-        {
+        if let (Some(inbox), Some(acks), Some(bufs)) = (
+            self.inboxes.get(w),
+            self.acks.get_mut(w),
+            self.bufs.get_mut(w),
+        ) {
             inbox.deliver(acks, bufs, Some(records));
         }
     }
@@ -237,7 +256,13 @@ impl SinkThread {
 }
 
 /// Records one resolved Kafka record: counters, the ack and the buffer for its worker.
-fn resolve(acks: &mut [Vec<Ack>], bufs: &mut [Vec<Vec<u8>>], stats: &SinkStats, ack: Ack, mut buf: Vec<u8>) {
+fn resolve(
+    acks: &mut [Vec<Ack>],
+    bufs: &mut [Vec<Vec<u8>>],
+    stats: &SinkStats,
+    ack: Ack,
+    mut buf: Vec<u8>,
+) {
     match ack.outcome {
         Outcome::Committed => {
             stats.records_committed.fetch_add(1, Ordering::Relaxed);
@@ -266,7 +291,12 @@ fn push_ack(
     outcome: Outcome,
 ) {
     if let Some(a) = acks.get_mut(w) {
-        a.push(Ack { conn: r.conn, number: r.number, is_final: r.is_final, outcome });
+        a.push(Ack {
+            conn: r.conn,
+            number: r.number,
+            is_final: r.is_final,
+            outcome,
+        });
     }
     if let Some(b) = bufs.get_mut(w) {
         r.value.clear();
