@@ -201,6 +201,11 @@ async fn client_to_upstream(
     let capturing = ctx.settings.capture.is_some();
     let holds = capturing;
     let mut rq = ReqState::default();
+    // `--setHeader`: heads are held until complete, then their rewritten form goes upstream
+    // (the capture keeps the client's original bytes).
+    let mut rewriter = ctx.settings.rewriter.clone();
+    let mut pending_head: Option<Vec<u8>> = None;
+    let mut head_buf: Vec<u8> = Vec::new();
     let end = 'conn: loop {
         if let Some(why) = st.c2u_stop.get() {
             break C2uEnd::Stopped(why);
@@ -249,9 +254,10 @@ async fn client_to_upstream(
         let mut pos = 0usize; // framed so far
         let mut seg = 0usize; // start of the not-yet-captured part of the current request
         let mut fwd = 0usize; // forwarded so far
-                              // Call the framer until it returns no event (it then consumed everything): a
-                              // bodiless request's MessageComplete comes on the call after its HeadComplete, even
-                              // when no input is left.
+        let mut req_start = 0usize; // where the current request's bytes start in this read
+                                    // Call the framer until it returns no event (it then consumed everything): a
+                                    // bodiless request's MessageComplete comes on the call after its HeadComplete, even
+                                    // when no input is left.
         loop {
             let input = buf.get(pos..data_len).unwrap_or(&[]);
             let step = match framer.advance(input) {
@@ -280,8 +286,10 @@ async fn client_to_upstream(
                         });
                     }
                     // Forward the complete requests that preceded the bad one.
-                    if fwd < seg {
-                        let (r, b) = write_up(&mut uw, st, buf, fwd, seg).await;
+                    if fwd < seg || pending_head.is_some() {
+                        let (r, b) =
+                            flush_up(&mut uw, st, &mut pending_head, &mut head_buf, buf, fwd, seg)
+                                .await;
                         buf = b;
                         if r.is_err() {
                             break 'conn C2uEnd::UpstreamWriteError;
@@ -291,9 +299,20 @@ async fn client_to_upstream(
                 }
             };
             pos += step.consumed;
+            let mut after_head: Option<(usize, Vec<u8>)> = None;
             match step.event {
                 None => break,
                 Some(Event::HeadComplete(head)) => {
+                    if let Some(rw) = rewriter.as_mut() {
+                        // Forward what precedes this head (and any earlier rewritten head)
+                        // after this event; the rewritten head is held until the next forward.
+                        let head_start = pos.saturating_sub(head.head_len as usize).max(fwd);
+                        let mut out = std::mem::take(&mut head_buf);
+                        out.clear();
+                        // A head the rewriter does not understand goes on unchanged.
+                        out.extend_from_slice(rw.rewrite(head.raw).unwrap_or(head.raw));
+                        after_head = Some((head_start, out));
+                    }
                     rq.head_done = true;
                     st.head_started.set(None);
                     rq.mutating = head.method.is_mutating();
@@ -323,7 +342,8 @@ async fn client_to_upstream(
                     headers_len,
                 }) => {
                     ctx.stats.inc(Counter::Requests);
-                    let req_start = seg.min(pos);
+                    let this_start = req_start;
+                    req_start = pos;
                     let mut hold = false;
                     if rq.mutating {
                         ctx.stats.inc(Counter::RequestsMutating);
@@ -353,7 +373,7 @@ async fn client_to_upstream(
                     rq = ReqState::default();
                     if hold {
                         // Forward what precedes this request's final bytes, then wait.
-                        let this_req_start = req_start.max(fwd);
+                        let this_req_start = this_start.max(fwd);
                         if fwd < this_req_start {
                             let (r, b) = write_up(&mut uw, st, buf, fwd, this_req_start).await;
                             buf = b;
@@ -392,6 +412,24 @@ async fn client_to_upstream(
                     pos = data_len;
                 }
             }
+            if let Some((head_start, new_head)) = after_head {
+                let (r, b) = flush_up(
+                    &mut uw,
+                    st,
+                    &mut pending_head,
+                    &mut head_buf,
+                    buf,
+                    fwd,
+                    head_start,
+                )
+                .await;
+                buf = b;
+                if r.is_err() {
+                    break 'conn C2uEnd::UpstreamWriteError;
+                }
+                pending_head = Some(new_head);
+                fwd = pos;
+            }
         }
         // The tail belongs to a request in progress.
         if seg < data_len && !rq.suppressed && !x.opaque.get() {
@@ -404,8 +442,23 @@ async fn client_to_upstream(
         if in_msg && !rq.head_done && st.head_started.get().is_none() {
             st.head_started.set(Some(ctx.now_ms()));
         }
-        if fwd < data_len {
-            let (r, b) = write_up(&mut uw, st, buf, fwd, data_len).await;
+        // With --setHeader, an incomplete head stays held (the framer keeps its bytes).
+        let fwd_to = if rewriter.is_some() && in_msg && !rq.head_done {
+            req_start.max(fwd)
+        } else {
+            data_len
+        };
+        if fwd < fwd_to || pending_head.is_some() {
+            let (r, b) = flush_up(
+                &mut uw,
+                st,
+                &mut pending_head,
+                &mut head_buf,
+                buf,
+                fwd,
+                fwd_to,
+            )
+            .await;
             buf = b;
             if r.is_err() {
                 break C2uEnd::UpstreamWriteError;
@@ -442,6 +495,31 @@ async fn client_to_upstream(
             C2uEnd::Respond(RESP_408)
         }
         other => other,
+    }
+}
+
+/// Writes a pending rewritten head (if any), then `buf[from..to]`, upstream.
+async fn flush_up(
+    uw: &mut UpWrite,
+    st: &ConnState,
+    pending: &mut Option<Vec<u8>>,
+    spare: &mut Vec<u8>,
+    buf: Vec<u8>,
+    from: usize,
+    to: usize,
+) -> (std::io::Result<()>, Vec<u8>) {
+    if let Some(head) = pending.take() {
+        let (r, mut head) = CancelableAsyncWriteRentExt::write_all(uw, head, st.c2u_handle()).await;
+        head.clear();
+        *spare = head;
+        if let Err(e) = r {
+            return (Err(e), buf);
+        }
+    }
+    if from < to {
+        write_up(uw, st, buf, from, to).await
+    } else {
+        (Ok(()), buf)
     }
 }
 

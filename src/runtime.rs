@@ -265,11 +265,14 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
             "TLS (--sslCertChainFile / https:// destinations) is not supported yet".into(),
         ));
     }
-    if !cfg.set_headers.is_empty() {
-        return Err(StartError::Unsupported(
-            "--setHeader is not supported yet".into(),
-        ));
-    }
+    let rewriter = if cfg.set_headers.is_empty() {
+        None
+    } else {
+        Some(
+            crate::http1::HeadRewriter::new(&cfg.set_headers)
+                .map_err(|e| StartError::Unsupported(format!("--setHeader: {e}")))?,
+        )
+    };
     if cfg.destination_pool_size > 0 {
         return Err(StartError::Unsupported(
             "--destinationConnectionPoolSize is not supported yet".into(),
@@ -359,6 +362,7 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         drain_timeout: cfg.drain_timeout,
         max_connections_per_worker: cfg.max_connections.map(|m| m.div_ceil(nworkers).max(1)),
         max_head_bytes: MAX_HEAD_BYTES,
+        rewriter,
     });
 
     let (sender, receiver) = handoff::channel();

@@ -44,6 +44,8 @@ pub struct Settings {
     /// Per-worker share of `--max-connections`.
     pub max_connections_per_worker: Option<usize>,
     pub max_head_bytes: usize,
+    /// `--setHeader`: the validated rewriter (cloned per connection); `None` when unused.
+    pub rewriter: Option<crate::http1::HeadRewriter>,
 }
 
 /// Size of one I/O buffer (bytes), for each direction of a connection. 64 KiB: large enough
