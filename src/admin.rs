@@ -238,6 +238,17 @@ mod tests {
         r
     }
 
+    /// Every exported metric is documented in the README's metrics table.
+    #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let text = render_metrics(&state());
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap_or("");
+            assert!(readme.contains(&format!("`{name}")), "{name} is not in README.md");
+        }
+    }
+
     #[test]
     fn metrics_sum_workers_and_ready_flips() {
         let st = state();
