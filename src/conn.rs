@@ -551,6 +551,10 @@ async fn upstream_to_client(
         if st.u2c_stop.get().is_some() {
             break U2cEnd::Stopped;
         }
+        if capturing && ctx.sink_congested() {
+            // Responses are captured too: pause reading them while the sink is behind.
+            ctx.wait_uncongested().await;
+        }
         buf.clear();
         let (res, b) = ur.cancelable_read(buf, st.u2c_handle()).await;
         buf = b;

@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -213,23 +213,37 @@ impl Inbox {
     }
 }
 
+fn batch_bytes(b: &Batch) -> usize {
+    b.records.iter().map(|r| r.value.len()).sum()
+}
+
 /// Worker side of the batch queue.
 #[derive(Clone)]
 pub struct BatchSender {
     tx: SyncSender<SinkMsg>,
+    /// Bytes of records in the queue (all workers), bounded by `MAX_QUEUED_BYTES`.
+    queued: Arc<AtomicUsize>,
 }
 
 impl BatchSender {
-    /// Never blocks. On a full queue the batch is handed back.
+    /// Never blocks. On a full queue (by batches or by bytes) the batch is handed back.
     pub fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+        let bytes = batch_bytes(&batch);
+        let now = self.queued.load(Ordering::Acquire);
+        if now > 0 && now + bytes > MAX_QUEUED_BYTES {
+            return Err(batch);
+        }
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
         match self.tx.try_send(SinkMsg::Batch(batch)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(SinkMsg::Batch(b)))
-            | Err(TrySendError::Disconnected(SinkMsg::Batch(b))) => Err(b),
+            | Err(TrySendError::Disconnected(SinkMsg::Batch(b))) => {
+                self.queued.fetch_sub(bytes, Ordering::AcqRel);
+                Err(b)
+            }
             Err(_) => Err(Batch::default()),
         }
     }
-
     /// Used once, at shutdown, from a non-worker thread (may block).
     pub fn send_shutdown(&self) {
         let _ = self.tx.send(SinkMsg::Shutdown);
@@ -239,20 +253,33 @@ impl BatchSender {
 /// Sink side of the batch queue.
 pub struct BatchReceiver {
     rx: Receiver<SinkMsg>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl BatchReceiver {
     /// Waits up to `timeout`; `None` on timeout, `Some(Shutdown)` when every sender is gone.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<SinkMsg> {
         match self.rx.recv_timeout(timeout) {
-            Ok(m) => Some(m),
+            Ok(m) => Some(self.taken(m)),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => Some(SinkMsg::Shutdown),
         }
     }
 
     pub fn try_recv(&self) -> Option<SinkMsg> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().map(|m| self.taken(m))
+    }
+
+    fn taken(&self, m: SinkMsg) -> SinkMsg {
+        if let SinkMsg::Batch(b) = &m {
+            self.queued.fetch_sub(batch_bytes(b), Ordering::AcqRel);
+        }
+        m
+    }
+
+    /// Bytes of records waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 }
 
@@ -261,9 +288,16 @@ impl BatchReceiver {
 /// queue means the sink is genuinely behind.
 pub const QUEUE_BATCHES: usize = 1024;
 
+/// Most bytes of records waiting in the queue (64 MiB): bounds the memory a slow sink can
+/// pin (the queue alone would allow 1024 batches of ~1 MiB records); at the bound, workers
+/// pause reading from their peers (back-pressure). A single batch larger than the bound is
+/// still accepted when the queue is empty.
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
 pub fn channel() -> (BatchSender, BatchReceiver) {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_BATCHES);
-    (BatchSender { tx }, BatchReceiver { rx })
+    let queued = Arc::new(AtomicUsize::new(0));
+    (BatchSender { tx, queued: queued.clone() }, BatchReceiver { rx, queued })
 }
 
 #[cfg(test)]
@@ -309,6 +343,20 @@ mod tests {
             Some(SinkMsg::Batch(b)) => assert_eq!(b.records[0].number, 0),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn queue_is_bounded_by_bytes() {
+        let (tx, rx) = channel();
+        let big = |n: u32| Batch {
+            worker: 0,
+            records: vec![Record { value: vec![0u8; MAX_QUEUED_BYTES / 2 + 1], ..rec(n) }],
+        };
+        assert!(tx.try_send(big(1)).is_ok());
+        assert!(tx.try_send(big(2)).is_err(), "over the byte bound");
+        assert!(rx.try_recv().is_some());
+        assert_eq!(rx.queued_bytes(), 0);
+        assert!(tx.try_send(big(3)).is_ok(), "room again once the sink took the batch");
     }
 
     #[test]
