@@ -4,7 +4,11 @@
 //! same buffer is written upstream; response bytes come back the same way. The two directions
 //! run as two futures of one task (`join!`) and share the connection's [`ConnState`].
 //!
-//! May depend on: `http1`, `capture`, `upstream`, `worker` (context, emitter), `stats`.
+//! The connection code is generic over the stream halves ([`StreamRead`] / [`StreamWrite`]):
+//! plain TCP or TLS on either side, monomorphised (no dynamic dispatch on the plaintext path).
+//! A TLS client is registered (and so captured) only once its handshake succeeded.
+//!
+//! May depend on: `http1`, `capture`, `upstream`, `tls`, `worker` (context, emitter), `stats`.
 //!
 //! Invariants:
 //! - Bytes are forwarded unchanged, in order, from the buffer they were read into.
@@ -22,9 +26,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use monoio::buf::IoBuf;
-use monoio::io::{
-    CancelableAsyncReadRent, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::capture::encode::Timestamp;
@@ -33,6 +35,8 @@ use crate::handoff::{FailKind, Outcome};
 use crate::http1::{Event, FrameError, FramerLimits, RequestFramer};
 use crate::http1::{ExpectedResponse, REvent, ResponseFramer};
 use crate::stats::Counter;
+use crate::tls::{StreamRead, StreamWrite};
+use crate::upstream::{ConnectError, Halves};
 use crate::worker::{ConnState, Ctx, StopReason};
 
 /// Synthetic answers. They are not captured (they did not come from the source cluster).
@@ -41,11 +45,6 @@ const RESP_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/pla
 const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest head too large\r\n";
 const RESP_502: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\nbad gateway: destination unreachable\n";
 const RESP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\ncapture unavailable, retry\r\n";
-
-type ClientRead = OwnedReadHalf<TcpStream>;
-type ClientWrite = OwnedWriteHalf<TcpStream>;
-type UpRead = OwnedReadHalf<TcpStream>;
-type UpWrite = OwnedWriteHalf<TcpStream>;
 
 /// How the client→upstream direction ended.
 enum C2uEnd {
@@ -81,22 +80,59 @@ struct Exchange {
     resp_started: Cell<bool>,
 }
 
-/// Serves one accepted client connection until both directions end.
-pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, _peer: SocketAddr) {
-    let st = ctx.register();
+/// Serves one accepted client connection until both directions end. With client-facing
+/// TLS the handshake comes first (bounded by `tls::HANDSHAKE_TIMEOUT`); a failed handshake
+/// closes this connection only, is counted and logged (rate-limited), and captures nothing.
+pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     crate::upstream::set_keepalive(&client, ctx.settings.tcp_keepalive);
-    let upstream = match crate::upstream::connect(&ctx.settings).await {
+    let Some(tls) = ctx.settings.server_tls.as_ref() else {
+        let (cr, cw) = client.into_split();
+        return serve_client(ctx, cr, cw).await;
+    };
+    match crate::tls::accept(client, tls.current()).await {
+        Ok(stream) => {
+            let (cr, cw) = stream.into_split();
+            serve_client(ctx, cr, cw).await
+        }
+        // A TCP connect-and-close (health check, port probe) is not a TLS failure.
+        Err(crate::tls::HandshakeError::Silent) => {}
+        Err(e) => {
+            ctx.stats.inc(Counter::TlsHandshakeFailed);
+            crate::tls::warn_handshake_failed(peer, &e);
+        }
+    }
+}
+
+/// Serves a client (plain or TLS, handshake done): registers it for capture, gets a
+/// destination connection, and runs the exchange.
+async fn serve_client<CR: StreamRead, CW: StreamWrite>(ctx: Rc<Ctx>, cr: CR, cw: CW) {
+    let st = ctx.register();
+    let upstream = match crate::upstream::get(&ctx).await {
         Ok(u) => u,
         Err(e) => {
             ctx.stats.inc(Counter::UpstreamConnectFailed);
             crate::upstream::warn_connect_failed(&e);
-            connect_failed(&ctx, &st, client, &e).await;
+            connect_failed(&ctx, &st, cr, cw, &e).await;
             finish(&ctx, &st);
             return;
         }
     };
-    let limits = framer_limits(&ctx);
+    match crate::upstream::into_halves(upstream) {
+        Halves::Plain(ur, uw) => run(&ctx, &st, cr, cw, ur, uw).await,
+        Halves::Tls(ur, uw) => run(&ctx, &st, cr, cw, ur, uw).await,
+    }
+}
+
+/// Runs both directions of a connection until they end, then writes its final record.
+async fn run<CR, CW, UR, UW>(ctx: &Ctx, st: &ConnState, cr: CR, cw: CW, ur: UR, uw: UW)
+where
+    CR: StreamRead,
+    CW: StreamWrite,
+    UR: StreamRead,
+    UW: StreamWrite,
+{
+    let limits = framer_limits(ctx);
     let x = Exchange {
         resp: RefCell::new(ResponseFramer::new(limits)),
         resp_capture: RefCell::new(VecDeque::with_capacity(4)),
@@ -104,11 +140,9 @@ pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, _peer: SocketAddr) {
         c2u_done: Cell::new(false),
         resp_started: Cell::new(false),
     };
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
     let (c_end, (u_end, cw)) = monoio::join!(
-        client_to_upstream(&ctx, &st, &x, cr, uw, limits),
-        upstream_to_client(&ctx, &st, &x, ur, cw)
+        client_to_upstream(ctx, st, &x, cr, uw, limits),
+        upstream_to_client(ctx, st, &x, ur, cw)
     );
     let close_counter = match (&c_end, &u_end) {
         (C2uEnd::Stopped(StopReason::Drain), _) => Counter::ConnClosedDrain,
@@ -120,13 +154,19 @@ pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, _peer: SocketAddr) {
         _ => Counter::ConnClosedError,
     };
     ctx.stats.inc(close_counter);
-    if let (C2uEnd::Respond(resp), Some(mut cw)) = (c_end, cw) {
+    let mut cw = cw;
+    if let (C2uEnd::Respond(resp), Some(cw)) = (c_end, cw.as_mut()) {
         if !matches!(u_end, U2cEnd::ClientWriteError | U2cEnd::Answered502) {
             let h = st.u2c_handle();
-            let _ = CancelableAsyncWriteRentExt::write_all(&mut cw, resp, h).await;
+            let _ = cw.send_all(resp, h).await;
         }
     }
-    finish(&ctx, &st);
+    if let Some(cw) = cw.as_mut() {
+        if !matches!(u_end, U2cEnd::ClientWriteError) {
+            cw.close(st.u2c_handle()).await;
+        }
+    }
+    finish(ctx, st);
 }
 
 fn framer_limits(ctx: &Ctx) -> FramerLimits {
@@ -147,13 +187,18 @@ fn finish(ctx: &Ctx, st: &ConnState) {
 
 /// The destination could not be reached: read the client's request head (bounded), answer
 /// 502, and capture only a `connectionException` then `close` (nothing replayable).
-async fn connect_failed(ctx: &Ctx, st: &ConnState, client: TcpStream, err: &std::io::Error) {
+async fn connect_failed<CR: StreamRead, CW: StreamWrite>(
+    ctx: &Ctx,
+    st: &ConnState,
+    mut cr: CR,
+    mut cw: CW,
+    err: &ConnectError,
+) {
     let ts = Timestamp::now();
     let mut msg = String::with_capacity(64);
     msg.push_str("destination unreachable: ");
     msg.push_str(&err.to_string());
     ctx.with_capture(st, |b, e| b.connection_exception(ts, &msg, e));
-    let (mut cr, mut cw) = client.into_split();
     let buf = ctx.take_io_buf();
     // Give the client a moment to send its request so the 502 answers it (and the close does
     // not reset the connection under unread bytes); a silent client just gets closed.
@@ -163,18 +208,19 @@ async fn connect_failed(ctx: &Ctx, st: &ConnState, client: TcpStream, err: &std:
         .unwrap_or(std::time::Duration::from_secs(5))
         .min(std::time::Duration::from_secs(5));
     let h = st.c2u_handle();
-    let got = monoio::time::timeout(wait, cr.cancelable_read(buf, h)).await;
+    let got = monoio::time::timeout(wait, cr.recv(buf, h)).await;
     let buf = match got {
         Ok((Ok(n), b)) if n > 0 => {
             ctx.stats.add(Counter::BytesRead, n as u64);
             let h = st.u2c_handle();
-            let _ = CancelableAsyncWriteRentExt::write_all(&mut cw, RESP_502, h).await;
+            let _ = cw.send_all(RESP_502, h).await;
             b
         }
         Ok((_, b)) => b,
         Err(_) => Vec::with_capacity(0),
     };
     ctx.put_io_buf(buf);
+    cw.close(st.u2c_handle()).await;
 }
 
 /// Per-request state of the client→upstream direction.
@@ -188,12 +234,12 @@ struct ReqState {
     reads_written: bool,
 }
 
-async fn client_to_upstream(
+async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
     ctx: &Ctx,
     st: &ConnState,
     x: &Exchange,
-    mut cr: ClientRead,
-    mut uw: UpWrite,
+    mut cr: CR,
+    mut uw: UW,
     limits: FramerLimits,
 ) -> C2uEnd {
     let mut framer = RequestFramer::new(limits);
@@ -214,7 +260,7 @@ async fn client_to_upstream(
             ctx.wait_uncongested().await;
         }
         buf.clear();
-        let (res, b) = cr.cancelable_read(buf, st.c2u_handle()).await;
+        let (res, b) = cr.recv(buf, st.c2u_handle()).await;
         buf = b;
         let n = match res {
             Ok(0) => break C2uEnd::ClientEof,
@@ -469,7 +515,7 @@ async fn client_to_upstream(
     match &end {
         C2uEnd::ClientEof => {
             // Half-close toward the destination; responses keep flowing.
-            let _ = monoio::io::AsyncWriteRent::shutdown(&mut uw).await;
+            let _ = uw.half_close().await;
         }
         C2uEnd::Stopped(StopReason::HeadTimeout) => {
             ctx.stats.inc(Counter::HeadTimeout);
@@ -499,8 +545,8 @@ async fn client_to_upstream(
 }
 
 /// Writes a pending rewritten head (if any), then `buf[from..to]`, upstream.
-async fn flush_up(
-    uw: &mut UpWrite,
+async fn flush_up<UW: StreamWrite>(
+    uw: &mut UW,
     st: &ConnState,
     pending: &mut Option<Vec<u8>>,
     spare: &mut Vec<u8>,
@@ -509,7 +555,7 @@ async fn flush_up(
     to: usize,
 ) -> (std::io::Result<()>, Vec<u8>) {
     if let Some(head) = pending.take() {
-        let (r, mut head) = CancelableAsyncWriteRentExt::write_all(uw, head, st.c2u_handle()).await;
+        let (r, mut head) = uw.send_all(head, st.c2u_handle()).await;
         head.clear();
         *spare = head;
         if let Err(e) = r {
@@ -524,8 +570,8 @@ async fn flush_up(
 }
 
 /// Writes `buf[from..to]` upstream and hands the buffer back.
-async fn write_up(
-    uw: &mut UpWrite,
+async fn write_up<UW: StreamWrite>(
+    uw: &mut UW,
     st: &ConnState,
     buf: Vec<u8>,
     from: usize,
@@ -533,18 +579,17 @@ async fn write_up(
 ) -> (std::io::Result<()>, Vec<u8>) {
     let end = to.min(buf.len());
     let start = from.min(end);
-    let (r, slice) =
-        CancelableAsyncWriteRentExt::write_all(uw, buf.slice(start..end), st.c2u_handle()).await;
+    let (r, slice) = uw.send_all(buf.slice(start..end), st.c2u_handle()).await;
     (r.map(|_| ()), slice.into_inner())
 }
 
-async fn upstream_to_client(
+async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
     ctx: &Ctx,
     st: &ConnState,
     x: &Exchange,
-    mut ur: UpRead,
-    mut cw: ClientWrite,
-) -> (U2cEnd, Option<ClientWrite>) {
+    mut ur: UR,
+    mut cw: CW,
+) -> (U2cEnd, Option<CW>) {
     let mut buf = ctx.take_io_buf();
     let capturing = ctx.settings.capture.is_some();
     let end = 'conn: loop {
@@ -556,7 +601,7 @@ async fn upstream_to_client(
             ctx.wait_uncongested().await;
         }
         buf.clear();
-        let (res, b) = ur.cancelable_read(buf, st.u2c_handle()).await;
+        let (res, b) = ur.recv(buf, st.u2c_handle()).await;
         buf = b;
         let n = match res {
             Ok(0) => {
@@ -579,9 +624,7 @@ async fn upstream_to_client(
                 m.push_str(&e.to_string());
                 ctx.with_capture(st, |b, e| b.connection_exception(ts, &m, e));
                 if st.outstanding.get() > 0 && !x.resp_started.get() {
-                    let _ =
-                        CancelableAsyncWriteRentExt::write_all(&mut cw, RESP_502, st.u2c_handle())
-                            .await;
+                    let _ = cw.send_all(RESP_502, st.u2c_handle()).await;
                     break U2cEnd::Answered502;
                 }
                 break U2cEnd::UpstreamError;
@@ -658,12 +701,7 @@ async fn upstream_to_client(
             }
         }
         ctx.stats.add(Counter::BytesWritten, data_len as u64);
-        let (r, slice) = CancelableAsyncWriteRentExt::write_all(
-            &mut cw,
-            buf.slice(0..data_len),
-            st.u2c_handle(),
-        )
-        .await;
+        let (r, slice) = cw.send_all(buf.slice(0..data_len), st.u2c_handle()).await;
         buf = slice.into_inner();
         if r.is_err() {
             if st.u2c_stop.get().is_some() {

@@ -24,6 +24,7 @@ pub mod notify;
 pub mod runtime;
 pub mod sink;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

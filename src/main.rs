@@ -141,9 +141,16 @@ fn run(cfg: capture_proxy::config::Config) -> anyhow::Result<()> {
             }
         };
         match sig {
-            libc::SIGHUP => {
-                tracing::info!("SIGHUP: nothing to reload in this build");
-            }
+            libc::SIGHUP => match handle.reload_tls() {
+                Ok(true) => tracing::info!(
+                    "SIGHUP: client-facing TLS certificate reloaded; new connections use it"
+                ),
+                Ok(false) => tracing::info!("SIGHUP: no client-facing TLS; nothing to reload"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: TLS reload failed; keeping the previous certificate"
+                ),
+            },
             _ => {
                 tracing::info!(signal = sig, "shutting down: draining connections");
                 break;

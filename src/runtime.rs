@@ -2,7 +2,8 @@
 //! with its own monoio runtime and SO_REUSEPORT listener) and the single sink thread, and
 //! shuts everything down in order (drain workers → flush sink).
 //!
-//! May depend on: `worker`, `sink`, `handoff`, `config`, `capture` (settings), `stats`.
+//! May depend on: `worker`, `sink`, `handoff`, `config`, `capture` (settings), `stats`, `tls`
+//! (building the TLS configurations; `Handle::reload_tls`).
 //!
 //! Invariant: `start` returns only when every worker listens (or fails with the reason);
 //! `Handle::shutdown` returns only when every connection's final record has been handed to
@@ -44,6 +45,8 @@ pub enum StartError {
     Worker { worker: usize, reason: String },
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Listen backlog (connections). Large so bursts wait in the kernel rather than being
@@ -67,6 +70,7 @@ pub struct Handle {
     driver: &'static str,
     draining: Arc<std::sync::atomic::AtomicBool>,
     admin_addr: Option<SocketAddr>,
+    server_tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Handle {
@@ -85,6 +89,16 @@ impl Handle {
     /// The admin endpoint's bound address, when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Rebuilds the client-facing TLS configuration from the same files and swaps it in:
+    /// new connections use it, existing ones are untouched. `Ok(false)` when the proxy does
+    /// not terminate TLS; on error the previous configuration stays in use.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.server_tls {
+            None => Ok(false),
+            Some(t) => t.reload().map(|()| true),
+        }
     }
 
     /// Sum of one counter over all workers.
@@ -260,11 +274,6 @@ fn bind_all(
 
 /// Starts the proxy described by `cfg`.
 pub fn start(cfg: Config) -> Result<Handle, StartError> {
-    if cfg.server_tls.is_some() || cfg.destination.tls {
-        return Err(StartError::Unsupported(
-            "TLS (--sslCertChainFile / https:// destinations) is not supported yet".into(),
-        ));
-    }
     let rewriter = if cfg.set_headers.is_empty() {
         None
     } else {
@@ -273,11 +282,20 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
                 .map_err(|e| StartError::Unsupported(format!("--setHeader: {e}")))?,
         )
     };
-    if cfg.destination_pool_size > 0 {
-        return Err(StartError::Unsupported(
-            "--destinationConnectionPoolSize is not supported yet".into(),
-        ));
-    }
+    // TLS configurations are built (and their files checked) before anything starts.
+    let server_tls = match &cfg.server_tls {
+        Some(t) => Some(Arc::new(crate::tls::ServerTls::new(t.clone())?)),
+        None => None,
+    };
+    let destination_tls = if cfg.destination.tls {
+        Some(crate::tls::DestinationTls::new(
+            &cfg.destination.host,
+            cfg.destination_ca_file.as_deref(),
+            cfg.insecure_destination,
+        )?)
+    } else {
+        None
+    };
     if cfg.spool_dir.is_some() {
         return Err(StartError::Unsupported(
             "--spool-dir is not supported yet".into(),
@@ -363,6 +381,10 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         max_connections_per_worker: cfg.max_connections.map(|m| m.div_ceil(nworkers).max(1)),
         max_head_bytes: MAX_HEAD_BYTES,
         rewriter,
+        server_tls: server_tls.clone(),
+        destination_tls,
+        pool_size: cfg.destination_pool_size,
+        pool_timeout: cfg.destination_pool_timeout,
     });
 
     let (sender, receiver) = handoff::channel();
@@ -450,6 +472,7 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         driver: if driver { "io_uring" } else { "epoll" },
         draining,
         admin_addr,
+        server_tls,
     };
     for _ in 0..nworkers {
         match ready_rx.recv() {

@@ -58,6 +58,12 @@ counters! {
     IdleTimeout => "clientIdleTimeouts", "connections closed as idle";
     Http2Passthrough => "http2Passthrough", "connections that sent the HTTP/2 preface (forwarded, not captured)";
     SinkBackpressure => "sinkBackpressureWaits", "times a connection paused reading because the sink queue was full";
+    TlsHandshakeFailed => "tlsHandshakeFailed", "client TLS handshakes that failed (connection closed, nothing captured)";
+    DestPoolHot => "destinationPoolHot", "client connections given a ready pre-connected destination connection";
+    DestPoolCold => "destinationPoolCold", "client connections that found the destination pool empty and connected";
+    DestPoolExpired => "destinationPoolExpired", "ready destination connections dropped unused after --destinationConnectionPoolTimeout";
+    DestPoolDiscarded => "destinationPoolDiscarded", "ready destination connections dropped because the destination had closed them";
+    DestPoolConnectFailed => "destinationPoolConnectFailed", "destination pool refill connects that failed";
 }
 
 const N_COUNTERS: usize = Counter::ALL.len();

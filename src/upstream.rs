@@ -1,20 +1,27 @@
 //! Destination connections: connect (with a bounded wait) to the configured destination,
-//! socket options, and the rate-limited warnings for destination failures.
+//! TLS toward `https://` destinations, the per-worker pool of pre-connected destination
+//! connections, socket options, and the rate-limited warnings for destination failures.
 //!
-//! May depend on: `worker::Settings`, `stats`. (TLS toward the destination and the
-//! pre-connected pool belong here too — issue 4.)
+//! May depend on: `worker` (`Settings`, `Ctx`, `Signal`), `tls`, `stats`.
 //!
-//! Invariant: a connect never waits longer than `CONNECT_TIMEOUT`; every failure is counted
-//! by the caller and logged here at most once per `WARN_PERIOD` with a suppressed count.
+//! Invariants: a connect never waits longer than `CONNECT_TIMEOUT` (plus
+//! `tls::HANDSHAKE_TIMEOUT` for TLS); every failure is counted by the caller and logged here
+//! at most once per `WARN_PERIOD` with a suppressed count. A pooled connection is handed to
+//! exactly one client and never comes back to the pool.
 
 use std::cell::RefCell;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::handoff::FailKind;
-use crate::stats::RateLimit;
-use crate::worker::Settings;
+use crate::stats::{Counter, RateLimit};
+use crate::tls::{HandshakeError, TlsStream};
+use crate::worker::{Ctx, Settings, Signal};
 
 /// Most time one destination connect may take (s). 10 s matches the Java proxy's Netty
 /// default connect timeout order of magnitude and keeps a dead destination from pinning
@@ -26,14 +33,72 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 6;
 /// Repeated warnings of one kind are logged at most once per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(60);
+/// The pool refiller looks at the pool at least this often (ms), to replace expired
+/// connections and to notice a drain, even when no client takes a connection.
+const POOL_CHECK_PERIOD: Duration = Duration::from_millis(1000);
+/// After a failed pool connect the refiller waits this long (ms) before trying again,
+/// doubling up to `POOL_RETRY_MAX` (s) while the destination keeps failing: a dead
+/// destination costs one connect attempt per few seconds, not a busy loop.
+const POOL_RETRY_MIN: Duration = Duration::from_millis(100);
+const POOL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 thread_local! {
     static CONNECT_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(WARN_PERIOD));
     static HOLD_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(WARN_PERIOD));
+    static POOL_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(WARN_PERIOD));
 }
 
-/// Connects to the first destination address that answers.
-pub async fn connect(s: &Settings) -> std::io::Result<TcpStream> {
+/// Why a destination connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Connect(std::io::Error),
+    /// TCP connected but TLS failed (certificate verification, protocol, timeout).
+    #[error("TLS with the destination failed: {0}")]
+    Tls(HandshakeError),
+}
+
+/// A connected (and, for `https://`, TLS-established) destination connection.
+pub enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Upstream {
+    /// Whether a ready connection still looks usable: the destination has not closed it.
+    /// Plain: a peek (EOF or an error means closed; unsolicited bytes mean the server is
+    /// closing it, e.g. an idle-timeout 408). TLS: the waiting records are processed
+    /// (session tickets are fine; `close_notify` or data are not).
+    fn looks_alive(&mut self) -> bool {
+        let s = match self {
+            Upstream::Tls(t) => return t.still_open(),
+            Upstream::Plain(s) => s,
+        };
+        let fd = s.as_raw_fd();
+        let mut b = [0u8; 1];
+        // SAFETY: `fd` is an open socket we own; `b` is a valid 1-byte buffer; MSG_PEEK leaves
+        // the data in place and MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            );
+        }
+        false
+    }
+}
+
+/// Connects to the first destination address that answers (TCP only).
+async fn connect_tcp(s: &Settings) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no destination address");
     for addr in &s.destination {
         match monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(*addr)).await {
@@ -49,13 +114,165 @@ pub async fn connect(s: &Settings) -> std::io::Result<TcpStream> {
     Err(last)
 }
 
+/// Opens a new destination connection: TCP, then TLS for an `https://` destination.
+pub async fn connect(s: &Settings) -> Result<Upstream, ConnectError> {
+    let tcp = connect_tcp(s).await.map_err(ConnectError::Connect)?;
+    match &s.destination_tls {
+        None => Ok(Upstream::Plain(tcp)),
+        Some(d) => match crate::tls::connect(tcp, d).await {
+            Ok(t) => Ok(Upstream::Tls(Box::new(t))),
+            Err(e) => Err(ConnectError::Tls(e)),
+        },
+    }
+}
+
+/// A destination connection for a new client: a ready one from the pool (hot) when there
+/// is one, else a new one (cold).
+pub async fn get(ctx: &Ctx) -> Result<Upstream, ConnectError> {
+    let s = &ctx.settings;
+    if s.pool_size > 0 {
+        let got = ctx.pool.take(s.pool_timeout, ctx);
+        ctx.pool.wake();
+        if let Some(u) = got {
+            ctx.stats.inc(Counter::DestPoolHot);
+            return Ok(u);
+        }
+        ctx.stats.inc(Counter::DestPoolCold);
+    }
+    connect(s).await
+}
+
+/// One worker's ready destination connections, oldest first.
+pub struct Pool {
+    ready: RefCell<VecDeque<(Instant, Upstream)>>,
+    /// Wakes the refiller (a connection was taken).
+    taken: Signal,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            ready: RefCell::new(VecDeque::new()),
+            taken: Signal::default(),
+        }
+    }
+}
+
+impl Pool {
+    /// The oldest ready connection that is neither expired nor closed by the destination;
+    /// the expired and closed ones met on the way are dropped (and counted).
+    fn take(&self, max_age: Duration, ctx: &Ctx) -> Option<Upstream> {
+        loop {
+            let (since, mut u) = self.ready.borrow_mut().pop_front()?;
+            if since.elapsed() >= max_age {
+                ctx.stats.inc(Counter::DestPoolExpired);
+                continue;
+            }
+            if !u.looks_alive() {
+                ctx.stats.inc(Counter::DestPoolDiscarded);
+                continue;
+            }
+            return Some(u);
+        }
+    }
+
+    fn wake(&self) {
+        self.taken.notify();
+    }
+
+    pub fn len(&self) -> usize {
+        self.ready.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ready.borrow().is_empty()
+    }
+
+    /// Drops every ready connection (drain).
+    pub fn clear(&self) {
+        let drained: Vec<(Instant, Upstream)> = self.ready.borrow_mut().drain(..).collect();
+        drop(drained);
+    }
+
+    /// Drops the ready connections older than `max_age` or closed by the destination.
+    fn evict(&self, max_age: Duration, ctx: &Ctx) {
+        let mut keep = VecDeque::new();
+        let old = std::mem::take(&mut *self.ready.borrow_mut());
+        for (since, mut u) in old {
+            if since.elapsed() >= max_age {
+                ctx.stats.inc(Counter::DestPoolExpired);
+            } else if !u.looks_alive() {
+                ctx.stats.inc(Counter::DestPoolDiscarded);
+            } else {
+                keep.push_back((since, u));
+            }
+        }
+        let mut r = self.ready.borrow_mut();
+        // Connections pushed meanwhile (none: no await above) would come after the kept ones.
+        keep.append(&mut r);
+        *r = keep;
+    }
+
+    /// Time until the oldest ready connection expires.
+    fn next_expiry(&self, max_age: Duration) -> Option<Duration> {
+        self.ready
+            .borrow()
+            .front()
+            .map(|(since, _)| max_age.saturating_sub(since.elapsed()))
+    }
+}
+
+/// The worker's pool refiller: keeps `pool_size` ready destination connections, replaces
+/// the ones that expire, backs off while the destination fails, and empties the pool when
+/// the worker drains.
+pub async fn refill(ctx: Rc<Ctx>) {
+    let s = ctx.settings.clone();
+    let mut backoff = POOL_RETRY_MIN;
+    loop {
+        if ctx.draining.get() {
+            ctx.pool.clear();
+            return;
+        }
+        ctx.pool.evict(s.pool_timeout, &ctx);
+        if ctx.pool.len() < s.pool_size {
+            match connect(&s).await {
+                Ok(u) => {
+                    if ctx.draining.get() {
+                        ctx.pool.clear();
+                        return;
+                    }
+                    ctx.pool.ready.borrow_mut().push_back((Instant::now(), u));
+                    backoff = POOL_RETRY_MIN;
+                }
+                Err(e) => {
+                    ctx.stats.inc(Counter::DestPoolConnectFailed);
+                    POOL_WARN.with(|r| {
+                        if let Some(suppressed) = r.borrow_mut().allow() {
+                            tracing::warn!(error = %e, suppressed, "destination pool: connect failed; retrying");
+                        }
+                    });
+                    monoio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(POOL_RETRY_MAX);
+                }
+            }
+            continue;
+        }
+        let wait = ctx
+            .pool
+            .next_expiry(s.pool_timeout)
+            .unwrap_or(POOL_CHECK_PERIOD)
+            .min(POOL_CHECK_PERIOD);
+        let _ = monoio::time::timeout(wait, ctx.pool.taken.wait()).await;
+    }
+}
+
 pub fn set_keepalive(s: &TcpStream, idle: Option<Duration>) {
     if let Some(idle) = idle {
         let _ = s.set_tcp_keepalive(Some(idle), Some(KEEPALIVE_INTERVAL), Some(KEEPALIVE_PROBES));
     }
 }
 
-pub fn warn_connect_failed(e: &std::io::Error) {
+pub fn warn_connect_failed(e: &ConnectError) {
     CONNECT_WARN.with(|r| {
         if let Some(suppressed) = r.borrow_mut().allow() {
             tracing::warn!(error = %e, suppressed, "destination connect failed; answering 502");
@@ -73,4 +290,27 @@ pub fn warn_hold_failed(kind: FailKind) {
             );
         }
     });
+}
+
+/// Splits a destination connection into its halves (plain or TLS).
+pub fn into_halves(u: Upstream) -> Halves {
+    match u {
+        Upstream::Plain(s) => {
+            let (r, w) = s.into_split();
+            Halves::Plain(r, w)
+        }
+        Upstream::Tls(t) => {
+            let (r, w) = (*t).into_split();
+            Halves::Tls(r, w)
+        }
+    }
+}
+
+/// The split halves of an [`Upstream`].
+pub enum Halves {
+    Plain(
+        monoio::io::OwnedReadHalf<TcpStream>,
+        monoio::io::OwnedWriteHalf<TcpStream>,
+    ),
+    Tls(crate::tls::TlsRead, crate::tls::TlsWrite),
 }

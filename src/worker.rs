@@ -2,7 +2,8 @@
 //! finished capture records to the sink, the ack router, and the sweeper (time-based capture
 //! flush, idle/head timeouts, graceful drain).
 //!
-//! May depend on: `conn` (spawned per connection), `handoff`, `capture::builder`, `stats`.
+//! May depend on: `conn` (spawned per connection), `upstream` (the destination pool), `tls`
+//! (settings), `handoff`, `capture::builder`, `stats`.
 //! Everything here is owned by one thread (`Rc`, `Cell`, `RefCell`); the only cross-thread
 //! edges are the batch queue out and the inbox (acks + returned buffers) in.
 //!
@@ -46,6 +47,14 @@ pub struct Settings {
     pub max_head_bytes: usize,
     /// `--setHeader`: the validated rewriter (cloned per connection); `None` when unused.
     pub rewriter: Option<crate::http1::HeadRewriter>,
+    /// Client-facing TLS (reloadable); `None` for plain HTTP.
+    pub server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// TLS toward an `https://` destination; `None` for `http://`.
+    pub destination_tls: Option<crate::tls::DestinationTls>,
+    /// `--destinationConnectionPoolSize`: ready destination connections kept per worker.
+    pub pool_size: usize,
+    /// `--destinationConnectionPoolTimeout`: age after which an unused one is replaced.
+    pub pool_timeout: Duration,
 }
 
 /// Size of one I/O buffer (bytes), for each direction of a connection. 64 KiB: large enough
@@ -202,6 +211,8 @@ pub struct Ctx {
     lost_warn: RefCell<RateLimit>,
     drained: Signal,
     accept_cancel: RefCell<Canceller>,
+    /// Pre-connected destination connections (empty unless `pool_size` > 0).
+    pub pool: crate::upstream::Pool,
 }
 
 impl Ctx {
@@ -241,6 +252,7 @@ impl Ctx {
             lost_warn: RefCell::new(RateLimit::new(Duration::from_secs(10))),
             drained: Signal::default(),
             accept_cancel: RefCell::new(Canceller::new()),
+            pool: crate::upstream::Pool::default(),
         })
     }
 
@@ -737,6 +749,9 @@ pub async fn run(
     monoio::spawn(flusher(ctx.clone()));
     monoio::spawn(ack_router(ctx.clone(), wake));
     monoio::spawn(sweeper(ctx.clone()));
+    if ctx.settings.pool_size > 0 {
+        monoio::spawn(crate::upstream::refill(ctx.clone()));
+    }
     for l in ls {
         monoio::spawn(accept_loop(ctx.clone(), l));
     }
@@ -746,6 +761,7 @@ pub async fn run(
     while !ctx.draining.get() {
         ctx.drained.wait().await;
     }
+    ctx.pool.clear();
     let deadline = Instant::now() + ctx.settings.drain_timeout;
     let mut aborted = false;
     loop {
