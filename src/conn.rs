@@ -46,6 +46,9 @@ const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconten
 const RESP_502: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\nbad gateway: destination unreachable\n";
 const RESP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\ncapture unavailable, retry\r\n";
 
+/// Capture note after a request answered 503 under `--capture-failure-policy reject`.
+const REJECTED_NOTE: &str = "previous request rejected with 503 (--capture-failure-policy reject): not forwarded to the destination";
+
 /// How the client→upstream direction ended.
 enum C2uEnd {
     /// The client half-closed after a complete exchange (or mid-request).
@@ -438,6 +441,13 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                             crate::upstream::warn_hold_failed(kind);
                             if ctx.settings.failure_policy == FailurePolicy::Reject {
                                 ctx.stats.inc(Counter::HoldRejected);
+                                // The record may still be committed later (a broker that
+                                // comes back): say in the capture that this request was not
+                                // forwarded, so the loss of consistency is visible.
+                                let ts = Timestamp::now();
+                                ctx.with_capture(st, |b, e| {
+                                    b.connection_exception(ts, REJECTED_NOTE, e)
+                                });
                                 // Earlier bytes of the request may have gone upstream: that
                                 // connection is unusable now; answer 503 and close both.
                                 st.stop_u2c(StopReason::PeerDone);

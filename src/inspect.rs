@@ -1,7 +1,7 @@
 //! `capture-proxy inspect`: reads captured records back, prints them decoded (text or JSON
 //! lines), verifies every connection with `capture::verify` and prints a summary. Two inputs:
 //! a trace directory, or a Kafka topic (every partition, from the beginning or from given
-//! offsets, up to the high watermarks read at start). For Kafka the summary is preceded by a
+//! offsets, until each partition's end (librdkafka's partition EOF)). For Kafka the summary is preceded by a
 //! per-partition table (records read, first/last offset, end offset).
 //!
 //! Depends on `capture::proto` (decoding), `capture::verify` (checks), `sink::file` (reading
@@ -572,11 +572,10 @@ pub fn inspect_kafka_detailed(
         );
     }
 
-    let mut pending: Vec<i32> = parts
-        .values()
-        .filter(|r| r.start_offset < r.end_offset)
-        .map(|r| r.partition)
-        .collect();
+    // Every partition is read until librdkafka reports partition EOF: the watermarks read at
+    // start are only a lower bound (some Kafka-compatible brokers, e.g. tansu 0.6, report a
+    // high watermark below the real end after multi-record batches).
+    let mut pending: Vec<i32> = parts.values().map(|r| r.partition).collect();
     let mut verifier = Verifier::new();
     if !pending.is_empty() {
         let mut tpl = TopicPartitionList::new();
@@ -624,19 +623,13 @@ pub fn inspect_kafka_detailed(
         let Some(row) = parts.get_mut(&p) else {
             continue;
         };
-        if offset >= row.end_offset || offset < row.start_offset {
-            // Produced after reading started (or a stray fetch): outside the snapshot.
-            if offset >= row.end_offset {
-                pending.retain(|q| *q != p);
-            }
+        if offset < row.start_offset {
             continue;
         }
+        row.end_offset = row.end_offset.max(offset.saturating_add(1));
         row.records = row.records.saturating_add(1);
         row.first_offset.get_or_insert(offset);
         row.last_offset = Some(offset);
-        if offset.saturating_add(1) >= row.end_offset {
-            pending.retain(|q| *q != p);
-        }
         let source = format!("{p}/{offset}");
         let Some(value) = msg.payload() else {
             let reason = "record has no value";
