@@ -14,6 +14,7 @@ fn main() -> std::io::Result<()> {
     eprintln!("demo origin listening on {}", listener.local_addr()?);
     for conn in listener.incoming() {
         let conn = conn?;
+        let _ = conn.set_nodelay(true);
         std::thread::spawn(move || {
             let _ = serve(conn);
         });

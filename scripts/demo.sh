@@ -8,17 +8,19 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh curl
 cargo build --release --bin capture-proxy --example demo_origin
 trace_dir="${1:-$(mktemp -d)}"
+mkdir -p "$trace_dir"
+log="$(mktemp)"
 origin_port=19200
 proxy_port=19201
 target/release/examples/demo_origin "127.0.0.1:$origin_port" 2>/dev/null &
 origin_pid=$!
 target/release/capture-proxy --destinationUri "http://127.0.0.1:$origin_port" \
   --listenPort "$proxy_port" --listen-address 127.0.0.1 --admin-listen 127.0.0.1:0 \
-  --traceDirectory "$trace_dir" 2>"$trace_dir/proxy.stderr" &
+  --traceDirectory "$trace_dir" 2>"$log" &
 proxy_pid=$!
 trap 'kill $origin_pid 2>/dev/null || true; kill $proxy_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  grep -q "listening" "$trace_dir/proxy.stderr" 2>/dev/null && break
+  grep -q "listening" "$log" 2>/dev/null && break
   sleep 0.05
 done
 base="http://127.0.0.1:$proxy_port"
