@@ -320,7 +320,13 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         }
     };
     let node_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string().as_str());
-    let destination = resolve(&cfg)?;
+    let destination = Arc::new(crate::upstream::DestinationAddrs::new(resolve(&cfg)?));
+    crate::upstream::spawn_resolver(
+        cfg.destination.host.clone(),
+        cfg.destination.port,
+        &destination,
+    )
+    .map_err(StartError::Thread)?;
     let allowed = allowed_cpus();
     let plan = plan_cpus(cfg.num_threads, cfg.cpu_list.as_deref(), &allowed);
     let nworkers = plan.workers.len();

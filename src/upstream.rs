@@ -97,10 +97,84 @@ impl Upstream {
     }
 }
 
+/// The destination's addresses, re-resolved in the background (a cluster endpoint's DNS
+/// name can move to new addresses, as managed OpenSearch domains do). Workers take a snapshot
+/// per new destination connection (one uncontended lock, never per request).
+#[derive(Debug)]
+pub struct DestinationAddrs {
+    addrs: std::sync::Mutex<std::sync::Arc<Vec<std::net::SocketAddr>>>,
+}
+
+impl DestinationAddrs {
+    pub fn new(addrs: Vec<std::net::SocketAddr>) -> Self {
+        DestinationAddrs {
+            addrs: std::sync::Mutex::new(std::sync::Arc::new(addrs)),
+        }
+    }
+    pub fn snapshot(&self) -> std::sync::Arc<Vec<std::net::SocketAddr>> {
+        match self.addrs.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+    /// Replaces the addresses; returns whether they changed.
+    pub fn update(&self, new: Vec<std::net::SocketAddr>) -> bool {
+        let mut g = match self.addrs.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if **g == new {
+            return false;
+        }
+        *g = std::sync::Arc::new(new);
+        true
+    }
+}
+
+/// How often the destination name is resolved again (s): DNS TTLs of cluster endpoints are
+/// typically 60 s; 30 s follows a move within one TTL or so at negligible cost.
+pub const RESOLVE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Re-resolves `host:port` every `RESOLVE_PERIOD` on its own thread until `addrs` is dropped
+/// (the proxy stopped). Failures keep the previous addresses and are logged (rate-limited).
+pub fn spawn_resolver(
+    host: String,
+    port: u16,
+    addrs: &std::sync::Arc<DestinationAddrs>,
+) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let weak = std::sync::Arc::downgrade(addrs);
+    std::thread::Builder::new().name("cp-resolve".into()).spawn(move || {
+        let mut warn = RateLimit::new(WARN_PERIOD);
+        loop {
+            std::thread::sleep(RESOLVE_PERIOD);
+            let Some(addrs) = weak.upgrade() else { return };
+            match (host.as_str(), port).to_socket_addrs() {
+                Ok(list) => {
+                    let list: Vec<_> = list.collect();
+                    if !list.is_empty() && addrs.update(list.clone()) {
+                        tracing::info!(host = %host, addrs = ?list, "destination addresses changed");
+                    }
+                }
+                Err(e) => {
+                    if let Some(suppressed) = warn.allow() {
+                        tracing::warn!(host = %host, error = %e, suppressed, "cannot re-resolve the destination; keeping its previous addresses");
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// Connects to the first destination address that answers (TCP only).
 async fn connect_tcp(s: &Settings) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no destination address");
-    for addr in &s.destination {
+    let addrs = s.destination.snapshot();
+    for addr in addrs.iter() {
         match monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(*addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -313,4 +387,30 @@ pub enum Halves {
         monoio::io::OwnedWriteHalf<TcpStream>,
     ),
     Tls(crate::tls::TlsRead, crate::tls::TlsWrite),
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    #[test]
+    fn destination_addrs_update_only_on_change() {
+        let a: std::net::SocketAddr = "127.0.0.1:9200".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.2:9200".parse().unwrap();
+        let d = DestinationAddrs::new(vec![a]);
+        let before = d.snapshot();
+        assert!(!d.update(vec![a]), "same addresses: no change");
+        assert!(d.update(vec![b, a]));
+        assert_eq!(*d.snapshot(), vec![b, a]);
+        assert_eq!(*before, vec![a], "a snapshot taken earlier is unaffected");
+    }
+
+    #[test]
+    fn resolver_thread_ends_with_the_proxy() {
+        let d = std::sync::Arc::new(DestinationAddrs::new(vec![]));
+        // An IP literal needs no resolver; a name starts one that exits once `d` is dropped.
+        spawn_resolver("127.0.0.1".into(), 1, &d).unwrap();
+        spawn_resolver("localhost".into(), 1, &d).unwrap();
+        drop(d);
+    }
 }

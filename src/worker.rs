@@ -32,7 +32,7 @@ pub struct Settings {
     pub node_id: Arc<str>,
     /// `None` under `--noCapture`.
     pub capture: Option<Arc<CaptureSettings>>,
-    pub destination: Vec<std::net::SocketAddr>,
+    pub destination: Arc<crate::upstream::DestinationAddrs>,
     pub suppress: SuppressConfig,
     pub suppress_any: bool,
     pub flush_interval: Duration,
