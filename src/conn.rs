@@ -620,6 +620,20 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
                 if let Some(REvent::MessageComplete { .. }) = ev {
                     response_done(st, x);
                 }
+                if st.outstanding.get() > 0 && !x.resp_started.get() {
+                    // The destination closed without answering a forwarded request.
+                    ctx.stats.inc(Counter::UpstreamReset);
+                    let ts = Timestamp::now();
+                    ctx.with_capture(st, |b, e| {
+                        b.connection_exception(
+                            ts,
+                            "destination closed the connection before answering",
+                            e,
+                        )
+                    });
+                    let _ = cw.send_all(RESP_502, st.u2c_handle()).await;
+                    break U2cEnd::Answered502;
+                }
                 break U2cEnd::UpstreamEof;
             }
             Ok(n) => n,

@@ -234,6 +234,34 @@ fn upstream_reset_before_response_gives_502() {
     );
 }
 
+/// The destination closes cleanly (FIN) without answering: the client gets a 502 and the
+/// capture says why.
+#[test]
+fn upstream_closes_without_answer_gives_502() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let req = get("/hangup");
+    let mut c = proxy.client();
+    c.send(&req);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 502);
+    assert!(c.closed_by_peer());
+    assert_serves(&proxy);
+    let trace = proxy.stop();
+    let conn = trace
+        .connections()
+        .into_iter()
+        .find(|x| x.reads() == req)
+        .expect("captured");
+    conn.check();
+    assert_eq!(
+        conn.kinds(),
+        ["read", "eom", "connectionException", "close"],
+        "{}",
+        conn.dump()
+    );
+}
+
 /// (f) Graceful shutdown with a request in flight: the client still gets the whole
 /// response and the trace has the complete connection with its final record.
 #[test]

@@ -380,6 +380,11 @@ impl OriginConn {
                 socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))?;
                 return Ok(());
             }
+            if head.target == "/hangup" {
+                // A clean close (FIN) without any answer.
+                let _ = self.stream.shutdown(Shutdown::Both);
+                return Ok(());
+            }
             let client_close = head
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
