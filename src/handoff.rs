@@ -297,7 +297,13 @@ pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 pub fn channel() -> (BatchSender, BatchReceiver) {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_BATCHES);
     let queued = Arc::new(AtomicUsize::new(0));
-    (BatchSender { tx, queued: queued.clone() }, BatchReceiver { rx, queued })
+    (
+        BatchSender {
+            tx,
+            queued: queued.clone(),
+        },
+        BatchReceiver { rx, queued },
+    )
 }
 
 #[cfg(test)]
@@ -350,13 +356,19 @@ mod tests {
         let (tx, rx) = channel();
         let big = |n: u32| Batch {
             worker: 0,
-            records: vec![Record { value: vec![0u8; MAX_QUEUED_BYTES / 2 + 1], ..rec(n) }],
+            records: vec![Record {
+                value: vec![0u8; MAX_QUEUED_BYTES / 2 + 1],
+                ..rec(n)
+            }],
         };
         assert!(tx.try_send(big(1)).is_ok());
         assert!(tx.try_send(big(2)).is_err(), "over the byte bound");
         assert!(rx.try_recv().is_some());
         assert_eq!(rx.queued_bytes(), 0);
-        assert!(tx.try_send(big(3)).is_ok(), "room again once the sink took the batch");
+        assert!(
+            tx.try_send(big(3)).is_ok(),
+            "room again once the sink took the batch"
+        );
     }
 
     #[test]

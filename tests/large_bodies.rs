@@ -51,7 +51,10 @@ fn hundred_mib_each_way_with_bounded_memory() {
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "proxy exited before listening");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "proxy exited before listening"
+        );
         if let Some(i) = line.find("addr=") {
             if line.contains("listening") {
                 let a = line[i + 5..].split_whitespace().next().unwrap().to_string();
@@ -72,7 +75,8 @@ fn hundred_mib_each_way_with_bounded_memory() {
         for chunk in body.chunks(1 << 20) {
             s.write_all(chunk).unwrap();
         }
-        s.write_all(b"GET /large?bytes=104857600 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /large?bytes=104857600 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
         (s, body)
     });
     let mut got = Vec::new();
@@ -80,8 +84,16 @@ fn hundred_mib_each_way_with_bounded_memory() {
     let (_s, body) = writer.join().unwrap();
     // Two responses, the first echoing the body.
     let first_body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(&got[first_body_at..first_body_at + BODY], &body[..], "echo intact");
-    assert!(got.len() > 2 * BODY, "both bodies arrived ({} bytes)", got.len());
+    assert_eq!(
+        &got[first_body_at..first_body_at + BODY],
+        &body[..],
+        "echo intact"
+    );
+    assert!(
+        got.len() > 2 * BODY,
+        "both bodies arrived ({} bytes)",
+        got.len()
+    );
 
     let peak = peak_rss_kib(child.id()) / 1024;
     unsafe {
