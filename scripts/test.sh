@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, integration tests under io_uring, the integration tests
-# again under the epoll driver, then the Kafka end-to-end tests against a local tansu broker
-# (started and stopped here; installed on first use by scripts/kafka-local.sh).
+# The whole test suite: unit tests, integration tests under io_uring, the systemd unit checks
+# (systemd-analyze verify/security), the integration tests again under the epoll driver, then
+# the Kafka end-to-end tests against a local tansu broker (started and stopped here;
+# installed on first use by scripts/kafka-local.sh).
 # Installs what it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,37 @@ scripts/install-deps.sh
 
 echo "== unit + integration tests (io_uring driver)"
 cargo test --all-targets --locked 2>&1
+
+echo "== systemd unit: systemd-analyze verify + security on the unit as scripts/install.sh installs it"
+# Needs no running systemd: the unit is staged into a temporary root with the real binary.
+command -v systemd-analyze >/dev/null 2>&1 || scripts/install-deps.sh systemd
+(
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  bin="${CARGO_TARGET_DIR:-target}/debug/capture-proxy"
+  cargo build --locked --bin capture-proxy 2>&1
+  scripts/install.sh --root "$root" --binary "$bin"
+  # verify resolves the unit's dependencies (sysinit.target, ...) and checks its commands
+  # (ExecReload's /bin/kill) inside the root: give it the host's units and kill(1).
+  for units in /usr/lib/systemd/system /lib/systemd/system; do
+    if [ -d "$units" ]; then
+      mkdir -p "$root$(dirname "$units")" && cp -a "$units" "$root$units" && break
+    fi
+  done
+  mkdir -p "$root/bin" && cp "$(type -P kill)" "$root/bin/kill"
+  # verify exits 0 on unknown keys and bad values (it only warns): any output fails.
+  out=$(systemd-analyze verify --man=no --generators=no --root="$root" capture-proxy.service 2>&1) \
+    && [ -z "$out" ] || { echo "$out"; echo "systemd-analyze verify: the unit has problems" >&2; exit 1; }
+  echo "systemd-analyze verify: clean"
+  # Exposure 0 (locked down) .. 10 (unprotected); fail above 2.0.
+  sec=$(systemd-analyze security --offline=yes --threshold=20 --root="$root" capture-proxy.service 2>&1) \
+    || { echo "$sec"; echo "systemd-analyze security: exposure above 2.0" >&2; exit 1; }
+  echo "$sec" | tail -n 1
+  # The example configuration is valid as shipped.
+  env -i PATH="$PATH" bash -c 'set -af; . systemd/capture-proxy.env.example; exec "$0" --check-config $EXTRA_ARGS' \
+    "$bin" >/dev/null
+  echo "capture-proxy.env.example: --check-config ok"
+)
 
 echo "== integration tests again under the epoll driver (MONOIO_FORCE_LEGACY_DRIVER=1)"
 MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --locked --test "*" 2>&1

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +161,17 @@ pub fn render_metrics(state: &AdminState) -> String {
     );
     let _ = writeln!(out, "# TYPE sinkHealthy gauge");
     let _ = writeln!(out, "sinkHealthy {}", s.healthy.load(Ordering::Relaxed));
+    render_spool_metrics(&mut out, s);
+    let _ = writeln!(
+        out,
+        "# HELP sinkQueueBytes bytes of records queued between the workers and the sink thread"
+    );
+    let _ = writeln!(out, "# TYPE sinkQueueBytes gauge");
+    let _ = writeln!(
+        out,
+        "sinkQueueBytes {}",
+        s.queued_bytes.load(Ordering::Relaxed)
+    );
     let _ = writeln!(out, "# HELP draining 1 while the proxy shuts down");
     let _ = writeln!(out, "# TYPE draining gauge");
     let _ = writeln!(
@@ -168,18 +179,62 @@ pub fn render_metrics(state: &AdminState) -> String {
         "draining {}",
         u8::from(state.draining.load(Ordering::Acquire))
     );
+    let _ = writeln!(
+        out,
+        "# HELP captureProxyInfo constant 1, labelled with this process's capture node id and version"
+    );
+    let _ = writeln!(out, "# TYPE captureProxyInfo gauge");
+    let _ = writeln!(
+        out,
+        "captureProxyInfo{{node_id=\"{}\",version=\"{}\"}} 1",
+        LabelValue(&state.node_id),
+        env!("CARGO_PKG_VERSION")
+    );
     render_histogram(
         &mut out,
-        "requestHeldDuration",
-        "time a mutating request was held for its record (ms)",
+        "upstreamResponseDuration",
+        "time from a request's head going to the destination (a held request: its release) to the first byte of its response (ms)",
+        state.workers.iter().map(|w| &w.upstream_response_us),
+    );
+    render_histogram(
+        &mut out,
+        "blockedDuration",
+        "time a mutating request was held until its record was committed or failed (ms)",
         state.workers.iter().map(|w| &w.hold_us),
+    );
+    render_histogram(
+        &mut out,
+        "kafkaCommitDuration",
+        "time from handing a record to the Kafka producer to its acknowledgement (ms)",
+        std::iter::once(&state.sink.commit_us),
     );
     out
 }
 
-/// Bucket bounds (ms) for exported histograms: sub-millisecond to the 10 s ack timeout.
-const BUCKETS_MS: [f64; 12] = [
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0, 5000.0, 10000.0,
+/// A Prometheus label value, escaped (`\`, `"` and newlines).
+struct LabelValue<'a>(&'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bucket upper bounds (ms) of every exported histogram: from 0.1 ms (a loopback round trip)
+/// through the 10 s Kafka ack timeout to 60 s (a slow search on the destination); longer
+/// values land in `+Inf` only.
+const BUCKETS_MS: [f64; 18] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    10000.0, 30000.0, 60000.0,
 ];
 
 fn render_histogram<'a>(
@@ -214,6 +269,60 @@ fn render_histogram<'a>(
     let _ = writeln!(out, "{name}_milliseconds_count {}", h.len());
 }
 
+/// The Kafka reachability gauge and the `--spool-dir` metrics (all 0 without a spool).
+fn render_spool_metrics(out: &mut String, s: &SinkStats) {
+    use std::fmt::Write as _;
+    let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+        (
+            "kafkaConnected",
+            "gauge",
+            "1 while a Kafka broker is reachable (with --spool-dir, records go to the spool while 0)",
+            &s.kafka_connected,
+        ),
+        (
+            "spoolBytes",
+            "gauge",
+            "bytes of spool files on disk (--spool-dir)",
+            &s.spool_bytes,
+        ),
+        (
+            "spoolRecordsSpooled_total",
+            "counter",
+            "records written to the spool and fsynced (acknowledged as committed)",
+            &s.spool_records_spooled,
+        ),
+        (
+            "spoolRecordsDrained_total",
+            "counter",
+            "spooled records Kafka has acknowledged since",
+            &s.spool_records_drained,
+        ),
+        (
+            "spoolRecordsRefused_total",
+            "counter",
+            "records the spool could not take (full or write error); they failed",
+            &s.spool_records_refused,
+        ),
+        (
+            "spoolCorruptSkipped_total",
+            "counter",
+            "torn or corrupt spool regions skipped during replay",
+            &s.spool_corrupt_skipped,
+        ),
+        (
+            "spoolRecordsDropped_total",
+            "counter",
+            "spooled records Kafka refused for good (too large, or the same error 16 times); lost",
+            &s.spool_records_dropped,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,8 +354,47 @@ mod tests {
         let text = render_metrics(&state());
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split_whitespace().nth(2).unwrap_or("");
-            assert!(readme.contains(&format!("`{name}")), "{name} is not in README.md");
+            assert!(
+                readme.contains(&format!("`{name}")),
+                "{name} is not in README.md"
+            );
         }
+    }
+
+    /// …and every metric the README's table names is exported (no stale rows).
+    #[test]
+    fn readme_metrics_table_lists_only_exported_metrics() {
+        let readme = include_str!("../README.md");
+        let text = render_metrics(&state());
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let section = readme
+            .split("### Admin endpoint and metrics")
+            .nth(1)
+            .and_then(|s| s.split("\n### ").next())
+            .unwrap();
+        let mut rows = 0;
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let first = line.split('|').nth(1).unwrap_or("");
+            for name in first.split(',').map(|n| n.trim().trim_matches('`')) {
+                if name.starts_with('/') {
+                    continue; // the paths table
+                }
+                rows += 1;
+                assert!(
+                    exported.contains(&name),
+                    "README lists {name}, not exported"
+                );
+            }
+        }
+        assert!(
+            rows >= exported.len(),
+            "{rows} rows for {} metrics",
+            exported.len()
+        );
     }
 
     #[test]
@@ -272,5 +420,78 @@ mod tests {
             "{r}"
         );
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+
+    /// The value of the sample line `name` (exact name, labels included).
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn histograms_merge_workers_into_cumulative_buckets() {
+        let st = state();
+        let ms = Duration::from_millis;
+        st.workers[0].record(&st.workers[0].upstream_response_us, ms(3));
+        st.workers[1].record(&st.workers[1].upstream_response_us, ms(40));
+        st.workers[1].record(&st.workers[1].upstream_response_us, ms(200_000));
+        st.workers[0].record(&st.workers[0].hold_us, Duration::from_micros(50));
+        crate::stats::record_into(&mut st.sink.commit_us.lock().unwrap(), ms(7));
+        let m = render_metrics(&st);
+        let h = "upstreamResponseDuration_milliseconds";
+        assert_eq!(sample(&m, &format!("{h}_bucket{{le=\"2.5\"}}")), 0.0);
+        assert_eq!(sample(&m, &format!("{h}_bucket{{le=\"5\"}}")), 1.0);
+        assert_eq!(sample(&m, &format!("{h}_bucket{{le=\"50\"}}")), 2.0);
+        assert_eq!(sample(&m, &format!("{h}_bucket{{le=\"60000\"}}")), 2.0);
+        assert_eq!(sample(&m, &format!("{h}_bucket{{le=\"+Inf\"}}")), 3.0);
+        assert_eq!(sample(&m, &format!("{h}_count")), 3.0);
+        let sum = sample(&m, &format!("{h}_sum"));
+        assert!((sum - 200_043.0).abs() < 200_043.0 * 0.01, "{sum}");
+        let b = "blockedDuration_milliseconds";
+        assert_eq!(sample(&m, &format!("{b}_bucket{{le=\"0.1\"}}")), 1.0);
+        assert_eq!(sample(&m, &format!("{b}_count")), 1.0);
+        let k = "kafkaCommitDuration_milliseconds";
+        assert_eq!(sample(&m, &format!("{k}_bucket{{le=\"5\"}}")), 0.0);
+        assert_eq!(sample(&m, &format!("{k}_bucket{{le=\"10\"}}")), 1.0);
+        assert_eq!(sample(&m, &format!("{k}_count")), 1.0);
+    }
+
+    #[test]
+    fn gauges_and_info_line() {
+        let mut st = state();
+        st.node_id = Arc::from("a\"b\\c\nd");
+        st.sink.queued_bytes.store(4096, Ordering::Relaxed);
+        st.workers[0].add(Counter::ConnAccepted, 3);
+        st.workers[1].add(Counter::ConnClosed, 2);
+        st.workers[1].inc(Counter::RequestsGetHead);
+        let m = render_metrics(&st);
+        assert_eq!(sample(&m, "sinkQueueBytes"), 4096.0);
+        assert_eq!(sample(&m, "activeConnection"), 1.0);
+        assert_eq!(sample(&m, "requestsGetHead_total"), 1.0);
+        assert_eq!(sample(&m, "draining"), 0.0);
+        let info = format!(
+            "captureProxyInfo{{node_id=\"a\\\"b\\\\c\\nd\",version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(sample(&m, &info), 1.0);
+        // Every sample line belongs to a declared family.
+        let families: Vec<&str> = m
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        for l in m.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            assert!(
+                families.iter().any(|f| name == *f
+                    || name
+                        .strip_prefix(f)
+                        .is_some_and(|r| ["_bucket", "_sum", "_count"].contains(&r))),
+                "{l}"
+            );
+        }
     }
 }

@@ -158,6 +158,7 @@ enum Flag {
     KafkaAckTimeout,
     CaptureFailurePolicy,
     SpoolDir,
+    SpoolMaxBytes,
     MaxConnections,
     ClientIdleTimeout,
     RequestHeadTimeout,
@@ -363,6 +364,8 @@ static FLAGS: &[FlagSpec] = &[
     ours(Flag::CaptureFailurePolicy, "capture-failure-policy", V, "forward|reject", "forward",
         "what a held request does when its capture fails"),
     ours(Flag::SpoolDir, "spool-dir", V, "DIR", "", "durable spool for records Kafka cannot take"),
+    ours(Flag::SpoolMaxBytes, "spool-max-bytes", V, "SIZE", "1GiB",
+        "most bytes the spool holds; beyond it the failure policy applies"),
     ours(Flag::MaxConnections, "max-connections", V, "N", "unlimited",
         "beyond this, new connections wait in the accept backlog"),
     ours(Flag::ClientIdleTimeout, "client-idle-timeout", V, "DURATION", "0 (off)",
@@ -1982,6 +1985,17 @@ fn build_config(c: &Collected, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         Ok(n)
     })?;
     let spool_dir = c.path(Flag::SpoolDir, check_dir)?;
+    let spool_max_bytes = c
+        .typed(Flag::SpoolMaxBytes, |t| {
+            parse_size(t).and_then(|n| {
+                if n == 0 {
+                    Err("must be more than 0".to_string())
+                } else {
+                    Ok(n)
+                }
+            })
+        })?
+        .unwrap_or(crate::config::DEFAULT_SPOOL_MAX_BYTES);
     // Orchestration metadata: accepted, never used (the Java proxy ignores them too).
     let _ = (c.get(Flag::KafkaListenerName), c.get(Flag::KafkaSecretName));
 
@@ -2051,6 +2065,7 @@ fn build_config(c: &Collected, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         destination_pool_size,
         destination_pool_timeout,
         spool_dir,
+        spool_max_bytes,
     })
 }
 
@@ -2493,6 +2508,7 @@ pub fn render_effective(cfg: &Config) -> String {
             .as_ref()
             .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
     );
+    put("spool-max-bytes", cfg.spool_max_bytes.to_string());
     put(
         "max-connections",
         cfg.max_connections
@@ -2691,7 +2707,7 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(FLAGS.len(), 48);
+        assert_eq!(FLAGS.len(), 49);
         for (i, s) in FLAGS.iter().enumerate() {
             assert_eq!(index_of(s.id), i, "{} appears twice", s.name);
             assert!(std::ptr::eq(lookup(s.name).unwrap(), s));
@@ -3104,6 +3120,9 @@ mod tests {
         let spool = spool.to_str().unwrap();
         ours_flag("spool-dir", &[spool], &b, |c| {
             assert_eq!(c.spool_dir.as_ref().unwrap().to_str(), Some(spool))
+        });
+        ours_flag("spool-max-bytes", &["64MiB"], &b, |c| {
+            assert_eq!(c.spool_max_bytes, 64 << 20)
         });
         ours_flag("max-connections", &["1000"], &b, |c| {
             assert_eq!(c.max_connections, Some(1000))
@@ -3599,6 +3618,8 @@ mod tests {
             "--capture-failure-policy",
         );
         bad_err(&base(&["--spool-dir", &cert]), "--spool-dir");
+        bad_err(&base(&["--spool-max-bytes", "0"]), "--spool-max-bytes");
+        bad_err(&base(&["--spool-max-bytes", "lots"]), "--spool-max-bytes");
         bad_err(&base(&["--max-connections", "0"]), "--max-connections");
         bad_err(
             &base(&["--client-idle-timeout", "-1s"]),

@@ -182,6 +182,9 @@ pub struct Config {
     pub destination_pool_size: usize,
     pub destination_pool_timeout: Duration,
     pub spool_dir: Option<PathBuf>,
+    /// `--spool-max-bytes`: most bytes of spool files; beyond it records Kafka cannot take
+    /// fail (the failure policy applies).
+    pub spool_max_bytes: u64,
 }
 
 impl Config {
@@ -225,9 +228,14 @@ impl Config {
             destination_pool_size: 0,
             destination_pool_timeout: Duration::from_secs(30),
             spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 }
+
+/// Default `--spool-max-bytes`: 1 GiB, about 100 s of capture at 10 MB/s — longer than a
+/// typical broker failover — while small next to the disks proxies run on.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Bytes reserved for the Kafka record envelope (the Java proxy's `KAFKA_MESSAGE_OVERHEAD_BYTES`).
 pub const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 500;

@@ -81,6 +81,10 @@ struct Exchange {
     c2u_done: Cell<bool>,
     /// Bytes of the current (outstanding) response have reached the client.
     resp_started: Cell<bool>,
+    /// For each forwarded request whose response has not started, in order: when its head
+    /// went upstream (a held request: when it was released). Popped at the response's first
+    /// byte into `WorkerStats::upstream_response_us`.
+    sent_at: RefCell<VecDeque<std::time::Instant>>,
 }
 
 /// Serves one accepted client connection until both directions end. With client-facing
@@ -142,6 +146,7 @@ where
         opaque: Cell::new(false),
         c2u_done: Cell::new(false),
         resp_started: Cell::new(false),
+        sent_at: RefCell::new(VecDeque::with_capacity(4)),
     };
     let (c_end, (u_end, cw)) = monoio::join!(
         client_to_upstream(ctx, st, &x, cr, uw, limits),
@@ -233,6 +238,8 @@ struct ReqState {
     head_done: bool,
     suppressed: bool,
     mutating: bool,
+    /// GET or HEAD (for the per-method-class request counters).
+    get_head: bool,
     /// Reads of the current request were already written to the capture.
     reads_written: bool,
 }
@@ -365,6 +372,11 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                     rq.head_done = true;
                     st.head_started.set(None);
                     rq.mutating = head.method.is_mutating();
+                    rq.get_head = matches!(
+                        head.method,
+                        crate::http1::request::Method::Get | crate::http1::request::Method::Head
+                    );
+                    x.sent_at.borrow_mut().push_back(std::time::Instant::now());
                     rq.suppressed = capturing
                         && ctx.settings.suppress_any
                         && crate::http1::suppress::is_suppressed(&ctx.settings.suppress, &head);
@@ -396,6 +408,10 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                     let mut hold = false;
                     if rq.mutating {
                         ctx.stats.inc(Counter::RequestsMutating);
+                    } else if rq.get_head {
+                        ctx.stats.inc(Counter::RequestsGetHead);
+                    } else {
+                        ctx.stats.inc(Counter::RequestsOtherMethod);
                     }
                     if !rq.suppressed {
                         let part = buf.get(seg..pos).unwrap_or(&[]);
@@ -436,6 +452,11 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                         let started = std::time::Instant::now();
                         let outcome = ctx.wait_hold(st).await;
                         ctx.stats.record(&ctx.stats.hold_us, started.elapsed());
+                        // Its response cannot start before its last bytes go upstream: time
+                        // the destination from the release, not from the head.
+                        if let Some(t) = x.sent_at.borrow_mut().back_mut() {
+                            *t = std::time::Instant::now();
+                        }
                         if let Outcome::Failed(kind) = outcome {
                             ctx.stats.inc(Counter::HoldFailed);
                             crate::upstream::warn_hold_failed(kind);
@@ -661,6 +682,9 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
         if x.opaque.get() {
             // Raw forwarding after an upgrade; nothing captured.
         } else {
+            if !x.resp_started.get() && data_len > 0 {
+                response_first_byte(ctx, x);
+            }
             // Cut the writes at response boundaries so suppressed responses stay out.
             let mut pos = 0usize;
             let mut seg = 0usize;
@@ -699,6 +723,10 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
                         }
                         seg = pos;
                         response_done(st, x);
+                        if pos < data_len {
+                            // The next response starts in this same read.
+                            response_first_byte(ctx, x);
+                        }
                     }
                     Some(REvent::Upgraded { .. }) => {
                         if capturing && current_response_captured(x) {
@@ -756,6 +784,15 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
 fn current_response_captured(x: &Exchange) -> bool {
     // A response with no forwarded request (unsolicited) is captured.
     x.resp_capture.borrow().front().copied().unwrap_or(true)
+}
+
+/// The first byte of the oldest unanswered request's response arrived: time it.
+fn response_first_byte(ctx: &Ctx, x: &Exchange) {
+    let sent = x.sent_at.borrow_mut().pop_front();
+    if let Some(t) = sent {
+        ctx.stats
+            .record(&ctx.stats.upstream_response_us, t.elapsed());
+    }
 }
 
 fn response_done(st: &ConnState, x: &Exchange) {

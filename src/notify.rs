@@ -112,6 +112,43 @@ mod tests {
             .starts_with("STOPPING=1"));
     }
 
+    /// systemd may hand out an abstract socket (`@name`); so do containers' notify proxies.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sends_to_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("capture-proxy-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let server = UnixDatagram::bind_addr(&addr).unwrap();
+        let env = move |k: &str| (k == "NOTIFY_SOCKET").then(|| format!("@{name}"));
+        let n = Notifier::from_env(&env);
+        assert_eq!(n.watchdog_interval(), None, "no WATCHDOG_USEC: no pings");
+        n.stopping();
+        let mut buf = [0u8; 256];
+        let k = server.recv(&mut buf).unwrap();
+        assert!(std::str::from_utf8(&buf[..k])
+            .unwrap()
+            .starts_with("STOPPING=1\n"));
+    }
+
+    #[test]
+    fn watchdog_needs_our_pid_and_a_positive_period() {
+        let pid = std::process::id().to_string();
+        let with = |usec: &'static str, wpid: Option<String>| {
+            let env = move |k: &str| match k {
+                "WATCHDOG_USEC" => Some(usec.to_string()),
+                "WATCHDOG_PID" => wpid.clone(),
+                _ => None,
+            };
+            Notifier::from_env(&env).watchdog_interval()
+        };
+        assert_eq!(with("30000000", None), Some(Duration::from_secs(15)));
+        assert_eq!(with("30000000", Some(pid)), Some(Duration::from_secs(15)));
+        assert_eq!(with("30000000", Some("1".into())), None);
+        assert_eq!(with("0", None), None);
+        assert_eq!(with("garbage", None), None);
+    }
+
     #[test]
     fn no_socket_is_a_no_op() {
         let n = Notifier::from_env(&|_| None);

@@ -38,6 +38,8 @@ counters! {
     BytesWritten => "bytesWritten", "bytes sent to clients";
     Requests => "requests", "complete requests received";
     RequestsMutating => "requestsMutating", "complete POST/PUT/DELETE/PATCH requests";
+    RequestsGetHead => "requestsGetHead", "complete GET/HEAD requests";
+    RequestsOtherMethod => "requestsOtherMethod", "complete requests with any other method (OPTIONS, TRACE, CONNECT, unknown)";
     FullRequest => "fullRequest", "captured requests (end-of-message markers written)";
     CaptureSuppressed => "captureSuppressed", "requests forwarded but not captured";
     RequestDropped => "requestDropped", "suppressed requests that left a requestDropped marker";
@@ -73,7 +75,10 @@ const N_COUNTERS: usize = Counter::ALL.len();
 pub struct WorkerStats {
     values: [AtomicU64; N_COUNTERS],
     /// Histograms (microseconds), written by the owner, merged by readers.
+    /// Time from a request's head being forwarded (a held request: from its release) to the
+    /// first byte of its response.
     pub upstream_response_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Time a mutating request was held waiting for its record's outcome.
     pub hold_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -87,9 +92,11 @@ impl Default for WorkerStats {
     }
 }
 
-/// 1 µs .. 1 hour at 2 significant digits: ~20 KiB per histogram.
-fn new_histogram() -> hdrhistogram::Histogram<u64> {
-    match hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2) {
+/// A latency histogram in microseconds: 1 µs .. 1 hour at 2 significant digits (~1 % error,
+/// ~20 KiB). One hour bounds every latency the proxy measures (the longest is a slow upstream
+/// response); larger values are clamped to it by [`record_into`].
+pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    match hdrhistogram::Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 2) {
         Ok(h) => h,
         Err(_) => hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_hist()),
     }
@@ -116,12 +123,22 @@ impl WorkerStats {
             .get(c as usize)
             .map_or(0, |v| v.load(Ordering::Relaxed))
     }
-    /// Records a duration in a histogram without blocking (skips if a reader holds it).
+    /// Records a duration in a histogram without blocking: if a reader holds it (the admin
+    /// endpoint merging, for microseconds), this one sample is dropped.
     pub fn record(&self, h: &Mutex<hdrhistogram::Histogram<u64>>, d: Duration) {
         if let Ok(mut g) = h.try_lock() {
-            let _ = g.record(d.as_micros().min(u128::from(u64::MAX)) as u64);
+            record_into(&mut g, d);
         }
     }
+}
+
+/// Highest value (µs) [`new_histogram`] tracks: one hour.
+const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+
+/// Records `d` (µs) in `h`, clamped to the histogram's range so no sample is lost.
+pub fn record_into(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let _ = h.record(us.min(HISTOGRAM_MAX_US));
 }
 
 /// Sums a counter over workers.
@@ -176,6 +193,18 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn histogram_samples_are_clamped_not_lost() {
+        let s = WorkerStats::default();
+        s.record(&s.upstream_response_us, Duration::from_micros(250));
+        s.record(&s.upstream_response_us, Duration::from_secs(10 * 3600));
+        s.record(&s.upstream_response_us, Duration::ZERO);
+        let h = s.upstream_response_us.lock().unwrap();
+        assert_eq!(h.len(), 3);
+        assert!(h.max() >= HISTOGRAM_MAX_US * 99 / 100, "{}", h.max());
+        assert_eq!(h.count_between(200, 300), 1);
     }
 
     #[test]

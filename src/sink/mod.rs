@@ -1,6 +1,7 @@
 //! The single sink thread: takes whole batches from the workers, commits each record to the
-//! configured sink (file, or Kafka in `kafka.rs`), and sends one ack per record back to the
-//! owning worker together with the emptied buffers.
+//! configured sink (file, or Kafka in `kafka.rs` — with `--spool-dir`, the durable spool of
+//! `spool.rs` for records Kafka cannot take right now), and sends one ack per record back to
+//! the owning worker together with the emptied buffers.
 //!
 //! May depend on: `handoff`, `capture` types, the sink back-ends. Never runs on a worker.
 //!
@@ -10,15 +11,16 @@
 pub mod file;
 pub mod kafka;
 pub mod msk_iam;
+pub mod spool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::handoff::{Ack, BatchReceiver, FailKind, Inbox, Outcome, Record, SinkMsg};
 
 /// Counters the sink thread publishes (read by the admin endpoint and tests).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     pub records_committed: AtomicU64,
     pub bytes_committed: AtomicU64,
@@ -26,6 +28,47 @@ pub struct SinkStats {
     pub batches: AtomicU64,
     /// 1 while the sink can take records, 0 when it is failing.
     pub healthy: AtomicU64,
+    /// Bytes of records queued between the workers and the sink thread (the hand-off
+    /// queue's `BatchReceiver::queued_bytes`), refreshed on every turn of the sink loop.
+    pub queued_bytes: AtomicU64,
+    /// Kafka send-to-acknowledgement time of each committed record (µs), written only by the
+    /// sink thread; the admin endpoint renders it as `kafkaCommitDuration`.
+    pub commit_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// `--spool-dir`: bytes of spool segment files on disk (gauge).
+    pub spool_bytes: AtomicU64,
+    /// Records made durable in the spool (and acknowledged to their workers as committed).
+    pub spool_records_spooled: AtomicU64,
+    /// Spooled records Kafka has acknowledged since (drained).
+    pub spool_records_drained: AtomicU64,
+    /// Records the spool could not take (full, or its write failed): they failed.
+    pub spool_records_refused: AtomicU64,
+    /// Torn or corrupt spool regions skipped while replaying.
+    pub spool_corrupt_skipped: AtomicU64,
+    /// Spooled records Kafka refused for good (dropped from the spool: lost).
+    pub spool_records_dropped: AtomicU64,
+    /// Kafka sink: 1 while a broker is reachable (with a spool, records go there while 0).
+    pub kafka_connected: AtomicU64,
+}
+
+impl Default for SinkStats {
+    fn default() -> Self {
+        SinkStats {
+            records_committed: AtomicU64::new(0),
+            bytes_committed: AtomicU64::new(0),
+            records_failed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            healthy: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            commit_us: Mutex::new(crate::stats::new_histogram()),
+            spool_bytes: AtomicU64::new(0),
+            spool_records_spooled: AtomicU64::new(0),
+            spool_records_drained: AtomicU64::new(0),
+            spool_records_refused: AtomicU64::new(0),
+            spool_corrupt_skipped: AtomicU64::new(0),
+            spool_records_dropped: AtomicU64::new(0),
+            kafka_connected: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The configured back-end, opened before the thread starts so start-up errors surface.
@@ -57,11 +100,18 @@ pub struct SinkThread {
     rx: BatchReceiver,
     inboxes: Vec<Arc<Inbox>>,
     stats: Arc<SinkStats>,
+    /// Per worker, plus one last slot where `resolve` collects the acks (and buffers) of
+    /// drained spool entries for `spool_step`; `deliver_all` never delivers that slot.
     acks: Vec<Vec<Ack>>,
     bufs: Vec<Vec<Vec<u8>>>,
+    /// `--spool-dir` (Kafka only): see `spool.rs` and the spool functions below.
+    spool: Option<Box<SpoolLink>>,
     warn: crate::stats::RateLimit,
     /// Per-record append results of the current batch (reused).
     ok: Vec<bool>,
+    /// Kafka commit durations taken from the producer, before they go into the histogram
+    /// (reused).
+    durations: Vec<Duration>,
 }
 
 impl SinkThread {
@@ -78,10 +128,12 @@ impl SinkThread {
             rx,
             inboxes,
             stats,
-            acks: (0..n).map(|_| Vec::new()).collect(),
-            bufs: (0..n).map(|_| Vec::new()).collect(),
+            acks: (0..=n).map(|_| Vec::new()).collect(),
+            bufs: (0..=n).map(|_| Vec::new()).collect(),
+            spool: None,
             warn: crate::stats::RateLimit::new(Duration::from_secs(60)),
             ok: Vec::new(),
+            durations: Vec::new(),
         }
     }
 
@@ -105,6 +157,8 @@ impl SinkThread {
                         self.handle_batch(b.worker, b.records);
                     }
                     self.shutdown();
+                    self.spool_close();
+                    self.publish();
                     return;
                 }
             }
@@ -113,7 +167,31 @@ impl SinkThread {
             } else {
                 Duration::ZERO
             });
+            self.spool_step();
+            self.publish();
         }
+    }
+
+    /// Publishes what the admin endpoint reads beyond the counters: the hand-off queue's
+    /// depth and the Kafka commit durations of the records resolved since the last turn.
+    fn publish(&mut self) {
+        self.stats
+            .queued_bytes
+            .store(self.rx.queued_bytes() as u64, Ordering::Relaxed);
+        let Backend::Kafka(k) = &mut self.backend else {
+            return;
+        };
+        k.take_commit_durations(&mut self.durations);
+        if self.durations.is_empty() {
+            return;
+        }
+        // Not a worker: waiting the few microseconds a scrape holds the lock is fine.
+        if let Ok(mut h) = self.stats.commit_us.lock() {
+            for d in &self.durations {
+                crate::stats::record_into(&mut h, *d);
+            }
+        }
+        self.durations.clear();
     }
 
     fn kafka_unacked(&self) -> usize {
@@ -125,6 +203,7 @@ impl SinkThread {
 
     /// Serves Kafka delivery reports and hands the resolved acks to their workers.
     fn poll_kafka(&mut self, timeout: Duration) {
+        let spool_ok = self.spool_accepting();
         let Backend::Kafka(k) = &mut self.backend else {
             return;
         };
@@ -133,7 +212,7 @@ impl SinkThread {
         k.poll(timeout, &mut done);
         stats
             .healthy
-            .store(u64::from(k.healthy()), Ordering::Relaxed);
+            .store(u64::from(k.healthy() || spool_ok), Ordering::Relaxed);
         self.deliver_all();
     }
 
@@ -153,6 +232,10 @@ impl SinkThread {
     fn handle_batch(&mut self, worker: u16, mut records: Vec<Record>) {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let w = usize::from(worker);
+        if self.spool.is_some() && matches!(self.backend, Backend::Kafka(_)) {
+            self.handle_batch_spooled(w, records);
+            return;
+        }
         let mut results: [usize; 2] = [0, 0];
         match &mut self.backend {
             Backend::Null => {
@@ -263,6 +346,15 @@ fn resolve(
     ack: Ack,
     mut buf: Vec<u8>,
 ) {
+    if ack.conn.worker == SPOOL_DRAIN_WORKER {
+        // A drained spool entry: no worker waits for it; `spool_step` takes it from the
+        // extra last slot.
+        if let (Some(a), Some(b)) = (acks.last_mut(), bufs.last_mut()) {
+            a.push(ack);
+            b.push(buf);
+        }
+        return;
+    }
     match ack.outcome {
         Outcome::Committed => {
             stats.records_committed.fetch_add(1, Ordering::Relaxed);
@@ -301,6 +393,243 @@ fn push_ack(
     if let Some(b) = bufs.get_mut(w) {
         r.value.clear();
         b.push(r.value);
+    }
+}
+
+// ----- The durable spool (`--spool-dir`, Kafka only; the log itself is in `spool.rs`) -----
+//
+// When a record goes to the spool instead of Kafka: Kafka is not reachable (`healthy()` is
+// false: no broker connection up, also in the first second after start until librdkafka's
+// first statistics), or the record would take Kafka's unresolved bytes past their bound (it
+// would fail as Overloaded), or its connection already has records in the spool that Kafka
+// has not acknowledged (so the connection's records stay in order). A spooled record is
+// acknowledged Committed to its worker once the batch's fsync returns. Records already handed
+// to librdkafka are not pulled back when Kafka turns unreachable: their bytes were handed
+// over, and re-queueing a late time-out behind newer records of the same connection would
+// reorder them; they keep librdkafka's delivery deadline and, if it passes, are reported lost
+// (and named in the connection's next record) as without a spool.
+//
+// Draining: while Kafka is reachable, spooled entries are produced in log order through the
+// same producer (acks come back under `SPOOL_DRAIN_WORKER`), at most `SPOOL_DRAIN_WINDOW_BYTES`
+// in flight; an acknowledgement lets the spool truncate; a failure is retried from the spool.
+
+/// `ConnRef::worker` of drained spool entries: no worker has this index (workers are counted
+/// in CPUs), so `resolve` recognises their acks; the entry's drain id travels in slot and
+/// generation.
+const SPOOL_DRAIN_WORKER: u16 = u16::MAX;
+/// Most value bytes of drained entries in flight to Kafka (16 MiB): enough to keep a broker
+/// busy (hundreds of records per round trip), small next to the Kafka bound (256 MiB) that
+/// live records share, and what has to be re-sent after a failure is bounded by it.
+const SPOOL_DRAIN_WINDOW_BYTES: usize = 16 * 1024 * 1024;
+/// Most entries drained per turn of the sink loop: keeps a turn short (≈1 ms of reading and
+/// handing over) so worker batches and delivery reports are served in between.
+const SPOOL_DRAIN_STEP_RECORDS: usize = 512;
+/// Most value bytes drained per turn of the sink loop (4 MiB), for the same reason.
+const SPOOL_DRAIN_STEP_BYTES: usize = 4 * 1024 * 1024;
+
+/// The spool and what the sink thread keeps for it.
+struct SpoolLink {
+    spool: spool::Spool,
+    /// Records of the current batch appended to the spool, acknowledged after its commit.
+    batch: Vec<Record>,
+    /// Kafka's bound on unresolved bytes (`KafkaSettings::max_unacked_bytes`).
+    kafka_max_unacked: usize,
+    /// Largest record: draining leaves room for one live record under Kafka's bound.
+    max_record: usize,
+    warn: crate::stats::RateLimit,
+}
+
+fn spool_drain_conn(id: u64) -> crate::handoff::ConnRef {
+    crate::handoff::ConnRef {
+        worker: SPOOL_DRAIN_WORKER,
+        slot: id as u32,
+        generation: (id >> 32) as u32,
+    }
+}
+
+fn spool_drain_id(c: crate::handoff::ConnRef) -> u64 {
+    u64::from(c.slot) | (u64::from(c.generation) << 32)
+}
+
+/// Hands the drained entries' outcomes (collected by `resolve` in the last slot) to the spool.
+fn spool_take_acks(acks: &mut [Vec<Ack>], bufs: &mut [Vec<Vec<u8>>], sp: &mut spool::Spool) {
+    if let Some(a) = acks.last_mut() {
+        for ack in a.drain(..) {
+            sp.drain_ack(spool_drain_id(ack.conn), ack.outcome);
+        }
+    }
+    if let Some(b) = bufs.last_mut() {
+        for buf in b.drain(..) {
+            sp.recycle(buf);
+        }
+    }
+}
+
+fn spool_publish(stats: &SinkStats, sp: &spool::Spool) {
+    let c = sp.counters();
+    stats.spool_bytes.store(sp.bytes(), Ordering::Relaxed);
+    stats
+        .spool_records_spooled
+        .store(c.spooled, Ordering::Relaxed);
+    stats
+        .spool_records_drained
+        .store(c.drained, Ordering::Relaxed);
+    stats
+        .spool_records_refused
+        .store(c.refused, Ordering::Relaxed);
+    stats
+        .spool_corrupt_skipped
+        .store(c.skipped_regions, Ordering::Relaxed);
+    stats
+        .spool_records_dropped
+        .store(c.dropped, Ordering::Relaxed);
+}
+
+impl SinkThread {
+    /// Adds the durable spool (Kafka back-end only; ignored otherwise).
+    /// `kafka_max_unacked_bytes` is the producer's `KafkaSettings::max_unacked_bytes`;
+    /// `max_record_bytes` the largest record.
+    pub fn with_spool(
+        mut self,
+        spool: spool::Spool,
+        kafka_max_unacked_bytes: usize,
+        max_record_bytes: usize,
+    ) -> Self {
+        spool_publish(&self.stats, &spool);
+        self.spool = Some(Box::new(SpoolLink {
+            spool,
+            batch: Vec::new(),
+            kafka_max_unacked: kafka_max_unacked_bytes,
+            max_record: max_record_bytes,
+            warn: crate::stats::RateLimit::new(Duration::from_secs(10)),
+        }));
+        self
+    }
+
+    fn spool_accepting(&self) -> bool {
+        self.spool.as_ref().is_some_and(|l| l.spool.accepting())
+    }
+
+    /// A worker batch with a spool: each record goes to Kafka or to the spool (see above);
+    /// the spooled ones are fsynced together and then acknowledged.
+    fn handle_batch_spooled(&mut self, w: usize, mut records: Vec<Record>) {
+        let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+        let (Backend::Kafka(k), Some(link)) = (&mut self.backend, self.spool.as_deref_mut()) else {
+            for r in records.drain(..) {
+                stats.records_failed.fetch_add(1, Ordering::Relaxed);
+                push_ack(acks, bufs, w, r, Outcome::Failed(FailKind::SinkError));
+            }
+            self.deliver_all();
+            return;
+        };
+        let healthy = k.healthy();
+        let mut first_err: Option<spool::SpoolError> = None;
+        for r in records.drain(..) {
+            let kafka_full = k.unacked().1.saturating_add(r.value.len()) > link.kafka_max_unacked;
+            if healthy && !kafka_full && !link.spool.holds_key(&r.key) {
+                k.send(r, &mut |a, b| resolve(acks, bufs, stats, a, b));
+                continue;
+            }
+            match link.spool.append(&r.key, r.number, r.is_final, &r.value) {
+                Ok(()) => link.batch.push(r),
+                Err(e) => {
+                    let kind = if matches!(e, spool::SpoolError::Full { .. }) {
+                        FailKind::Overloaded
+                    } else {
+                        FailKind::SinkError
+                    };
+                    stats.records_failed.fetch_add(1, Ordering::Relaxed);
+                    push_ack(acks, bufs, w, r, Outcome::Failed(kind));
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if !link.batch.is_empty() {
+            let n = link.batch.len() as u64;
+            let outcome = match link.spool.commit() {
+                Ok(_) => {
+                    stats.records_committed.fetch_add(n, Ordering::Relaxed);
+                    Outcome::Committed
+                }
+                Err(e) => {
+                    stats.records_failed.fetch_add(n, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                    Outcome::Failed(FailKind::SinkError)
+                }
+            };
+            for r in link.batch.drain(..) {
+                push_ack(acks, bufs, w, r, outcome);
+            }
+        }
+        if let Some(e) = first_err {
+            if let Some(suppressed) = link.warn.allow() {
+                tracing::warn!(error = %e, suppressed, "record not spooled (Kafka unreachable or full); its capture is lost");
+            }
+        }
+        k.poll(Duration::ZERO, &mut |a, b| resolve(acks, bufs, stats, a, b));
+        spool_publish(stats, &link.spool);
+        self.deliver_all();
+        if let Some(inbox) = self.inboxes.get(w) {
+            inbox.deliver(&mut Vec::new(), &mut Vec::new(), Some(records));
+        }
+    }
+
+    /// Once per turn of the sink loop: publishes Kafka reachability; with a spool, takes the
+    /// drained entries' outcomes, drains more while Kafka is reachable, truncates.
+    fn spool_step(&mut self) {
+        let Backend::Kafka(k) = &mut self.backend else {
+            return;
+        };
+        self.stats
+            .kafka_connected
+            .store(u64::from(k.healthy()), Ordering::Relaxed);
+        let Some(link) = self.spool.as_deref_mut() else {
+            return;
+        };
+        let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+        spool_take_acks(acks, bufs, &mut link.spool);
+        if k.healthy() {
+            let (mut n, mut bytes) = (0usize, 0usize);
+            while n < SPOOL_DRAIN_STEP_RECORDS
+                && bytes < SPOOL_DRAIN_STEP_BYTES
+                && link.spool.pending_bytes() < SPOOL_DRAIN_WINDOW_BYTES
+                && k.unacked().1.saturating_add(link.max_record) <= link.kafka_max_unacked
+            {
+                let Some(e) = link.spool.next_drain() else {
+                    break;
+                };
+                n += 1;
+                bytes += e.value.len();
+                let rec = Record {
+                    conn: spool_drain_conn(e.id),
+                    key: e.key,
+                    number: e.number,
+                    is_final: e.is_final,
+                    value: e.value,
+                };
+                k.send(rec, &mut |a, b| resolve(acks, bufs, stats, a, b));
+                // A refusal comes back at once: the spool must know before anything newer.
+                spool_take_acks(acks, bufs, &mut link.spool);
+            }
+        }
+        link.spool.maintain();
+        spool_publish(stats, &link.spool);
+        stats.healthy.store(
+            u64::from(k.healthy() || link.spool.accepting()),
+            Ordering::Relaxed,
+        );
+        self.deliver_all();
+    }
+
+    /// At shutdown, after Kafka was closed: the drained entries' last outcomes, then the
+    /// spool records its drain position; what Kafka did not acknowledge stays for next time.
+    fn spool_close(&mut self) {
+        let Some(link) = self.spool.as_deref_mut() else {
+            return;
+        };
+        spool_take_acks(&mut self.acks, &mut self.bufs, &mut link.spool);
+        link.spool.close();
+        spool_publish(&self.stats, &link.spool);
     }
 }
 

@@ -1,0 +1,835 @@
+//! End-to-end tests of the durable spool (`--spool-dir`): the proxy with a Kafka sink pointed
+//! at an rdkafka mock cluster (created per test; 2 brokers, a topic with 3 partitions) and a
+//! spool directory. Covers: a broker outage (held POSTs wait only for the spool's fsync,
+//! records are spooled, then drained in per-connection order, gap-free, and the spool files
+//! are deleted), replay after a restart, torn and corrupt spool data skipped on replay, the
+//! spool's size bound (the failure policy applies and the loss is named in the capture), and
+//! the real binary killed with SIGKILL and restarted.
+//!
+//! May depend on: the crate's public API (`start`, `config`, `inspect`, `sink::spool` for
+//! reading and damaging spool files), `tests/common` (origin, raw client, trace checks),
+//! rdkafka (mock cluster, consumer), libc (signals), tempfile.
+//!
+//! Invariant: every wait is bounded (`KAFKA_WAIT`, socket timeouts); nothing talks to any
+//! address but 127.0.0.1; the tests run one at a time (`serial`): they assert latencies and
+//! the machine is small.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use capture_proxy::capture::proto::traffic_stream::Index;
+use capture_proxy::capture::proto::TrafficStream;
+use capture_proxy::config::{Config, FailurePolicy, KafkaAuth, KafkaConfig, SinkConfig};
+use capture_proxy::inspect::{inspect_kafka_detailed, InspectOptions, KafkaInput};
+use capture_proxy::sink::spool::{scan_segment, segment_files, Scanned};
+use capture_proxy::sink::SinkStats;
+use capture_proxy::stats::Counter;
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const TOPIC: &str = "logging-traffic-topic";
+/// Partitions of the test topic: several, so connections spread over them.
+const PARTITIONS: i32 = 3;
+/// Brokers of the mock cluster (ids 1..=BROKERS).
+const BROKERS: i32 = 2;
+/// Bound of the waits for records to reach the topic and for the proxy to notice broker
+/// state (s): librdkafka reconnects to a broker that came back with a backoff of up to 10 s.
+const KAFKA_WAIT: Duration = Duration::from_secs(40);
+/// Bound of one read of the topic (s).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most time a held POST may take while Kafka is down and the spool takes its record: the
+/// spool's fsync, far below the 10 s `--kafka-ack-timeout` a POST would otherwise wait for.
+/// Generous for a loaded 2-core machine.
+const SPOOLED_POST_MAX: Duration = Duration::from_secs(2);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One record as read back from the topic.
+#[derive(Clone)]
+struct Got {
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    ts: TrafficStream,
+}
+
+impl Got {
+    fn is_final(&self) -> bool {
+        matches!(self.ts.index, Some(Index::NumberOfThisLastChunk(_)))
+    }
+    fn number(&self) -> i32 {
+        match self.ts.index {
+            Some(Index::Number(n)) | Some(Index::NumberOfThisLastChunk(n)) => n,
+            None => 0,
+        }
+    }
+}
+
+struct Kafka {
+    mock: MockCluster<'static, DefaultProducerContext>,
+    bootstrap: String,
+}
+
+impl Kafka {
+    fn start() -> Kafka {
+        let mock = MockCluster::new(BROKERS).expect("mock cluster");
+        mock.create_topic(TOPIC, PARTITIONS, 1)
+            .expect("create topic");
+        let bootstrap = mock.bootstrap_servers();
+        assert!(bootstrap.starts_with("127.0.0.1:"), "{bootstrap}");
+        Kafka { mock, bootstrap }
+    }
+
+    fn all_down(&self) {
+        for b in 1..=BROKERS {
+            self.mock.broker_down(b).unwrap();
+        }
+    }
+
+    fn all_up(&self) {
+        for b in 1..=BROKERS {
+            self.mock.broker_up(b).unwrap();
+        }
+    }
+
+    fn records(&self) -> Vec<Got> {
+        read_topic(&self.bootstrap)
+    }
+
+    fn wait_records(&self, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+        let deadline = Instant::now() + KAFKA_WAIT;
+        loop {
+            let got = self.records();
+            if pred(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; topic holds {} records",
+                got.len()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_finals(&self, n: usize) -> Vec<Got> {
+        self.wait_records(&format!("{n} final records"), |g| {
+            g.iter().filter(|r| r.is_final()).count() >= n
+        })
+    }
+
+    fn inspect(&self) -> (capture_proxy::capture::verify::Report, String) {
+        let input = KafkaInput {
+            timeout: READ_TIMEOUT,
+            ..KafkaInput::new(self.bootstrap.clone(), TOPIC)
+        };
+        let mut out = Vec::new();
+        let r = inspect_kafka_detailed(&input, &InspectOptions::default(), &mut out)
+            .expect("inspect the topic");
+        (r.report, String::from_utf8(out).unwrap())
+    }
+}
+
+/// Every record of TOPIC, from each partition's low to its high watermark.
+fn read_topic(bootstrap: &str) -> Vec<Got> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "spool-itest-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for p in 0..PARTITIONS {
+        let (lo, hi) = c
+            .fetch_watermarks(TOPIC, p, READ_TIMEOUT)
+            .expect("watermarks");
+        if hi > lo {
+            tpl.add_partition_offset(TOPIC, p, Offset::Offset(lo))
+                .unwrap();
+            ends.insert(p, hi);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading the topic timed out");
+        let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let Some(&end) = ends.get(&m.partition()) else {
+            continue;
+        };
+        if m.offset() < end {
+            let value = m.payload().unwrap_or_default().to_vec();
+            out.push(Got {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                ts: decode(&value),
+                value,
+            });
+        }
+        if m.offset() + 1 >= end {
+            ends.remove(&m.partition());
+        }
+    }
+    out.sort_by_key(|g| (g.partition, g.offset));
+    out
+}
+
+/// Keys equal connection ids, a connection stays on one partition, and its records follow
+/// their numbers in offset order (no duplicates).
+fn assert_placement_and_order(got: &[Got]) {
+    let mut seen: HashMap<&str, (i32, i64, i32)> = HashMap::new();
+    for g in got {
+        assert_eq!(g.key, g.ts.connection_id.as_bytes(), "key != connectionId");
+        let n = g.number();
+        if let Some((p, off, prev)) = seen.get(g.ts.connection_id.as_str()) {
+            assert_eq!(*p, g.partition, "connection {} split", g.ts.connection_id);
+            assert!(
+                g.offset > *off && n > *prev,
+                "connection {}: record {n} at offset {} after record {prev} at {off}",
+                g.ts.connection_id,
+                g.offset
+            );
+        }
+        seen.insert(&g.ts.connection_id, (g.partition, g.offset, n));
+    }
+}
+
+fn trace(got: &[Got]) -> Trace {
+    Trace {
+        records: got.iter().map(|g| (g.ts.clone(), g.value.len())).collect(),
+    }
+}
+
+fn conn_of(t: &Trace, client: &Client) -> ConnTrace {
+    t.connections()
+        .into_iter()
+        .find(|c| c.reads() == client.sent)
+        .unwrap_or_else(|| panic!("no connection captured the client's bytes:{}", t.dump()))
+}
+
+fn kafka_sink(k: &Kafka) -> SinkConfig {
+    SinkConfig::Kafka(KafkaConfig {
+        brokers: k.bootstrap.clone(),
+        topic: TOPIC.to_string(),
+        client_id: "capture-proxy-spool-itest".to_string(),
+        extra_properties: Vec::new(),
+        auth: KafkaAuth::None,
+    })
+}
+
+/// A proxy to `origin` writing to the mock cluster with its spool in `spool`.
+fn spool_proxy(origin: &Origin, k: &Kafka, spool: &Path, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let sink = kafka_sink(k);
+    let dir = spool.to_path_buf();
+    Proxy::start(origin.addr(), move |cfg| {
+        cfg.sink = sink;
+        cfg.spool_dir = Some(dir);
+        tweak(cfg);
+    })
+}
+
+fn sink_stats(p: &Proxy) -> &SinkStats {
+    &p.handle().sink_stats
+}
+
+/// Waits (bounded by `KAFKA_WAIT`) until `pred` holds.
+fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + KAFKA_WAIT;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_kafka_connected(p: &Proxy, up: bool) {
+    wait_until(&format!("kafkaConnected = {}", u8::from(up)), || {
+        sink_stats(p).kafka_connected.load(Ordering::Relaxed) == u64::from(up)
+    });
+}
+
+fn spooled(p: &Proxy) -> u64 {
+    sink_stats(p).spool_records_spooled.load(Ordering::Relaxed)
+}
+
+fn segments(dir: &Path) -> usize {
+    segment_files(dir).map_or(0, |v| v.len())
+}
+
+fn finish_client(c: &mut Client) {
+    c.shutdown_write();
+    assert!(c.closed_by_peer(), "proxy did not close the connection");
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    with_body("POST", path, body)
+}
+
+/// Sends a POST and returns how long the response took.
+fn timed_post(c: &mut Client, path: &str, body: &[u8]) -> Duration {
+    let t0 = Instant::now();
+    c.send(&post(path, body));
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    t0.elapsed()
+}
+
+/// (1) Brokers down: held POSTs are answered after the spool's fsync, not after the ack
+/// timeout; records go to the spool. Brokers up: every record reaches the topic in
+/// per-connection order with no gaps (also for a connection that lives through the outage
+/// and the recovery), and the spool files are deleted.
+#[test]
+fn outage_spools_without_delaying_posts_then_drains_in_order() {
+    let _s = serial();
+    let k = Kafka::start();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = spool_proxy(&origin, &k, spool.path(), |_| {});
+    wait_kafka_connected(&proxy, true);
+    // A connection that lives through everything: its first POST goes straight to Kafka.
+    let mut x = proxy.client();
+    timed_post(&mut x, "/small?x=1", b"{\"x\":1}");
+    let before_outage = spooled(&proxy);
+
+    k.all_down();
+    wait_kafka_connected(&proxy, false);
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut c = proxy.client();
+        c.send(&get(&format!("/small?c={i}&r=0")));
+        assert_eq!(c.read_response(false).status, 200);
+        for j in 0..2 {
+            let took = timed_post(
+                &mut c,
+                &format!("/echo?c={i}&p={j}"),
+                format!("{{\"c\":{i},\"p\":{j}}}").as_bytes(),
+            );
+            assert!(
+                took < SPOOLED_POST_MAX,
+                "POST with Kafka down took {took:?}"
+            );
+        }
+        finish_client(&mut c);
+        clients.push(c);
+    }
+    let took = timed_post(&mut x, "/small?x=2", b"{\"x\":2}");
+    assert!(
+        took < SPOOLED_POST_MAX,
+        "POST with Kafka down took {took:?}"
+    );
+    // 4 connections × (2 POST records + final) and x's second POST.
+    wait_until("13 records spooled", || {
+        spooled(&proxy) >= before_outage + 13
+    });
+    let h = proxy.handle();
+    assert_eq!(h.counter(Counter::HoldFailed), 0);
+    assert_eq!(h.counter(Counter::RecordsLost), 0);
+    assert!(segments(spool.path()) >= 1, "spool files written");
+    assert!(sink_stats(&proxy).spool_bytes.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        sink_stats(&proxy).healthy.load(Ordering::Relaxed),
+        1,
+        "ready: the spool takes records"
+    );
+
+    k.all_up();
+    // Right after recovery x's records still wait in the spool: the next one joins them.
+    let took = timed_post(&mut x, "/small?x=3", b"{\"x\":3}");
+    assert!(took < SPOOLED_POST_MAX, "{took:?}");
+    finish_client(&mut x);
+    let got = k.wait_finals(5);
+    wait_until("the spool to drain", || {
+        sink_stats(&proxy).spool_bytes.load(Ordering::Relaxed) == 0
+    });
+    assert_eq!(segments(spool.path()), 0, "drained spool files are deleted");
+    let got = if got.len() < 16 {
+        k.wait_records("16 records", |g| g.len() >= 16)
+    } else {
+        got
+    };
+    assert_placement_and_order(&got);
+    let t = trace(&got);
+    for c in clients.iter().chain(std::iter::once(&x)) {
+        let conn = conn_of(&t, c);
+        conn.check();
+        assert_exchange(&conn, c);
+    }
+    let (r, text) = k.inspect();
+    assert!(r.ok(), "{text}");
+    assert_eq!(r.complete_connections, 5, "{text}");
+    // x: 3 POST records + final; the others 2 POST records + final each.
+    assert_eq!(r.records, 16, "no duplicates: {text}");
+    let st = sink_stats(&proxy);
+    assert_eq!(
+        st.spool_records_drained.load(Ordering::Relaxed),
+        st.spool_records_spooled.load(Ordering::Relaxed)
+    );
+    assert_eq!(st.spool_records_refused.load(Ordering::Relaxed), 0);
+    assert_eq!(h.counter(Counter::HoldFailed), 0);
+    assert_eq!(h.counter(Counter::RecordsLost), 0);
+}
+
+/// Runs `n` connections of GET + POST + close through `proxy`; returns the clients.
+fn some_traffic(proxy: &Proxy, n: usize, tag: &str) -> Vec<Client> {
+    (0..n)
+        .map(|i| {
+            let mut c = proxy.client();
+            c.send(&get(&format!("/small?{tag}={i}")));
+            assert_eq!(c.read_response(false).status, 200);
+            let took = timed_post(
+                &mut c,
+                &format!("/echo?{tag}={i}"),
+                format!("{{\"{tag}\":{i}}}").as_bytes(),
+            );
+            assert!(took < SPOOLED_POST_MAX, "{took:?}");
+            finish_client(&mut c);
+            c
+        })
+        .collect()
+}
+
+/// (2) Records spooled by one run (brokers down the whole time, then a graceful shutdown)
+/// reach Kafka from the next run with the same spool directory.
+#[test]
+fn restart_replays_the_spool() {
+    let _s = serial();
+    let k = Kafka::start();
+    k.all_down();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut a = spool_proxy(&origin, &k, spool.path(), |_| {});
+    let clients = some_traffic(&a, 3, "a");
+    wait_until("6 records spooled", || spooled(&a) >= 6);
+    assert_eq!(a.handle().counter(Counter::HoldFailed), 0);
+    a.take_handle().shutdown();
+    assert!(segments(spool.path()) >= 1, "the spool is kept at shutdown");
+
+    k.all_up();
+    assert!(
+        k.records().is_empty(),
+        "nothing reached Kafka in the first run"
+    );
+    let b = spool_proxy(&origin, &k, spool.path(), |_| {});
+    let got = k.wait_finals(3);
+    wait_until("the spool to drain", || segments(spool.path()) == 0);
+    assert_placement_and_order(&got);
+    let t = trace(&got);
+    for c in &clients {
+        let conn = conn_of(&t, c);
+        conn.check();
+        assert_exchange(&conn, c);
+    }
+    let (r, text) = k.inspect();
+    assert!(r.ok(), "{text}");
+    assert_eq!(r.complete_connections, 3, "{text}");
+    assert_eq!(r.records, 6, "{text}");
+    let st = sink_stats(&b);
+    wait_until("6 drained", || {
+        st.spool_records_drained.load(Ordering::Relaxed) == 6
+    });
+    assert_eq!(st.spool_records_spooled.load(Ordering::Relaxed), 0);
+}
+
+/// (3) A torn tail (the last entry cut short, as by a crash mid-write) and a corrupt entry (a
+/// flipped byte) are detected and skipped on replay; everything else arrives.
+#[test]
+fn torn_tail_and_corrupt_entry_are_skipped_on_replay() {
+    let _s = serial();
+    let k = Kafka::start();
+    k.all_down();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut a = spool_proxy(&origin, &k, spool.path(), |_| {});
+    some_traffic(&a, 4, "t");
+    wait_until("8 records spooled", || spooled(&a) >= 8);
+    a.take_handle().shutdown();
+
+    let files = segment_files(spool.path()).unwrap();
+    let mut entries: Vec<(std::path::PathBuf, u64, u64, String, u32)> = Vec::new();
+    for (_, path) in &files {
+        for s in scan_segment(path).unwrap() {
+            match s {
+                Scanned::Entry {
+                    offset,
+                    len,
+                    key,
+                    number,
+                    ..
+                } => entries.push((path.clone(), offset, len, key, number)),
+                Scanned::Skipped { .. } => panic!("fresh spool has damage: {path:?}"),
+            }
+        }
+    }
+    assert_eq!(entries.len(), 8);
+    // Corrupt: a byte in the middle of the third entry's value. Torn: the last entry loses
+    // its last 3 bytes.
+    let (cpath, coff, clen, ckey, cnum) = entries[2].clone();
+    let mut bytes = std::fs::read(&cpath).unwrap();
+    bytes[(coff + clen - 10) as usize] ^= 0x5a;
+    std::fs::write(&cpath, &bytes).unwrap();
+    let (tpath, toff, tlen, tkey, tnum) = entries[7].clone();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tpath)
+        .unwrap();
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        toff + tlen,
+        "last entry ends the file"
+    );
+    f.set_len(toff + tlen - 3).unwrap();
+    drop(f);
+    let skipped: Vec<Scanned> = segment_files(spool.path())
+        .unwrap()
+        .iter()
+        .flat_map(|(_, p)| scan_segment(p).unwrap())
+        .filter(|s| matches!(s, Scanned::Skipped { .. }))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+
+    k.all_up();
+    let b = spool_proxy(&origin, &k, spool.path(), |_| {});
+    let st = sink_stats(&b);
+    wait_until("the spool to drain", || segments(spool.path()) == 0);
+    assert_eq!(st.spool_corrupt_skipped.load(Ordering::Relaxed), 2);
+    let got = k.wait_records("6 records", |g| g.len() >= 6);
+    let have: BTreeSet<(String, u32)> = got
+        .iter()
+        .map(|g| (g.ts.connection_id.clone(), g.number() as u32))
+        .collect();
+    let want: BTreeSet<(String, u32)> = entries
+        .iter()
+        .map(|e| (e.3.clone(), e.4))
+        .filter(|e| *e != (ckey.clone(), cnum) && *e != (tkey.clone(), tnum))
+        .collect();
+    assert_eq!(have, want);
+    assert_eq!(got.len(), 6, "no duplicates");
+    assert_placement_and_order(&got);
+    let (r, text) = k.inspect();
+    let damaged = if ckey == tkey { 1 } else { 2 };
+    assert_eq!(r.connections, 4, "{text}");
+    assert_eq!(r.incomplete_connections, damaged, "{text}");
+    assert_eq!(r.complete_connections, 4 - damaged, "{text}");
+}
+
+/// (4) The spool's size bound: with Kafka down and the spool full, a held POST's record fails
+/// at once, the failure policy applies (forward: counted in holdFailed), and the
+/// connection's next record names the lost one.
+#[test]
+fn full_spool_applies_the_failure_policy() {
+    let _s = serial();
+    let k = Kafka::start();
+    k.all_down();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = spool_proxy(&origin, &k, spool.path(), |c| {
+        c.spool_max_bytes = 8192;
+        c.capture_failure_policy = FailurePolicy::Forward;
+    });
+    let body = vec![b'b'; 3000];
+    let mut c = proxy.client();
+    for i in 0..2 {
+        let took = timed_post(&mut c, &format!("/small?fill={i}"), &body);
+        assert!(took < SPOOLED_POST_MAX, "{took:?}");
+    }
+    let h = proxy.handle();
+    assert_eq!(h.counter(Counter::HoldFailed), 0);
+    // The third does not fit: it fails at once (no wait for the 10 s ack timeout) and is
+    // forwarded anyway.
+    let took = timed_post(&mut c, "/small?fill=2", &body);
+    assert!(took < SPOOLED_POST_MAX, "{took:?}");
+    assert_eq!(h.counter(Counter::HoldFailed), 1);
+    assert_eq!(h.counter(Counter::RecordsLost), 1);
+    let st = sink_stats(&proxy);
+    assert_eq!(st.spool_records_refused.load(Ordering::Relaxed), 1);
+    assert!(st.spool_bytes.load(Ordering::Relaxed) <= 8192);
+    assert_eq!(origin.requests().len(), 3, "all three POSTs forwarded");
+
+    k.all_up();
+    wait_until("the spool to drain", || {
+        st.spool_bytes.load(Ordering::Relaxed) == 0
+    });
+    c.send(&get("/small?after=1"));
+    assert_eq!(c.read_response(false).status, 200);
+    finish_client(&mut c);
+    let got = k.wait_finals(1);
+    assert_placement_and_order(&got);
+    let numbers: Vec<i32> = got.iter().map(Got::number).collect();
+    assert_eq!(numbers, vec![1, 2, 4], "record 3 lost");
+    let conn = trace(&got).single();
+    let ex = conn.exceptions();
+    assert_eq!(ex.len(), 1, "{}", conn.dump());
+    assert!(
+        ex[0].contains("capture record 3 of this connection was lost: sink overloaded"),
+        "{ex:?}"
+    );
+    let (r, text) = k.inspect();
+    assert!(!r.ok(), "a lost record is an error: {text}");
+    assert!(text.contains("gap: record #3 missing"), "{text}");
+    assert_eq!(r.exceptions, 1, "{text}");
+}
+
+// ----------------------------------------------------------------------------------------
+// The real binary, killed with SIGKILL.
+// ----------------------------------------------------------------------------------------
+
+/// Most time from spawning the binary to its `listening` line (s).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most time from SIGTERM to exit (s): drain timeout below plus the producer's close.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
+
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+/// The value after `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(key)? + key.len();
+    line.get(at..)?.split_whitespace().next()
+}
+
+impl Binary {
+    fn start(kafka: &str, origin: &Origin, spool: &Path) -> Binary {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CAPTURE_PROXY_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd.args([
+            "--destinationUri",
+            &format!("http://{}", origin.addr()),
+            "--listenPort",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--kafkaConnection",
+            kafka,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--numThreads",
+            "1",
+            "--drain-timeout",
+            "5s",
+        ]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn capture-proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let (mut addr, mut admin) = (None, None);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no listening lines:\n{}", log.lock().unwrap().join("\n"));
+                }
+            };
+            if line.contains(" listening") {
+                let a: Option<SocketAddr> = field(&line, " addr=").and_then(|a| a.parse().ok());
+                if line.contains("admin") {
+                    admin = a;
+                } else {
+                    addr = a;
+                }
+            }
+        }
+        Binary {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    /// The value of an (unlabelled) metric from `/metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let mut s = TcpStream::connect_timeout(&self.admin, IO_TIMEOUT).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "capture-proxy did not exit:\n{}",
+                    self.log.lock().unwrap().join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// (5) The real binary with brokers down spools the traffic; SIGKILL; restarted with brokers
+/// up, it replays the spool: every record the spool had acknowledged (all of them here — the
+/// test waits for the spool's counter before the kill) arrives, complete and in order.
+#[test]
+fn sigkill_then_restart_replays_what_the_spool_acknowledged() {
+    let _s = serial();
+    let k = Kafka::start();
+    k.all_down();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut first = Binary::start(&k.bootstrap, &origin, spool.path());
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = Client::connect(first.addr);
+        c.send(&get(&format!("/small?k={i}")));
+        assert_eq!(c.read_response(false).status, 200);
+        for j in 0..2 {
+            let took = timed_post(&mut c, &format!("/echo?k={i}&p={j}"), b"{\"k\":1}");
+            assert!(took < SPOOLED_POST_MAX, "{took:?}");
+        }
+        finish_client(&mut c);
+        clients.push(c);
+    }
+    // 3 × (2 POST records + final), all fsynced.
+    let deadline = Instant::now() + KAFKA_WAIT;
+    while first.metric("spoolRecordsSpooled_total") < 9 {
+        assert!(Instant::now() < deadline, "records not spooled");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(first.metric("kafkaConnected"), 0);
+    assert_eq!(first.metric("holdFailed_total"), 0);
+    first.signal(libc::SIGKILL);
+    let st = first.wait_exit();
+    assert_eq!(st.code(), None, "killed by a signal");
+    assert!(segments(spool.path()) >= 1);
+
+    k.all_up();
+    let mut second = Binary::start(&k.bootstrap, &origin, spool.path());
+    let got = k.wait_finals(3);
+    assert_placement_and_order(&got);
+    let t = trace(&got);
+    for c in &clients {
+        let conn = conn_of(&t, c);
+        conn.check();
+        assert_exchange(&conn, c);
+    }
+    let deadline = Instant::now() + KAFKA_WAIT;
+    while second.metric("spoolBytes") != 0 || segments(spool.path()) != 0 {
+        assert!(Instant::now() < deadline, "spool not drained");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(second.metric("spoolRecordsDrained_total"), 9);
+    let (r, text) = k.inspect();
+    assert!(r.ok(), "{text}");
+    assert_eq!(r.complete_connections, 3, "{text}");
+    assert_eq!(r.records, 9, "{text}");
+    second.signal(libc::SIGTERM);
+    let st = second.wait_exit();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{}",
+        second.log.lock().unwrap().join("\n")
+    );
+}
+
+/// (6) Kafka refuses drained records (a permanent produce error, once per request): they
+/// stay in the spool and are sent again after the pause; in the end every record is in the
+/// topic once, in order.
+#[test]
+fn drained_records_kafka_refuses_are_retried() {
+    use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
+    use rdkafka::types::RDKafkaApiKey;
+    let _s = serial();
+    let k = Kafka::start();
+    k.all_down();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = spool_proxy(&origin, &k, spool.path(), |_| {});
+    let clients = some_traffic(&proxy, 2, "r");
+    wait_until("4 records spooled", || spooled(&proxy) >= 4);
+    k.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+    );
+    k.all_up();
+    let got = k.wait_finals(2);
+    wait_until("the spool to drain", || segments(spool.path()) == 0);
+    assert_placement_and_order(&got);
+    let t = trace(&got);
+    for c in &clients {
+        let conn = conn_of(&t, c);
+        conn.check();
+        assert_exchange(&conn, c);
+    }
+    let (r, text) = k.inspect();
+    assert!(r.ok(), "{text}");
+    assert_eq!(r.records, 4, "no duplicates: {text}");
+    let st = sink_stats(&proxy);
+    assert_eq!(st.spool_records_drained.load(Ordering::Relaxed), 4);
+    assert_eq!(proxy.handle().counter(Counter::RecordsLost), 0);
+}
