@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Turns the raw run records of scripts/loadtest.sh into the Markdown report.
+
+Input: --raw FILE, one run per line, tab-separated key=value pairs (see loadtest.sh, record());
+--meta FILE, key=value lines (machine description, scenario descriptions, settings).
+Output: Markdown on stdout. Ratios and added latencies are computed per repetition (a target
+against direct/nginx of the same repetition, which ran interleaved with it), then summarised as
+median (min–max) over repetitions, as /work/shared/bench/README.md asks.
+"""
+import argparse
+import statistics
+import sys
+from collections import OrderedDict, defaultdict
+
+TARGET_ORDER = ["direct", "nginx", "haproxy", "cp-nocapture", "cp-file", "cp-kafka", "cp-kafka-slow"]
+
+
+def parse_kv_line(line):
+    rec = {}
+    for part in line.rstrip("\n").split("\t"):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            rec[k] = v
+    return rec
+
+
+def num(rec, key):
+    try:
+        v = rec.get(key, "")
+        return float(v) if v not in ("", "na", "n/a") else None
+    except ValueError:
+        return None
+
+
+def fmt_num(v, digits):
+    if v is None:
+        return "–"
+    if digits == 0:
+        return f"{v:,.0f}".replace(",", " ")
+    return f"{v:.{digits}f}"
+
+
+def summary(values, digits, signed=False):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    med = statistics.median(vals)
+
+    def f(v):
+        s = fmt_num(v, digits)
+        return ("+" + s) if signed and v > 0 else s
+
+    lo, hi = f(min(vals)), f(max(vals))
+    if lo == hi:
+        return f(med)
+    return f"{f(med)} ({lo}…{hi})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--meta", required=True)
+    args = ap.parse_args()
+
+    meta = OrderedDict()
+    with open(args.meta) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                meta[k] = v
+    runs = []
+    with open(args.raw) as f:
+        for line in f:
+            if line.strip():
+                runs.append(parse_kv_line(line))
+
+    out = []
+    w = out.append
+    w(f"# capture-proxy load test, {meta.get('date', '?')}")
+    w("")
+    w("## Machine and setup")
+    w("")
+    for key, label in [
+        ("nproc", "CPUs (nproc)"),
+        ("cpu_model", "CPU model"),
+        ("kernel", "kernel"),
+        ("memory", "memory"),
+        ("fd_limit", "open-files limit (soft/hard)"),
+        ("versions", "software"),
+        ("git", "capture-proxy build"),
+        ("settings", "settings"),
+        ("layout", "layout"),
+        ("elapsed", "run time"),
+    ]:
+        if key in meta:
+            w(f"- {label}: {meta[key]}")
+    w("")
+    w(
+        "Cells are median (min…max) over repetitions. ×direct / ×nginx and +p50 / +p99 are computed "
+        "per repetition against the direct / nginx run of the same repetition. CPU µs/req is the "
+        "proxy process's utime+stime over the measured window ÷ requests completed in it. RSS is "
+        "the proxy's VmRSS after the measured window (for direct: the origin worker). errors are "
+        "wrk's connect/read/write/timeout errors and non-2xx/3xx answers, summed over repetitions. "
+        "zero-loss: requests completed by the client (warm-up + measured) ≤ requests found in the "
+        "capture by `capture-proxy inspect --summary` ≤ that + requests possibly in flight when "
+        "wrk stopped (connections × wrk runs), and inspect found no problem; `+k` = k requests "
+        "captured whose response wrk did not wait for."
+    )
+    w("")
+
+    by_scn = OrderedDict()
+    for r in runs:
+        if r.get("kept") != "1":
+            continue
+        by_scn.setdefault(r["scenario"], []).append(r)
+
+    noisy_notes = []
+    failed_notes = []
+    for scn, rows in by_scn.items():
+        w(f"## {scn}: {meta.get('desc.' + scn, '')}")
+        w("")
+        per_rep = defaultdict(dict)
+        for r in rows:
+            per_rep[r["rep"]][r["target"]] = r
+        targets = [t for t in TARGET_ORDER if any(t in d for d in per_rep.values())]
+        idle = any(r.get("idle_n") not in (None, "", "0") for r in rows)
+        w(
+            "| target | req/s | ×direct | ×nginx | p50 ms | p99 ms | +p50 ms | +p99 ms "
+            "| CPU µs/req | RSS MiB | errors | zero-loss |"
+        )
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        for t in targets:
+            rps, xd, xn, p50, p99, a50, a99, cpu, rss = ([] for _ in range(9))
+            errs = defaultdict(int)
+            zl = []
+            for rep, d in sorted(per_rep.items(), key=lambda kv: int(kv[0])):
+                r = d.get(t)
+                if r is None:
+                    continue
+                if r.get("status") != "ok":
+                    failed_notes.append(f"{scn} rep {rep} {t}: {r.get('reason', 'failed')}")
+                    zl.append("FAILED")
+                    continue
+                if r.get("noisy") == "1":
+                    noisy_notes.append((scn, float(r.get("foreign_cores", 0))))
+                v = num(r, "rps")
+                rps.append(v)
+                dr = d.get("direct")
+                nr = d.get("nginx")
+                dv = num(dr, "rps") if dr and dr.get("status") == "ok" else None
+                nv = num(nr, "rps") if nr and nr.get("status") == "ok" else None
+                xd.append(v / dv if v is not None and dv else None)
+                xn.append(v / nv if v is not None and nv else None)
+                p = num(r, "p50_us")
+                q = num(r, "p99_us")
+                if not num(r, "req"):
+                    p = q = None  # no request completed: wrk reports 0 latency
+                p50.append(p / 1000 if p is not None else None)
+                p99.append(q / 1000 if q is not None else None)
+                dp = num(dr, "p50_us") if dv else None
+                dq = num(dr, "p99_us") if dv else None
+                a50.append((p - dp) / 1000 if p is not None and dp is not None else None)
+                a99.append((q - dq) / 1000 if q is not None and dq is not None else None)
+                cpu.append(num(r, "cpu_us_per_req"))
+                k = num(r, "rss_kib")
+                rss.append(k / 1024 if k is not None else None)
+                for e in ("connect", "read", "write", "timeout", "status"):
+                    errs[e] += int(num(r, "err_" + e) or 0)
+                zl.append(r.get("zero_loss", "n/a"))
+            err_txt = ", ".join(f"{k} {v}" for k, v in errs.items() if v) or "0"
+            if all(z == "n/a" for z in zl):
+                zl_txt = "n/a"
+            elif all(z == "ok" or z.startswith("ok +") for z in zl):
+                zl_txt = f"ok ×{len(zl)}" if len(zl) > 1 else "ok"
+            elif len(set(zl)) == 1:
+                zl_txt = f"{zl[0]} ×{len(zl)}" if len(zl) > 1 else zl[0]
+            else:
+                zl_txt = "; ".join(zl)
+            w(
+                f"| {t} | {summary(rps, 0)} | {summary(xd, 2)} | {summary(xn, 2)} "
+                f"| {summary(p50, 2)} | {summary(p99, 2)} "
+                f"| {'–' if t == 'direct' else summary(a50, 2, True)} "
+                f"| {'–' if t == 'direct' else summary(a99, 2, True)} "
+                f"| {'–' if t == 'direct' else summary(cpu, 1)} | {summary(rss, 1)} "
+                f"| {err_txt} | {zl_txt} |"
+            )
+        w("")
+        if idle:
+            w("Idle connections held open during the run, and the proxy's RSS:")
+            w("")
+            w("| target | idle conns opened / still open at end | RSS before MiB | RSS with idle conns MiB | KiB per idle conn |")
+            w("|---|---:|---:|---:|---:|")
+            for t in targets:
+                if t == "direct":
+                    continue  # the origin's RSS carries the earlier scenarios' high-water marks
+                ok_rows = [d[t] for d in per_rep.values() if t in d and d[t].get("status") == "ok"]
+                if not ok_rows:
+                    continue
+                opened = [num(r, "idle_n") for r in ok_rows]
+                alive = [num(r, "idle_alive") for r in ok_rows]
+                before = [num(r, "rss_before_kib") for r in ok_rows]
+                with_idle = [num(r, "rss_idle_kib") for r in ok_rows]
+                per = []
+                for r in ok_rows:
+                    b, i, n = num(r, "rss_before_kib"), num(r, "rss_idle_kib"), num(r, "idle_n")
+                    per.append((i - b) / n if None not in (b, i, n) and n else None)
+                w(
+                    f"| {t} | {summary(opened, 0)} / {summary(alive, 0)} "
+                    f"| {summary([b / 1024 if b is not None else None for b in before], 1)} "
+                    f"| {summary([i / 1024 if i is not None else None for i in with_idle], 1)} "
+                    f"| {summary(per, 2)} |"
+                )
+            w("")
+        note = meta.get("note." + scn)
+        if note:
+            w(note)
+            w("")
+
+    discarded = [r for r in runs if r.get("kept") == "0"]
+    w("## Notes")
+    w("")
+    w(
+        f"- Runs repeated because foreign CPU exceeded {float(meta.get('foreign_limit', '0.1')) * 100:.0f} % "
+        f"of a core: {len(discarded)}."
+    )
+    if noisy_notes:
+        per = OrderedDict()
+        for scn, f in noisy_notes:
+            per.setdefault(scn, []).append(f)
+        total = sum(1 for r in runs if r.get("kept") == "1" and r.get("status") == "ok")
+        w(
+            f"- Kept although foreign CPU exceeded the limit (no retry or wait budget left): "
+            f"{len(noisy_notes)} of {total} runs ("
+            + ", ".join(f"{scn} {len(v)}, up to {max(v) * 100:.0f} %" for scn, v in per.items())
+            + "). Their req/s and latencies are depressed by the competition for CPU; CPU µs/req "
+            "and RSS are the figures least affected."
+        )
+    else:
+        w("- No kept run had foreign CPU above the limit.")
+    fmax = [num(r, "foreign_cores") for r in runs if r.get("kept") == "1"]
+    fmax = [v for v in fmax if v is not None]
+    if fmax:
+        w(
+            f"- Foreign CPU in kept runs (share of one core): median {statistics.median(fmax) * 100:.1f} %, "
+            f"max {max(fmax) * 100:.1f} %."
+        )
+    cap_notes = OrderedDict()
+    for r in runs:
+        if r.get("kept") == "1" and r.get("zero_loss") == "n/a" and r.get("cap_detail"):
+            cap_notes.setdefault(f"zero-loss n/a for {r['target']}: {r['cap_detail']}", None)
+    for cn in cap_notes:
+        w(f"- {cn}")
+    for fn in failed_notes:
+        w(f"- FAILED: {fn}")
+    for k, v in meta.items():
+        if k.startswith("skip."):
+            w(f"- {v}")
+    w("")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
