@@ -55,3 +55,10 @@ if ! scripts/kafka-local.sh status --port "$KAFKA_PORT" >/dev/null 2>&1; then
 fi
 KAFKA_BOOTSTRAP=$(scripts/kafka-local.sh start --port "$KAFKA_PORT")
 CAPTURE_PROXY_TEST_KAFKA="$KAFKA_BOOTSTRAP" cargo test --locked --test kafka_e2e -- --ignored 2>&1
+
+echo "== fuzz smoke: every cargo-fuzz target for a few seconds (scripts/fuzz.sh; long runs: fuzz/README.md)"
+# FUZZ_SMOKE_SECONDS=0 skips it (e.g. a quick local rerun).
+FUZZ_SMOKE_SECONDS=${FUZZ_SMOKE_SECONDS:-10}
+if [ "$FUZZ_SMOKE_SECONDS" != 0 ]; then
+  scripts/fuzz.sh "$FUZZ_SMOKE_SECONDS" 2>&1
+fi

@@ -1196,11 +1196,6 @@ fn valid_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// A header value we can write on one line.
-fn valid_header_value(value: &str) -> bool {
-    !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
-}
-
 /// Checks that `path` is a readable file; with `pem_label`, that it holds that PEM block
 /// (e.g. `CERTIFICATE`, or `PRIVATE KEY` which also matches `RSA PRIVATE KEY`).
 fn check_file(path: &Path, pem_label: Option<&str>) -> Result<(), String> {
@@ -1849,12 +1844,17 @@ fn build_rules(c: &Collected) -> Result<(Vec<SetHeader>, SuppressConfig), CliErr
     };
     let mut set_headers = Vec::new();
     for p in c.pairs(Flag::SetHeader) {
-        let reason = if !valid_header_name(&p.name) {
-            Some(format!("'{}' is not a valid header name", p.name))
-        } else if !valid_header_value(&p.value) {
-            Some("the value contains CR, LF or NUL".to_string())
-        } else {
-            None
+        use crate::http1::RewriteError;
+        let reason = match crate::http1::rewrite::check_entry(&p.name, &p.value) {
+            Ok(()) => None,
+            Err(RewriteError::InvalidName(_)) => {
+                Some(format!("'{}' is not a valid header name", p.name))
+            }
+            Err(RewriteError::FramingHeader(_)) => Some(format!(
+                "'{}' frames the request body; rewriting it would desynchronize the connection",
+                p.name
+            )),
+            Err(_) => Some("the value contains a control byte (only tab is allowed)".to_string()),
         };
         if let Some(reason) = reason {
             return Err(CliError::BadValue {
@@ -3003,6 +3003,25 @@ mod tests {
             "--setHeader needs",
         );
         usage_err(&base(&["--setHeader", "Host"]), "--setHeader needs");
+        // Values the destination could not parse, and framing headers, are refused (exit 3).
+        for (args, needle) in [
+            (
+                &["--setHeader", "Content-Length: 5"][..],
+                "frames the request body",
+            ),
+            (
+                &["--setHeader", "transfer-encoding", "chunked"][..],
+                "frames the request body",
+            ),
+            (&["--setHeader", "X-A", "a\u{1}b"][..], "control byte"),
+        ] {
+            let e = err(&base(args));
+            assert_eq!(e.exit_code(), 3, "{args:?}: {e}");
+            assert!(
+                e.to_string().contains(needle),
+                "{args:?}: '{e}' lacks '{needle}'"
+            );
+        }
         usage_err(&base(&["--setHeader"]), "--setHeader needs");
         bad_err(&base(&["--setHeader", "Bad Name", "v"]), "--setHeader");
         bad_err(

@@ -77,6 +77,36 @@ fn keep_alive_gets_single_record() {
     assert_bytes_eq("origin received", &origin.received_all(), &c.sent);
 }
 
+/// A busy keep-alive connection does not grow its record toward `--maxTrafficBufferSize`:
+/// once a record holds 64 KiB and the exchange is complete, it is flushed (here after the
+/// second 40 KB response), and the next exchange starts record 2. Nothing is lost or reordered.
+#[test]
+fn busy_keep_alive_record_flushed_between_exchanges_past_64k() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |_| {});
+    let reqs = [
+        get("/large?bytes=40000"),
+        get("/large?bytes=40000"),
+        get("/small?after=1"),
+    ];
+    let mut c = proxy.client();
+    for r in &reqs {
+        c.send(r);
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    finish_client(&mut c);
+    let conn = proxy.stop().single();
+    conn.check();
+    assert_eq!(
+        conn.indexes(),
+        vec![Index::Number(1), Index::NumberOfThisLastChunk(2)],
+        "{}",
+        conn.dump()
+    );
+    assert_eq!(conn.eoms().len(), 3);
+    assert_exchange(&conn, &c);
+}
+
 /// (2) Three pipelined GETs in one write: three read+EOM pairs, each read one request.
 #[test]
 fn pipelined_gets_cut_at_request_boundaries() {

@@ -255,7 +255,12 @@ impl HeadAccum {
                     .extend_from_slice(window.get(..n).unwrap_or_default());
                 Ok((n, true))
             }
-            None if input.len() > room => Err(FrameError::HeadTooLarge),
+            None if input.len() > room => {
+                // Keep the bytes that fit: the caller checks whether they are malformed
+                // anyway, so the verdict does not depend on how the head was split.
+                self.buf.extend_from_slice(window);
+                Err(FrameError::HeadTooLarge)
+            }
             None => {
                 // Only the new bytes are searched: a head dribbled in byte by byte stays
                 // linear.

@@ -264,7 +264,11 @@ pub struct RequestFramer {
 }
 
 impl RequestFramer {
-    pub fn new(limits: FramerLimits) -> Self {
+    /// `limits.max_head_bytes` is raised to at least the 18-byte HTTP/2 preface head, so the
+    /// preface is recognised (and a head that only starts like it is judged) the same way
+    /// whether it arrives in one read or split (found by the `request_framer` fuzz target).
+    pub fn new(mut limits: FramerLimits) -> Self {
+        limits.max_head_bytes = limits.max_head_bytes.max(H2_PREFACE_HEAD.len());
         let mut config = httparse::ParserConfig::default();
         // Netty (the Java proxy's parser) splits the request line on any run of spaces.
         config.allow_multiple_spaces_in_request_line_delimiters(true);
@@ -416,7 +420,14 @@ impl RequestFramer {
                     self.state = State::Head;
                 }
                 State::Head => {
-                    let (n, done) = self.accum.feed(rest, self.limits.max_head_bytes)?;
+                    let (n, done) = match self.accum.feed(rest, self.limits.max_head_bytes) {
+                        Err(FrameError::HeadTooLarge) => {
+                            // As in one call: the first `max_head_bytes` are judged by the
+                            // parser first, so a malformed head is 400 however it was split.
+                            return Err(self.too_large_verdict());
+                        }
+                        other => other?,
+                    };
                     pos += n;
                     if !done {
                         if self.accum.start_line_ready() {
@@ -450,6 +461,21 @@ impl RequestFramer {
         match parse_request(&self.config, buf, &mut self.ranges)? {
             Parsed::Invalid(e) => Err(httparse_error(e)),
             _ => Ok(()),
+        }
+    }
+
+    /// The error for a split head that outgrew `max_head_bytes`: what the parser says of its
+    /// first `max_head_bytes` (kept in the accumulator) when they are already malformed, else
+    /// [`FrameError::HeadTooLarge`] — the same verdict as for the head in one call.
+    fn too_large_verdict(&mut self) -> FrameError {
+        let buf = &self.accum.buf;
+        if H2_PREFACE_HEAD.starts_with(buf) {
+            return FrameError::HeadTooLarge;
+        }
+        match parse_request(&self.config, buf, &mut self.ranges) {
+            Err(e) => e,
+            Ok(Parsed::Invalid(e)) => httparse_error(e),
+            Ok(_) => FrameError::HeadTooLarge,
         }
     }
 

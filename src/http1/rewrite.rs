@@ -15,8 +15,13 @@ use crate::config::SetHeader;
 pub enum RewriteError {
     #[error("--setHeader name {0:?} is not a valid header name")]
     InvalidName(String),
-    #[error("--setHeader value for {0:?} contains CR, LF or NUL")]
+    #[error("--setHeader value for {0:?} contains a control byte (only HTAB is allowed)")]
     InvalidValue(String),
+    /// `Content-Length` / `Transfer-Encoding`: the proxy frames each request by the client's
+    /// head, so the destination must frame it the same way; a rewritten framing header would
+    /// desynchronize the connection.
+    #[error("--setHeader cannot set {0:?}: it changes how the request body is framed")]
+    FramingHeader(String),
     #[error("not a complete request head")]
     NotAHead,
 }
@@ -38,18 +43,33 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Validates one `--setHeader` entry: a `tchar` name other than the framing headers, and a
+/// value any strict HTTP/1 parser accepts (RFC 9110 §5.5: HTAB, SP, VCHAR, obs-text; no other
+/// control byte). The CLI and [`HeadRewriter::new`] share it.
+pub fn check_entry(name: &str, value: &str) -> Result<(), RewriteError> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(RewriteError::InvalidName(name.to_string()));
+    }
+    if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return Err(RewriteError::FramingHeader(name.to_string()));
+    }
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    {
+        return Err(RewriteError::InvalidValue(name.to_string()));
+    }
+    Ok(())
+}
+
 impl HeadRewriter {
     /// Validates the entries once. When a name is listed more than once the last value wins,
     /// as with the Java proxy, whose handlers each removed the name before inserting it.
     pub fn new(set: &[SetHeader]) -> Result<Self, RewriteError> {
         let mut kept: Vec<&SetHeader> = Vec::with_capacity(set.len());
         for h in set {
-            if h.name.is_empty() || !h.name.bytes().all(is_tchar) {
-                return Err(RewriteError::InvalidName(h.name.clone()));
-            }
-            if h.value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-                return Err(RewriteError::InvalidValue(h.name.clone()));
-            }
+            check_entry(&h.name, &h.value)?;
             kept.retain(|k| !k.name.eq_ignore_ascii_case(&h.name));
             kept.push(h);
         }

@@ -90,7 +90,9 @@ struct OriginShared {
 ///
 /// Routes: `/small` (≈200-byte JSON), `/large?bytes=N`, `/echo` (body echoed), `/chunked`,
 /// `/status/204`, `/status/304`, `/close` (answers with `Connection: close` and closes),
-/// `/die` (half a response then close), `/slow?ms=N`, `/upgrade` (101, then echoes raw bytes), `/reset` (RST, no answer); anything else is a 404. HEAD answers
+/// `/die` (half a response then close), `/slow?ms=N`, `/upgrade` (101, then echoes raw bytes), `/reset` (RST, no answer),
+/// `/die-reset` (half a response then RST), `/garbage` (bytes that are no HTTP response, then
+/// close), `/idle-close?ms=N` (answers, then closes the connection once idle N ms); anything else is a 404. HEAD answers
 /// the GET's headers without a body. `Expect: 100-continue` gets an interim 100 first.
 pub struct Origin {
     addr: SocketAddr,
@@ -380,6 +382,17 @@ impl OriginConn {
                 socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))?;
                 return Ok(());
             }
+            if head.target == "/die-reset" {
+                // Half a response, a pause so the proxy forwards it, then RST.
+                self.stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n",
+                )?;
+                self.stream.write_all(&large_body(500))?;
+                self.stream.flush()?;
+                thread::sleep(Duration::from_millis(50));
+                socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))?;
+                return Ok(());
+            }
             if head.target == "/hangup" {
                 // A clean close (FIN) without any answer.
                 let _ = self.stream.shutdown(Shutdown::Both);
@@ -486,6 +499,18 @@ impl OriginConn {
                 s.flush()?;
                 return Ok(false);
             }
+            "/garbage" => {
+                s.write_all(GARBAGE_RESPONSE)?;
+                s.flush()?;
+                return Ok(false);
+            }
+            "/idle-close" => {
+                write_fixed(s, "200 OK", "text/plain", b"idle\n", is_head, false)?;
+                // The next read times out after `ms` idle: `serve` ends and drops (closes) it.
+                s.set_read_timeout(Some(
+                    Duration::from_millis(qnum("ms").unwrap_or(200) as u64),
+                ))?;
+            }
             _ => write_fixed(
                 s,
                 "404 Not Found",
@@ -499,6 +524,9 @@ impl OriginConn {
         Ok(true)
     }
 }
+
+/// What `/garbage` answers: not an HTTP response (an SSH banner and binary bytes).
+pub const GARBAGE_RESPONSE: &[u8] = b"SSH-2.0-OpenSSH_9.6\r\n\x00\xff\xfe not http \r\n\r\n";
 
 /// The chunks of the `/chunked` response.
 pub const CHUNKS: [&[u8]; 4] = [b"hello ", b"chunked ", b"world", &[b'z'; 1000]];
