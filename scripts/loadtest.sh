@@ -7,6 +7,9 @@
 # foreign CPU checked before and during every run; zero-loss checked with `capture-proxy inspect`.
 # Everything it starts is stopped at exit. Writes the Markdown table to stdout and to
 # target/loadtest/results-<date>.md (raw per-run records next to it).
+# Scenarios (see --help): closed-loop keep-alive GETs and POSTs, new connection per request, idle
+# connections, TLS from the client (tls), a fixed rate at half of nginx's peak (small-half, paced
+# by scripts/load/paced.lua) and a 50 ms slower Kafka broker (kafka-slow: GET and POST).
 #
 # Usage: scripts/loadtest.sh [--reps N] [--duration S] [--scenarios a,b] [--targets a,b] ...
 #        scripts/loadtest.sh --help
@@ -24,10 +27,12 @@ SHORT_DURATION=4       # other scenarios: 4 s measured keeps the default run nea
 SHORT_WARMUP=1         # … after 1 s of warm-up
 WARMUP=""              # warm-up seconds for every scenario; empty = per-scenario default
 CONNS=64               # active connections, one wrk thread
-SCENARIOS="small,large,bulk4k,bulk1m,close,idle,kafka-slow"
+SCENARIOS="small,small-half,large,bulk4k,bulk1m,close,idle,tls,kafka-slow"
 TARGETS="direct,nginx,haproxy,cp-nocapture,cp-file,cp-kafka"
 IDLE_CONNS=10000       # idle connections in the `idle` scenario (capped by the fd limit, see below)
 KAFKA_DELAY_MS=50      # extra broker round-trip time in `kafka-slow`
+PACE_FRACTION=0.5      # small-half: paced at this fraction of nginx's peak small-GET rate (issue 6:
+                       # "at half of nginx's peak rate, added p50 <= 100 us with capture on")
 FOREIGN_LIMIT=0.10     # discard runs where foreign processes used more than 10 % of a core
 IDLE_WAIT_MAX=30       # seconds to wait for an idle machine before a run, then run anyway (noted)
 RETRIES=1              # re-runs of a run whose foreign CPU exceeded the limit
@@ -55,13 +60,16 @@ Options:
   --warmup S            warm-up seconds before each measured run [default: $MAIN_WARMUP for small,
                         $SHORT_WARMUP for the others]
   --connections N       active connections (one wrk thread) [default: $CONNS]
-  --scenarios LIST      comma-separated, from: small large bulk4k bulk1m close idle kafka-slow
-                        [default: $SCENARIOS]
+  --scenarios LIST      comma-separated, from: small small-half large bulk4k bulk1m close idle
+                        tls kafka-slow (small-half always runs right after small)
+                        [default: ${SCENARIOS//,/, }]
   --targets LIST        comma-separated, from: direct nginx haproxy cp-nocapture cp-file cp-kafka
-                        [default: $TARGETS] (kafka-slow always runs direct, cp-kafka and
-                        cp-kafka-slow when cp-kafka is selected)
+                        [default: ${TARGETS//,/, }]
+                        (kafka-slow always runs direct, cp-kafka and cp-kafka-slow when cp-kafka
+                        is selected; small-half measures nginx itself when small did not)
   --idle-connections N  idle connections for the idle scenario [default: $IDLE_CONNS]
   --kafka-delay-ms MS   extra broker round trip in kafka-slow [default: $KAFKA_DELAY_MS]
+  --pace-fraction F     small-half's rate as a fraction of nginx's peak small rate [default: $PACE_FRACTION]
   --foreign-limit F     max foreign CPU in cores during a kept run [default: $FOREIGN_LIMIT]
   --idle-wait S         max seconds to wait for an idle machine before each run [default: $IDLE_WAIT_MAX]
   --retries N           re-runs of a run with too much foreign CPU [default: $RETRIES]
@@ -78,13 +86,22 @@ Options:
 
 Scenarios:
   small      GET /small (~200 B JSON), keep-alive
+  small-half GET /small, keep-alive, at a fixed rate: --pace-fraction × nginx's peak small rate
+             (median of nginx's small runs of this run; when small is not run, one closed-loop
+             nginx run, reported as nginx-peak, measures it first). Paced by scripts/load/paced.lua
+             (wrk delay() hook; 1 ms timer granularity). Reports added p50/p99 over direct.
   large      GET /large.json (64 KiB), keep-alive
   bulk4k     POST /_bulk with a 4 KiB body, keep-alive
   bulk1m     POST /_bulk with a 1 MiB body, keep-alive
   close      GET /small with 'Connection: close': a new connection per request
   idle       GET /small, keep-alive, while N idle connections are held open (RSS per connection)
-  kafka-slow POST 4 KiB /_bulk; cp-kafka-slow reaches the broker through a relay adding
-             --kafka-delay-ms to every broker round trip (tc netem is not available here)
+  tls        GET /small, keep-alive, over TLS from wrk to the target: capture-proxy with
+             --sslCertChainFile/--sslKeyFile, nginx 'listen ... ssl', HAProxy 'bind ... ssl crt',
+             all with one self-signed ECDSA P-256 certificate made per run; direct = the origin
+             nginx terminating TLS itself (on CPU 0, next to wrk). Needs the openssl CLI.
+  kafka-slow GET /small, then POST 4 KiB /_bulk, against the same proxy instance; cp-kafka-slow
+             reaches the broker through a relay adding --kafka-delay-ms to every broker round trip
+             (tc netem is not available here). GETs are not held for the broker, POSTs are.
 EOF
 }
 
@@ -98,6 +115,7 @@ while (($#)); do
     --targets) TARGETS=$2; shift 2 ;;
     --idle-connections) IDLE_CONNS=$2; shift 2 ;;
     --kafka-delay-ms) KAFKA_DELAY_MS=$2; shift 2 ;;
+    --pace-fraction) PACE_FRACTION=$2; shift 2 ;;
     --foreign-limit) FOREIGN_LIMIT=$2; shift 2 ;;
     --idle-wait) IDLE_WAIT_MAX=$2; shift 2 ;;
     --retries) RETRIES=$2; shift 2 ;;
@@ -116,7 +134,7 @@ log() { printf '[loadtest %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 for s in ${SCENARIOS//,/ }; do
-  case "$s" in small | large | bulk4k | bulk1m | close | idle | kafka-slow) ;; *) die "unknown scenario $s" ;; esac
+  case "$s" in small | small-half | large | bulk4k | bulk1m | close | idle | tls | kafka-slow) ;; *) die "unknown scenario $s" ;; esac
 done
 for t in ${TARGETS//,/ }; do
   case "$t" in direct | nginx | haproxy | cp-nocapture | cp-file | cp-kafka) ;; *) die "unknown target $t" ;; esac
@@ -128,6 +146,10 @@ bash "$ROOT/scripts/install-deps.sh" wrk nginx libnginx-mod-http-echo haproxy he
 for tool in wrk nginx haproxy taskset python3; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
+WANT_TLS=0
+[[ ",$SCENARIOS," == *,tls,* ]] && WANT_TLS=1
+((WANT_TLS)) && { command -v openssl >/dev/null || die "openssl not found (needed by the tls scenario)"; }
+awk -v f="$PACE_FRACTION" 'BEGIN {exit !(f > 0 && f <= 1)}' || die "--pace-fraction must be in (0, 1]"
 [ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ] || die "nginx echo module missing (libnginx-mod-http-echo)"
 TANSU=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
 
@@ -231,6 +253,7 @@ HAPROXY_PORT=$((BASE + 2))
 CP_PORT=$((BASE + 3))
 KAFKA_PORT=$((BASE + 4))
 RELAY_PORT=$((BASE + 5))
+ORIGIN_TLS_PORT=$((BASE + 6))  # the origin's own TLS listener (direct in the tls scenario)
 
 wait_port() { # wait_port PORT TIMEOUT_S [PID]: until something listens (or PID died)
   local port=$1 t=$2 pid=${3:-} i
@@ -337,10 +360,40 @@ NOFILE=$((FD_LIMIT - 100))
 WORKER_CONNECTIONS=$((FD_LIMIT - 500))
 HAPROXY_MAXCONN=$(((FD_LIMIT - 500) / 2))
 
-render() { # render TEMPLATE OUT: substitute @KEY@ placeholders
+# ---------------------------------------------------------------- TLS material (tls scenario)
+# One self-signed ECDSA P-256 certificate per run, used by every TLS listener (origin, nginx,
+# HAProxy, capture-proxy) so that all terminate TLS with the same key type and size. The nginx
+# snippets are included by the configs; without the tls scenario they are empty.
+TLS_DIR="$RUN_DIR/tls"
+mkdir -p "$TLS_DIR"
+: >"$TLS_DIR/none.inc"
+: >"$TLS_DIR/origin.inc"
+if ((WANT_TLS)); then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >"$RUN_DIR/logs/openssl.log" 2>&1 ||
+    { cat "$RUN_DIR/logs/openssl.log" >&2; die "generating the TLS certificate failed"; }
+  cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"  # HAProxy: one PEM, cert + key
+  cat >"$TLS_DIR/nginx.inc" <<EOF
+ssl_certificate $TLS_DIR/cert.pem;
+ssl_certificate_key $TLS_DIR/key.pem;
+ssl_protocols TLSv1.2 TLSv1.3;
+EOF
+  { echo "listen 127.0.0.1:$ORIGIN_TLS_PORT ssl backlog=4096;"; cat "$TLS_DIR/nginx.inc"; } >"$TLS_DIR/origin.inc"
+fi
+
+# render TEMPLATE PORT OUT [tls]: substitute @KEY@ placeholders; with "tls", the proxy's client
+# listener speaks TLS (nginx: listen ... ssl + the certificate snippet; HAProxy: bind ... ssl crt).
+render() {
+  local listen_ssl="" tls_inc="$TLS_DIR/none.inc" bind_ssl=""
+  if [ "${4:-}" = tls ]; then
+    listen_ssl=ssl; tls_inc="$TLS_DIR/nginx.inc"; bind_ssl="ssl crt $TLS_DIR/haproxy.pem"
+  fi
   sed -e "s|@DIR@|$RUN_DIR|g" -e "s|@PORT@|$2|g" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" \
     -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKER_CONNECTIONS@|$WORKER_CONNECTIONS|g" \
-    -e "s|@MAXCONN@|$HAPROXY_MAXCONN|g" "$1" >"$3"
+    -e "s|@MAXCONN@|$HAPROXY_MAXCONN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" \
+    -e "s|@TLS_INC@|$tls_inc|g" -e "s|@ORIGIN_TLS_INC@|$TLS_DIR/origin.inc|g" \
+    -e "s|@BIND_SSL@|$bind_ssl|g" "$1" >"$3"
 }
 
 render "$LOAD/origin.nginx.conf" "$ORIGIN_PORT" "$RUN_DIR/origin.conf"
@@ -359,6 +412,10 @@ done
 code=$(curl -s -o /dev/null -w '%{http_code}' --data-binary "@$RUN_DIR/bulk1m.ndjson" \
   -H 'Content-Type: application/x-ndjson' "http://127.0.0.1:$ORIGIN_PORT/_bulk")
 [ "$code" = 200 ] || die "origin /_bulk answered $code"
+if ((WANT_TLS)); then
+  code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$TLS_DIR/cert.pem" "https://127.0.0.1:$ORIGIN_TLS_PORT/small")
+  [ "$code" = 200 ] || die "origin https /small answered $code"
+fi
 log "origin nginx on 127.0.0.1:$ORIGIN_PORT (worker pid $ORIGIN_WORKER), run dir $RUN_DIR"
 
 # ---------------------------------------------------------------- targets
@@ -416,15 +473,22 @@ stop_kafka() {
   KAFKA_PIDS=()
 }
 
+# With T_TLS=1 (set by the caller) the client side speaks TLS: T_SCHEME is then https.
+T_TLS=0
 start_target() {
-  local name=$1 runid=$2 pid sink=()
-  T_PORT=""; T_PID=""; T_STOP=(); T_SINK=none; T_TRACE=""; T_TOPIC=""; T_KAFKA=""
+  local name=$1 runid=$2 pid sink=() tls_arg="" tls=()
+  T_PORT=""; T_PID=""; T_STOP=(); T_SINK=none; T_TRACE=""; T_TOPIC=""; T_KAFKA=""; T_SCHEME=http
   T_LOG="$RUN_DIR/logs/$runid.log"
+  if ((T_TLS)); then
+    T_SCHEME=https; tls_arg=tls
+    tls=(--sslCertChainFile "$TLS_DIR/cert.pem" --sslKeyFile "$TLS_DIR/key.pem")
+  fi
   case "$name" in
     direct)
-      T_PORT=$ORIGIN_PORT; T_PID=$ORIGIN_WORKER; return 0 ;;
+      T_PORT=$ORIGIN_PORT; ((T_TLS)) && T_PORT=$ORIGIN_TLS_PORT
+      T_PID=$ORIGIN_WORKER; return 0 ;;
     nginx)
-      render "$LOAD/proxy.nginx.conf" "$NGINX_PORT" "$RUN_DIR/nginx-proxy.conf"
+      render "$LOAD/proxy.nginx.conf" "$NGINX_PORT" "$RUN_DIR/nginx-proxy.conf" $tls_arg
       "${PIN_PROXY[@]}" nginx -p "$RUN_DIR" -e "$T_LOG" -c "$RUN_DIR/nginx-proxy.conf" >>"$T_LOG" 2>&1 &
       pid=$!; track "$pid"; T_STOP=("$pid")
       wait_port "$NGINX_PORT" 10 "$pid" || return 1
@@ -432,7 +496,7 @@ start_target() {
       T_PID=$(pgrep -P "$pid" | head -1); T_PORT=$NGINX_PORT
       [ -n "$T_PID" ] || return 1 ;;
     haproxy)
-      render "$LOAD/haproxy.cfg" "$HAPROXY_PORT" "$RUN_DIR/haproxy.cfg"
+      render "$LOAD/haproxy.cfg" "$HAPROXY_PORT" "$RUN_DIR/haproxy.cfg" $tls_arg
       "${PIN_PROXY[@]}" haproxy -db -f "$RUN_DIR/haproxy.cfg" >>"$T_LOG" 2>&1 &
       pid=$!; track "$pid"; T_STOP=("$pid")
       wait_port "$HAPROXY_PORT" 10 "$pid" || return 1
@@ -450,7 +514,7 @@ start_target() {
       esac
       "${PIN_PROXY[@]}" "$BIN" --destinationUri "http://127.0.0.1:$ORIGIN_PORT" \
         --listenPort "$CP_PORT" --listen-address 127.0.0.1 --admin-listen off \
-        --numThreads 1 "${CP_CPUS[@]}" "${sink[@]}" >>"$T_LOG" 2>&1 &
+        --numThreads 1 "${CP_CPUS[@]}" "${sink[@]}" "${tls[@]}" >>"$T_LOG" 2>&1 &
       pid=$!; track "$pid"; T_STOP=("$pid")
       wait_port "$CP_PORT" 20 "$pid" || return 1
       T_PID=$pid; T_PORT=$CP_PORT ;;
@@ -519,18 +583,21 @@ settle_idle() {
 }
 
 # ---------------------------------------------------------------- one run
-# wrk_run OUT DURATION_S PATH [env...]: closed-loop wrk, one thread, CONNS connections, on CPU 0.
+# wrk_run OUT DURATION_S URL [env...]: wrk, one thread, CONNS connections, on CPU 0, running
+# WRK_SCRIPT (closed loop: wrk.lua; fixed rate: paced.lua with LT_RATE in the env).
 # Prints nothing; OUT gets wrk's output, OUT.times the CPU the wrk process used.
+WRK_SCRIPT="$LOAD/wrk.lua"
 wrk_run() {
   local out=$1 dur=$2 url=$3
   shift 3
   (
     env "$@" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${dur}s" --timeout "$WRK_TIMEOUT" --latency \
-      -s "$LOAD/wrk.lua" "$url" >"$out" 2>&1
+      -s "$WRK_SCRIPT" "$url" >"$out" 2>&1
     times >"$out.times"
   )
 }
 wrk_field() { sed -n 's/.*LT_RESULT.* '"$2"'=\([0-9]*\).*/\1/p' "$1" | head -1; }
+paced_field() { sed -n 's/.*LT_PACED.* '"$2"'=\([0-9]*\).*/\1/p' "$1" | head -1; }
 children_ticks() { # seconds in the second line of `times` output → ticks
   awk -v hz="$HZ" 'NR == 2 {
     split($1, u, /[ms]/); split($2, s, /[ms]/)
@@ -542,21 +609,87 @@ record() { # record key=value ...: one tab-separated line per run into RAW
   printf '%s\n' "$*" >>"$RAW"
 }
 
-# run_one SCENARIO REP TARGET ATTEMPT: one measured run; appends a record; returns 3 if noisy.
+# tls_probe: protocol and cipher suite the target negotiates with an OpenSSL client (one extra
+# connection without a request). Sets TLS_NEGOTIATED ("TLSv1.3 TLS_AES_256_GCM_SHA384").
+tls_probe() {
+  local out
+  out=$(timeout 5 openssl s_client -connect "127.0.0.1:$T_PORT" -brief </dev/null 2>&1)
+  TLS_NEGOTIATED="$(sed -n 's/^Protocol version: *//p' <<<"$out" | head -1) $(sed -n 's/^Ciphersuite: *//p' <<<"$out" | head -1)"
+  TLS_NEGOTIATED=${TLS_NEGOTIATED# }
+  [ -n "${TLS_NEGOTIATED// /}" ] || TLS_NEGOTIATED="unknown"
+}
+
+# measure_phase TAG PATH [env...]: a warm-up then the measured window against the started target
+# (T_*), durations RUN_WARM / RUN_DUR. Sets PH_OK (0: wrk gave no result), PH_FIELDS (record
+# fields), PH_CLIENT (requests the client completed, warm-up included), PH_NOISY, PH_LINE (log).
+measure_phase() {
+  local tag=$1 path=$2
+  shift 2
+  local url="$T_SCHEME://127.0.0.1:$T_PORT$path" f="$RUN_DIR/logs/$tag.wrk"
+  PH_OK=0; PH_FIELDS=(); PH_CLIENT=0; PH_NOISY=0; PH_LINE=""
+  # warm-up (its requests count for the zero-loss check), then the measured window
+  wrk_run "$RUN_DIR/logs/$tag.warm" "$RUN_WARM" "$url" "$@"
+  local warm_req c0 b0 o0 t0 c1 b1 o1 t1
+  warm_req=$(wrk_field "$RUN_DIR/logs/$tag.warm" requests)
+  c0=$(cpu_ticks "$T_PID"); b0=$(busy_ticks); o0=$(ours_ticks); t0=$(now_s)
+  wrk_run "$f" "$RUN_DUR" "$url" "$@"
+  c1=$(cpu_ticks "$T_PID"); b1=$(busy_ticks); o1=$(ours_ticks); t1=$(now_s)
+  local rss wrk_ticks
+  rss=$(rss_kib "$T_PID")
+  wrk_ticks=$(children_ticks "$f.times")
+
+  local req p50 p99 dur_us rps cpu_us foreign
+  req=$(wrk_field "$f" requests); dur_us=$(wrk_field "$f" duration_us)
+  p50=$(wrk_field "$f" p50_us); p99=$(wrk_field "$f" p99_us)
+  PH_CLIENT=$(( ${warm_req:-0} + ${req:-0} ))
+  if [ -z "$req" ] || [ -z "$dur_us" ]; then
+    log "$tag: wrk produced no result:"; tail -5 "$f" >&2
+    return 0
+  fi
+  rps=$(awk -v r="$req" -v d="$dur_us" 'BEGIN {printf "%.1f", r / (d / 1e6)}')
+  cpu_us=$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v r="$req" 'BEGIN {if (r > 0) printf "%.2f", c / hz * 1e6 / r; else print "na"}')
+  # foreign = machine busy (user+nice+system) − our processes − wrk, in cores over the window
+  foreign=$(awk -v b=$((b1 - b0)) -v o=$((o1 - o0)) -v w="$wrk_ticks" -v hz="$HZ" -v t0="$t0" -v t1="$t1" \
+    'BEGIN {v = (b - o - w) / hz / (t1 - t0); if (v < 0) v = 0; printf "%.3f", v}')
+  awk -v f="$foreign" -v l="$FOREIGN_LIMIT" 'BEGIN {exit !(f > l)}' && PH_NOISY=1
+  local e_c e_r e_w e_s e_t
+  e_c=$(wrk_field "$f" err_connect); e_r=$(wrk_field "$f" err_read); e_w=$(wrk_field "$f" err_write)
+  e_s=$(wrk_field "$f" err_status); e_t=$(wrk_field "$f" err_timeout)
+  PH_OK=1
+  PH_FIELDS=(noisy="$PH_NOISY" warm_req="${warm_req:-0}" req="$req" dur_us="$dur_us" rps="$rps"
+    p50_us="$p50" p99_us="$p99" err_connect="$e_c" err_read="$e_r" err_write="$e_w"
+    err_status="$e_s" err_timeout="$e_t" cpu_ticks=$((c1 - c0)) cpu_us_per_req="$cpu_us"
+    rss_kib="$rss" foreign_cores="$foreign")
+  if grep -q LT_PACED "$f"; then
+    PH_FIELDS+=(paced_rate="$(paced_field "$f" rate)" paced_missed="$(paced_field "$f" missed)")
+  fi
+  PH_LINE=$(printf '%9s req/s p50 %6s µs p99 %7s µs cpu %6s µs/req rss %6s KiB foreign %s' \
+    "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$foreign")
+}
+
+# run_one SCENARIO REP TARGET ATTEMPT: one target start, one or more measured phases (kafka-slow:
+# GET /small then POST /_bulk 4 KiB, on the same proxy instance), one record per phase; the
+# zero-loss check covers all phases. Returns 3 if a phase was noisy (the whole run is repeated).
 run_one() {
   local scn=$1 rep=$2 tgt=$3 attempt=$4
-  local runid="$scn-r$rep-$tgt-a$attempt" env_args=() path=/small dur warm
+  local runid="$scn-r$rep-$tgt-a$attempt"
   local wait_foreign idle_n=0 idle_alive="" rss_before="" rss_idle="" holder=""
+  # phases: "KIND PATH [ENV...]" (KIND "-" = the scenario has a single phase)
+  local phases=()
+  WRK_SCRIPT="$LOAD/wrk.lua"; T_TLS=0; TLS_NEGOTIATED=""
   case "$scn" in
-    small | idle) path=/small ;;
-    large) path=/large.json ;;
-    bulk4k | kafka-slow) path=/_bulk; env_args=(LT_BODY_FILE="$RUN_DIR/bulk4k.ndjson") ;;
-    bulk1m) path=/_bulk; env_args=(LT_BODY_FILE="$RUN_DIR/bulk1m.ndjson") ;;
-    close) path=/small; env_args=(LT_CONN_CLOSE=1) ;;
+    small | idle | nginx-peak) phases=("- /small") ;;
+    small-half) phases=("- /small LT_RATE=$PACED_RATE LT_THREADS=1"); WRK_SCRIPT="$LOAD/paced.lua" ;;
+    tls) phases=("- /small"); T_TLS=1 ;;
+    large) phases=("- /large.json") ;;
+    bulk4k) phases=("- /_bulk LT_BODY_FILE=$RUN_DIR/bulk4k.ndjson") ;;
+    bulk1m) phases=("- /_bulk LT_BODY_FILE=$RUN_DIR/bulk1m.ndjson") ;;
+    close) phases=("- /small LT_CONN_CLOSE=1") ;;
+    kafka-slow) phases=("GET /small" "POST /_bulk LT_BODY_FILE=$RUN_DIR/bulk4k.ndjson") ;;
   esac
-  if [ "$scn" = small ]; then dur=$MAIN_DURATION; warm=$MAIN_WARMUP; else dur=$SHORT_DURATION; warm=$SHORT_WARMUP; fi
-  [ -n "$DURATION" ] && dur=$DURATION
-  [ -n "$WARMUP" ] && warm=$WARMUP
+  if [ "$scn" = small ]; then RUN_DUR=$MAIN_DURATION; RUN_WARM=$MAIN_WARMUP; else RUN_DUR=$SHORT_DURATION; RUN_WARM=$SHORT_WARMUP; fi
+  [ -n "$DURATION" ] && RUN_DUR=$DURATION
+  [ -n "$WARMUP" ] && RUN_WARM=$WARMUP
 
   wait_idle
   wait_foreign=$WAIT_RESULT
@@ -567,7 +700,7 @@ run_one() {
       reason="target did not start"
     return 0
   fi
-  local url="http://127.0.0.1:$T_PORT$path"
+  ((T_TLS)) && tls_probe
 
   if [ "$scn" = idle ]; then
     rss_before=$(rss_kib "$T_PID")
@@ -594,45 +727,38 @@ run_one() {
     rss_idle=$(rss_kib "$T_PID")
   fi
 
-  # warm-up (its requests count for the zero-loss check), then the measured window
-  wrk_run "$RUN_DIR/logs/$runid.warm" "$warm" "$url" "${env_args[@]}"
-  local warm_req c0 b0 o0 t0 c1 b1 o1 t1
-  warm_req=$(wrk_field "$RUN_DIR/logs/$runid.warm" requests)
-  c0=$(cpu_ticks "$T_PID"); b0=$(busy_ticks); o0=$(ours_ticks); t0=$(now_s)
-  wrk_run "$RUN_DIR/logs/$runid.wrk" "$dur" "$url" "${env_args[@]}"
-  c1=$(cpu_ticks "$T_PID"); b1=$(busy_ticks); o1=$(ours_ticks); t1=$(now_s)
-  local rss wrk_ticks f="$RUN_DIR/logs/$runid.wrk"
-  rss=$(rss_kib "$T_PID")
-  wrk_ticks=$(children_ticks "$f.times")
+  local ph kind path env_args recs=() kinds=() lines=() client=0 noisy=0 failed="" IFS_SAVE=$IFS
+  for ph in "${phases[@]}"; do
+    read -r kind path env_args <<<"$ph"
+    local tag=$runid
+    [ "$kind" != - ] && tag="$runid-$kind"
+    # shellcheck disable=SC2086  # env_args: space-separated NAME=VALUE words (no spaces inside)
+    measure_phase "$tag" "$path" $env_args
+    client=$((client + PH_CLIENT))
+    if ((!PH_OK)); then failed=$kind; break; fi
+    ((PH_NOISY)) && noisy=1
+    IFS=$'\t'; recs+=("${PH_FIELDS[*]}"); IFS=$IFS_SAVE
+    kinds+=("$kind"); lines+=("$PH_LINE")
+  done
 
   if [ -n "$holder" ]; then
     kill_pid "$holder" TERM 30
     idle_alive=$(sed -n 's/.*IDLE_RESULT opened=[0-9]* alive=\([0-9]*\).*/\1/p' "$RUN_DIR/logs/$runid.idle")
   fi
-
-  local req p50 p99 dur_us rps cpu_us foreign noisy=0 zl="n/a"
-  req=$(wrk_field "$f" requests); dur_us=$(wrk_field "$f" duration_us)
-  p50=$(wrk_field "$f" p50_us); p99=$(wrk_field "$f" p99_us)
-  if [ -z "$req" ] || [ -z "$dur_us" ]; then
-    log "$runid: wrk produced no result:"; tail -5 "$f" >&2
+  if [ -n "$failed" ]; then
     stop_target; stop_kafka
+    [ -n "$T_TRACE" ] && rm -rf "$T_TRACE"
     record scenario="$scn" rep="$rep" target="$tgt" attempt="$attempt" kept=1 status=failed \
-      reason="wrk produced no result"
+      kind="${failed#-}" reason="wrk produced no result"
     return 0
   fi
-  rps=$(awk -v r="$req" -v d="$dur_us" 'BEGIN {printf "%.1f", r / (d / 1e6)}')
-  cpu_us=$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v r="$req" 'BEGIN {if (r > 0) printf "%.2f", c / hz * 1e6 / r; else print "na"}')
-  # foreign = machine busy (user+nice+system) − our processes − wrk, in cores over the window
-  foreign=$(awk -v b=$((b1 - b0)) -v o=$((o1 - o0)) -v w="$wrk_ticks" -v hz="$HZ" -v t0="$t0" -v t1="$t1" \
-    'BEGIN {v = (b - o - w) / hz / (t1 - t0); if (v < 0) v = 0; printf "%.3f", v}')
-  awk -v f="$foreign" -v l="$FOREIGN_LIMIT" 'BEGIN {exit !(f > l)}' && noisy=1
 
   # stop (graceful: drains and flushes the capture), then check the capture
-  local stop_ok=1
+  local stop_ok=1 zl="n/a"
   stop_target || { stop_ok=0; log "$runid: proxy did not exit within ${PROXY_STOP_TIMEOUT}s of SIGTERM"; }
   inspect_capture
   if [ "$T_SINK" != none ]; then
-    local client=$(( ${warm_req:-0} + req )) inflight=$((2 * CONNS))
+    local inflight=$((2 * CONNS * ${#phases[@]}))  # at most CONNS unanswered per wrk run
     if [ -z "$CAP_REQUESTS" ]; then
       zl="n/a"
     elif [ "$CAP_OK" != ok ]; then
@@ -651,20 +777,17 @@ run_one() {
   stop_kafka
   [ -n "$T_TRACE" ] && rm -rf "$T_TRACE"
 
-  local e_c e_r e_w e_s e_t
-  e_c=$(wrk_field "$f" err_connect); e_r=$(wrk_field "$f" err_read); e_w=$(wrk_field "$f" err_write)
-  e_s=$(wrk_field "$f" err_status); e_t=$(wrk_field "$f" err_timeout)
-  local kept=1
+  local kept=1 k
   ((noisy && attempt <= RETRIES && WAIT_BUDGET > 0)) && kept=0
-  record scenario="$scn" rep="$rep" target="$tgt" attempt="$attempt" kept="$kept" status=ok \
-    noisy="$noisy" warm_req="${warm_req:-0}" req="$req" dur_us="$dur_us" rps="$rps" p50_us="$p50" \
-    p99_us="$p99" err_connect="$e_c" err_read="$e_r" err_write="$e_w" err_status="$e_s" \
-    err_timeout="$e_t" cpu_ticks=$((c1 - c0)) cpu_us_per_req="$cpu_us" rss_kib="$rss" \
-    rss_before_kib="$rss_before" rss_idle_kib="$rss_idle" idle_n="$idle_n" idle_alive="$idle_alive" \
-    cap_requests="$CAP_REQUESTS" cap_ok="$CAP_OK" cap_detail="$CAP_DETAIL" zero_loss="$zl" \
-    foreign_cores="$foreign" wait_foreign_cores="$wait_foreign"
-  log "$(printf '%-10s rep %s %-13s %9s req/s p50 %6s µs p99 %7s µs cpu %6s µs/req rss %6s KiB foreign %s%s zero-loss: %s' \
-    "$scn" "$rep" "$tgt" "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$foreign" "$([ $kept = 0 ] && echo ' (noisy: repeat)')" "$zl")"
+  for k in "${!recs[@]}"; do
+    record scenario="$scn" rep="$rep" target="$tgt" attempt="$attempt" kept="$kept" status=ok \
+      kind="${kinds[$k]#-}" "${recs[$k]}" rss_before_kib="$rss_before" rss_idle_kib="$rss_idle" \
+      idle_n="$idle_n" idle_alive="$idle_alive" tls="$TLS_NEGOTIATED" cap_requests="$CAP_REQUESTS" \
+      cap_ok="$CAP_OK" cap_detail="$CAP_DETAIL" zero_loss="$zl" wait_foreign_cores="$wait_foreign"
+    log "$(printf '%-10s rep %s %-13s%s %s%s zero-loss: %s' "$scn" "$rep" "$tgt" \
+      "$([ "${kinds[$k]}" != - ] && echo " ${kinds[$k]}")" "${lines[$k]}" \
+      "$([ $kept = 0 ] && echo ' (noisy: repeat)')" "$zl")"
+  done
   ((kept == 0)) && return 3
   return 0
 }
@@ -680,11 +803,82 @@ if ((IDLE_EFFECTIVE > idle_cap)); then
 fi
 
 targets_for() { # targets_for SCENARIO → the target list of that scenario
-  if [ "$1" = kafka-slow ]; then
-    if [[ ",$TARGETS," == *,cp-kafka,* ]]; then echo "direct cp-kafka cp-kafka-slow"; fi
-  else
-    echo "${TARGETS//,/ }"
+  case "$1" in
+    kafka-slow) if [[ ",$TARGETS," == *,cp-kafka,* ]]; then echo "direct cp-kafka cp-kafka-slow"; fi ;;
+    nginx-peak) echo nginx ;;
+    *) echo "${TARGETS//,/ }" ;;
+  esac
+}
+
+# small-half needs nginx's peak from small: when both are asked for, small-half runs right after
+# small whatever their order in --scenarios.
+ordered_scenarios() {
+  local s out=() has_small=0 has_half=0
+  for s in ${SCENARIOS//,/ }; do
+    [ "$s" = small ] && has_small=1
+    [ "$s" = small-half ] && has_half=1
+  done
+  for s in ${SCENARIOS//,/ }; do
+    [ "$s" = small-half ] && ((has_small)) && continue
+    out+=("$s")
+    [ "$s" = small ] && ((has_half)) && out+=(small-half)
+  done
+  echo "${out[*]}"
+}
+
+median_rps() { # median_rps SCENARIO TARGET: median req/s of its kept, successful runs so far
+  awk -F'\t' -v s="$1" -v t="$2" '{
+      split("", r)
+      for (i = 1; i <= NF; i++) { p = index($i, "="); r[substr($i, 1, p - 1)] = substr($i, p + 1) }
+      if (r["scenario"] == s && r["target"] == t && r["kept"] == 1 && r["status"] == "ok" && r["rps"] != "") print r["rps"]
+    }' "$RAW" | sort -g |
+    awk '{v[NR] = $1} END {if (NR) printf "%.0f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+run_scenario() { # run_scenario SCENARIO TARGET...: REPS repetitions, target order rotated
+  local scn=$1 rep n k tgt attempt t_run
+  shift
+  local tlist=("$@")
+  n=${#tlist[@]}
+  for ((rep = 1; rep <= REPS; rep++)); do
+    for ((k = 0; k < n; k++)); do
+      tgt=${tlist[$(((k + rep - 1) % n))]}
+      for ((attempt = 1; attempt <= RETRIES + 1; attempt++)); do
+        t_run=$SECONDS
+        run_one "$scn" "$rep" "$tgt" "$attempt"
+        [ $? -eq 3 ] || break
+        WAIT_BUDGET=$((WAIT_BUDGET - (SECONDS - t_run)))  # the discarded run was waiting too
+        ((WAIT_BUDGET < 0)) && WAIT_BUDGET=0
+      done
+    done
+  done
+}
+
+# set_paced_rate: PACED_RATE = PACE_FRACTION × nginx's median small req/s of this run; without
+# small runs of nginx, one closed-loop nginx run (scenario nginx-peak) measures it first.
+# Returns 1 when no rate could be measured.
+PACED_RATE=""
+set_paced_rate() {
+  local peak source
+  peak=$(median_rps small nginx)
+  source="the median of nginx's small runs above"
+  if [ -z "$peak" ]; then
+    log "small-half: no small run of nginx in this run; measuring nginx's peak first (nginx-peak)"
+    local reps_saved=$REPS
+    REPS=1
+    run_scenario nginx-peak nginx
+    REPS=$reps_saved
+    peak=$(median_rps nginx-peak nginx)
+    source="one closed-loop nginx run, section nginx-peak, as small was not run"
   fi
+  [ -n "$peak" ] && ((peak > 0)) || return 1
+  PACED_RATE=$(awk -v p="$peak" -v f="$PACE_FRACTION" 'BEGIN {r = int(p * f); if (r < 1) r = 1; print r}')
+  {
+    echo "paced_rate=$PACED_RATE"
+    echo "paced_peak=$peak"
+    echo "desc.small-half=GET /small, keep-alive, c=$CONNS, paced at $PACED_RATE req/s = $PACE_FRACTION × nginx's peak small-GET rate, $peak req/s: $source"
+  } >>"$META"
+  log "small-half: nginx peak $peak req/s ($source) → paced at $PACED_RATE req/s"
 }
 
 START_TIME=0  # $SECONDS counts from the script start
@@ -706,31 +900,29 @@ START_TIME=0  # $SECONDS counts from the script start
   echo "desc.bulk1m=POST /_bulk 1 MiB body, keep-alive, c=$CONNS"
   echo "desc.close=GET /small, new connection per request (Connection: close), c=$CONNS"
   echo "desc.idle=GET /small, keep-alive, c=$CONNS, with $IDLE_EFFECTIVE idle connections held open"
-  echo "desc.kafka-slow=POST /_bulk 4 KiB, c=$CONNS; cp-kafka-slow's broker answers ${KAFKA_DELAY_MS} ms later"
+  echo "desc.tls=GET /small (~200 B), keep-alive, c=$CONNS, TLS between wrk and the target (self-signed ECDSA P-256 certificate, the same for every target)"
+  echo "desc.nginx-peak=GET /small, keep-alive, c=$CONNS, closed loop, nginx only: its median req/s sets small-half's rate"
+  echo "desc.kafka-slow=GET /small, then POST /_bulk 4 KiB, c=$CONNS, against the same proxy instance; cp-kafka-slow's broker answers ${KAFKA_DELAY_MS} ms later"
+  echo "pace_fraction=$PACE_FRACTION"
   echo "note.close=wrk sends 'Connection: close'; the origin (direct) or the proxy closes after each response and wrk reconnects. nginx and HAProxy keep their upstream connections; capture-proxy opens one destination connection per client connection. For direct, the origin accepts every connection on CPU 0 next to wrk, so direct can be slower than a proxy here (×direct > 1)."
-  echo "note.kafka-slow=tc netem is not available in this kernel (no sch_netem/prio), so the delay comes from a Python relay (scripts/load/delay_relay.py, on CPU 0) between capture-proxy and tansu that delays every broker→proxy byte by ${KAFKA_DELAY_MS} ms. capture-proxy holds the last bytes of a captured mutating request (POST) until its record is acknowledged, so POSTs see the broker round trip; GETs would not."
+  echo "note.kafka-slow=tc netem is not available in this kernel (no sch_netem/prio), so the delay comes from a Python relay (scripts/load/delay_relay.py, on CPU 0) between capture-proxy and tansu that delays every broker→proxy byte by ${KAFKA_DELAY_MS} ms. capture-proxy holds the last bytes of a captured mutating request (POST) until its record is acknowledged, so POSTs see the broker round trip; GETs are not held and should not."
+  echo "note.tls=Client-side TLS only (the proxies reach the origin over plain HTTP). nginx 'listen ... ssl' (ssl_protocols TLSv1.2 TLSv1.3), HAProxy 'bind ... ssl crt', capture-proxy --sslCertChainFile/--sslKeyFile (rustls), one self-signed ECDSA P-256 certificate made per run with openssl; 'negotiated' below is what an OpenSSL client (openssl s_client, as wrk uses) agreed with each target. direct = the origin nginx terminating TLS itself on CPU 0, next to wrk (its TLS work competes with wrk's), so ×direct and +p50/+p99 compare a proxy terminating TLS on its own CPU against an origin doing it on the load generator's CPU. wrk's measured window opens $CONNS new connections, so $CONNS handshakes fall inside it."
+  echo "note.small-half=Fixed rate with scripts/load/paced.lua (wrk cannot pace, wrk2 is not packaged here): one schedule per wrk thread with a request slot every 1/rate s, given to whichever connection is ready; wrk's timers tick in whole milliseconds, so requests leave in groups of ≈ rate/1000 at each millisecond, the same for every target, and +p50/+p99 include the proxy's share of queueing such a group. Latency is measured from when wrk writes a request, not from its slot (no coordinated-omission correction); a slot more than 2 ms overdue (no free connection, or wrk itself kept off the CPU) is dropped and counted (missed), and req/s shows the rate achieved. CPU µs/req at this rate is higher than in the closed-loop small scenario (fewer requests per wake-up)."
 } >>"$META"
 
-log "targets: $TARGETS; scenarios: $SCENARIOS; reps: $REPS; ports from $BASE; capture on $CAP_BASE"
-for scn in ${SCENARIOS//,/ }; do
+SCENARIO_ORDER=$(ordered_scenarios)
+log "targets: $TARGETS; scenarios: ${SCENARIO_ORDER// /,}; reps: $REPS; ports from $BASE; capture on $CAP_BASE"
+for scn in $SCENARIO_ORDER; do
   read -r -a tlist <<<"$(targets_for "$scn")"
   if ((${#tlist[@]} == 0)); then
     echo "skip.$scn=$scn skipped: needs target cp-kafka" >>"$META"
     continue
   fi
-  for ((rep = 1; rep <= REPS; rep++)); do
-    n=${#tlist[@]}
-    for ((k = 0; k < n; k++)); do
-      tgt=${tlist[$(((k + rep - 1) % n))]}
-      for ((attempt = 1; attempt <= RETRIES + 1; attempt++)); do
-        t_run=$SECONDS
-        run_one "$scn" "$rep" "$tgt" "$attempt"
-        [ $? -eq 3 ] || break
-        WAIT_BUDGET=$((WAIT_BUDGET - (SECONDS - t_run)))  # the discarded run was waiting too
-        ((WAIT_BUDGET < 0)) && WAIT_BUDGET=0
-      done
-    done
-  done
+  if [ "$scn" = small-half ] && ! set_paced_rate; then
+    echo "skip.$scn=$scn skipped: nginx's peak small-GET rate could not be measured" >>"$META"
+    continue
+  fi
+  run_scenario "$scn" "${tlist[@]}"
 done
 
 echo "elapsed=$(((SECONDS - START_TIME) / 60)) min $(((SECONDS - START_TIME) % 60)) s; wait budget left $WAIT_BUDGET s" >>"$META"
