@@ -127,6 +127,18 @@ pub fn render_metrics(state: &AdminState) -> String {
     );
     let _ = writeln!(out, "# TYPE activeConnection gauge");
     let _ = writeln!(out, "activeConnection {}", accepted.saturating_sub(closed));
+    let waited = crate::stats::total(&state.workers, Counter::FinalRecordWaited);
+    let ended = crate::stats::total(&state.workers, Counter::FinalRecordWaitEnded);
+    let _ = writeln!(
+        out,
+        "# HELP captureFinalRecordsAwaitingAcks closed connections whose final record waits for earlier records' acks"
+    );
+    let _ = writeln!(out, "# TYPE captureFinalRecordsAwaitingAcks gauge");
+    let _ = writeln!(
+        out,
+        "captureFinalRecordsAwaitingAcks {}",
+        waited.saturating_sub(ended)
+    );
     let s = &state.sink;
     let sink_metrics: [(&str, &str, u64); 4] = [
         (

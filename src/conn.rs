@@ -238,13 +238,10 @@ fn framer_limits(ctx: &Ctx) -> FramerLimits {
     }
 }
 
-/// Writes the connection's final record and releases its slot.
+/// Writes the connection's final record and releases its slot (or lets it linger until its
+/// earlier records are acknowledged, see `Ctx::finish`).
 fn finish(ctx: &Ctx, st: &ConnState) {
-    let ts = Timestamp::now();
-    ctx.with_capture(st, |b, e| {
-        b.close(ts, e);
-    });
-    ctx.unregister(st);
+    ctx.finish(st, Timestamp::now());
 }
 
 /// The destination could not be reached: read the client's request head (bounded), answer

@@ -432,8 +432,42 @@ fn bind_all(
     Ok((per_worker, bound))
 }
 
+/// Raises the soft open-files limit to the hard one (as nginx's `worker_rlimit_nofile` or the
+/// Go runtime do): every proxied connection takes two descriptors, and the soft limit is often
+/// 1024 outside systemd (`LimitNOFILE=` sets both). Returns the resulting soft limit; failures
+/// only leave the limit as it was.
+pub fn raise_nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return Some(want.rlim_cur);
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
 /// Starts the proxy described by `cfg`.
 pub fn start(cfg: Config) -> Result<Handle, StartError> {
+    if let Some(n) = raise_nofile_limit() {
+        // Two descriptors per proxied connection (client + destination).
+        tracing::info!(
+            open_files = n,
+            max_connections = n / 2,
+            "open-files limit (soft raised to hard)"
+        );
+    }
     let rewriter = if cfg.set_headers.is_empty() {
         None
     } else {
@@ -747,6 +781,19 @@ fn run_legacy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nofile_soft_limit_is_raised_to_the_hard_limit() {
+        let n = raise_nofile_limit().expect("getrlimit works");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+        assert_eq!(n, lim.rlim_cur);
+    }
 
     #[test]
     fn cpu_plan_one_per_cpu_with_spare_for_sink() {

@@ -50,6 +50,8 @@ counters! {
     RecordBytes => "captureRecordBytes", "bytes of TrafficStream records handed to the sink";
     RecordsCommitted => "kafkaCommitCount", "records acknowledged by the sink";
     RecordsLost => "captureRecordsLost", "records the sink could not commit";
+    FinalRecordWaited => "captureFinalRecordsWaited", "closed connections whose final record waited for earlier records' acks (so a late loss is still named)";
+    FinalRecordWaitEnded => "captureFinalRecordsWaitEnded", "of those, final records written since";
     UpstreamConnectFailed => "upstreamConnectFailed", "destination connects that failed (502)";
     UpstreamReset => "upstreamErrors", "destination I/O errors in mid-exchange";
     UpstreamMalformed => "upstreamMalformedResponses", "responses the framer rejected";

@@ -83,6 +83,11 @@ pub const BATCH_MAX_BYTES: usize = 256 * 1024;
 const BATCH_LINGER: Duration = Duration::from_micros(1000);
 /// Sweeper period (ms): granularity of the time-based flush and of timeouts.
 const SWEEP_MS: u64 = 100;
+/// Longest a closed connection's final record waits for the acks of its earlier records (ms).
+/// Every record is acknowledged within the sink's delivery deadline (Kafka:
+/// `runtime::KAFKA_DELIVERY_TIMEOUT`, seconds; files: at once); this is only a safety net
+/// against an ack that never comes, far above that so it never cuts a real wait short.
+const LINGER_MAX_MS: u64 = 120_000;
 
 /// Drain/stop flags set from outside the worker (main thread on SIGTERM).
 #[derive(Debug, Default)]
@@ -151,6 +156,12 @@ pub struct ConnState {
     pub u2c_cancel: RefCell<Canceller>,
     pub c2u_stop: Cell<Option<StopReason>>,
     pub u2c_stop: Cell<Option<StopReason>>,
+    /// Records of this connection handed towards the sink whose ack has not come back.
+    pub unacked: Cell<u32>,
+    /// The connection closed while records were unacknowledged: the close observation's time
+    /// and the tick it closed at. Its final record waits until they are resolved (see
+    /// [`Ctx::finish`]).
+    pub closing: Cell<Option<(crate::capture::encode::Timestamp, u64)>>,
 }
 
 impl ConnState {
@@ -217,6 +228,10 @@ pub struct Ctx {
     tick: Cell<u64>,
     pub draining: Cell<bool>,
     active: Cell<usize>,
+    /// Closed connections whose final record waits for acks (see [`Ctx::finish`]).
+    lingering: Cell<usize>,
+    /// Connections are being aborted: close without lingering.
+    aborting: Cell<bool>,
     conn_seq: Cell<u64>,
     /// Woken when a connection closes (accept loop waits on it at the connection limit) and
     /// when the worker may be done.
@@ -261,6 +276,8 @@ impl Ctx {
             tick: Cell::new(0),
             draining: Cell::new(false),
             active: Cell::new(0),
+            lingering: Cell::new(0),
+            aborting: Cell::new(false),
             conn_seq: Cell::new(0),
             conn_closed: Signal::default(),
             lost_warn: RefCell::new(RateLimit::new(Duration::from_secs(10))),
@@ -342,6 +359,8 @@ impl Ctx {
             u2c_cancel: RefCell::new(Canceller::new()),
             c2u_stop: Cell::new(None),
             u2c_stop: Cell::new(None),
+            unacked: Cell::new(0),
+            closing: Cell::new(None),
         });
         if let Some(e) = slots.get_mut(slot as usize) {
             e.generation = generation;
@@ -352,13 +371,58 @@ impl Ctx {
         st
     }
 
-    pub fn unregister(&self, st: &ConnState) {
+    /// Ends a connection's capture: writes its final record (with the `close` observation at
+    /// `ts`) and releases its slot. When earlier records of the connection are still
+    /// unacknowledged, the final record waits for them ("lingers", slot kept) so that a record
+    /// lost late — e.g. a Kafka delivery timing out after the client went away — is still
+    /// named in a record of its connection: a gap is never silent. Bounded by
+    /// [`LINGER_MAX_MS`], the drain deadline and shutdown.
+    pub fn finish(&self, st: &ConnState, ts: crate::capture::encode::Timestamp) {
+        let capturing = st.capture.borrow().is_some();
+        if capturing && st.unacked.get() > 0 && !self.aborting.get() {
+            st.closing.set(Some((ts, self.now_ms())));
+            self.lingering.set(self.lingering.get() + 1);
+            self.stats.inc(Counter::FinalRecordWaited);
+            self.conn_gone();
+            return;
+        }
+        self.with_capture(st, |b, e| {
+            b.close(ts, e);
+        });
+        self.conn_gone();
+        self.release_slot(st);
+    }
+
+    /// Writes a lingering connection's final record now and releases its slot.
+    fn finish_lingering(&self, st: &ConnState) {
+        let Some((ts, _)) = st.closing.take() else {
+            return;
+        };
+        self.lingering.set(self.lingering.get().saturating_sub(1));
+        self.stats.inc(Counter::FinalRecordWaitEnded);
+        self.with_capture(st, |b, e| {
+            b.close(ts, e);
+        });
+        self.release_slot(st);
+        self.conn_closed.notify();
+    }
+
+    /// Number of closed connections whose final record waits for acks.
+    pub fn lingering(&self) -> usize {
+        self.lingering.get()
+    }
+
+    fn release_slot(&self, st: &ConnState) {
         if let Some(e) = self.slots.borrow_mut().get_mut(st.conn.slot as usize) {
             if e.generation == st.conn.generation {
                 e.conn = None;
                 self.free_slots.borrow_mut().push(st.conn.slot);
             }
         }
+    }
+
+    /// The connection's sockets are gone: it no longer counts as active.
+    fn conn_gone(&self) {
         self.active.set(self.active.get().saturating_sub(1));
         self.stats.inc(Counter::ConnClosed);
         self.conn_closed.notify();
@@ -384,6 +448,8 @@ impl Ctx {
         let r = f(b, &mut e);
         let emitted = e.emitted;
         drop(batch);
+        st.unacked
+            .set(st.unacked.get().saturating_add(emitted as u32));
         if b.has_unflushed() {
             if st.unflushed_since.get().is_none() {
                 st.unflushed_since.set(Some(self.now_ms()));
@@ -511,6 +577,7 @@ impl Ctx {
                 }
             }
             let Some(st) = st else { continue };
+            st.unacked.set(st.unacked.get().saturating_sub(1));
             if let Outcome::Failed(kind) = ack.outcome {
                 // Never silent: the connection's next record names the lost one.
                 let mut msg = [0u8; 96];
@@ -523,6 +590,9 @@ impl Ctx {
                 if let Some(w) = st.hold_waker.take() {
                     w.wake();
                 }
+            }
+            if st.unacked.get() == 0 && st.closing.get().is_some() {
+                self.finish_lingering(&st);
             }
         }
     }
@@ -541,6 +611,13 @@ impl Ctx {
                 Some(c) => c,
                 None => continue,
             };
+            if let Some((_, closed_at)) = st.closing.get() {
+                // Lingering: nothing to flush or time out but the linger itself.
+                if now.saturating_sub(closed_at) >= LINGER_MAX_MS {
+                    self.finish_lingering(&st);
+                }
+                continue;
+            }
             if let Some(since) = st.unflushed_since.get() {
                 if now.saturating_sub(since) >= flush_ms {
                     self.with_capture(&st, |b, e| b.flush(e));
@@ -571,7 +648,12 @@ impl Ctx {
             .iter()
             .filter_map(|s| s.conn.clone())
             .collect();
+        self.aborting.set(true);
         for st in conns {
+            if st.closing.get().is_some() {
+                self.finish_lingering(&st);
+                continue;
+            }
             st.stop_c2u(StopReason::Abort);
             st.stop_u2c(StopReason::Abort);
         }
@@ -788,13 +870,16 @@ pub async fn run(
     let deadline = Instant::now() + ctx.settings.drain_timeout;
     let mut aborted = false;
     loop {
-        if ctx.active() == 0 {
+        // Closed connections whose final record waits for acks count too: their final
+        // record must be written before the last hand-over.
+        if ctx.active() == 0 && ctx.lingering() == 0 {
             break;
         }
         if !aborted && Instant::now() >= deadline {
             tracing::warn!(
                 worker = ctx.id,
                 open = ctx.active(),
+                awaiting_acks = ctx.lingering(),
                 "drain timeout: closing connections"
             );
             ctx.abort_all();

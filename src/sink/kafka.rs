@@ -46,6 +46,12 @@ const COMPRESSION: &str = "lz4";
 /// up (for `/ready`). Once a second keeps readiness fresh; parsing one document a second is a
 /// negligible share of the sink core.
 const STATS_INTERVAL_MS: &str = "1000";
+/// `reconnect.backoff.max.ms`: librdkafka's default lets the reconnect backoff to a broker grow
+/// to 10 s, so after an outage a partition leader may stay unreachable for seconds after the
+/// brokers are back, and held mutating requests run into `--kafka-ack-timeout`. 1 s caps that
+/// wait (the backoff still starts at 100 ms and is jittered, so a dead broker costs one
+/// connection attempt per second).
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 /// `BaseProducer::poll` in rdkafka 0.39 always blocks for its whole timeout, so
 /// [`KafkaSink::poll`] polls in slices of this length and returns after the first slice that
 /// resolved something. 1 ms bounds the extra ack latency and costs ~1000 wake-ups a second
@@ -54,6 +60,11 @@ const POLL_SLICE: Duration = Duration::from_millis(1);
 /// How long [`KafkaSink::close`] keeps collecting the reports of purged records before
 /// resolving the rest itself.
 const PURGE_COLLECT: Duration = Duration::from_millis(200);
+/// How long [`KafkaSink::pull_back_queued`] keeps collecting purge reports (in-flight ones
+/// come from the broker threads, a little later than the queued ones). 50 ms: a loopback or
+/// in-VPC broker thread answers in well under that; the sink thread blocks that long once
+/// per outage.
+const PULL_BACK_COLLECT: Duration = Duration::from_millis(50);
 /// Most commit durations kept for [`KafkaSink::take_commit_durations`] (16 B each = 1 MiB);
 /// beyond this, durations are dropped until someone takes them.
 const MAX_COMMIT_DURATIONS: usize = 65_536;
@@ -103,6 +114,8 @@ pub struct KafkaCounters {
     pub failed: [u64; 5],
     /// Times the producer was rebuilt after a fatal librdkafka error.
     pub rebuilds: u64,
+    /// Records taken back from librdkafka's queue when Kafka became unreachable (spooled).
+    pub pulled_back: u64,
 }
 
 impl KafkaCounters {
@@ -123,10 +136,12 @@ pub fn fail_index(kind: FailKind) -> usize {
 }
 
 /// One delivery report, as the context records it for the sink to resolve.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Delivery {
     slot: usize,
     err: Option<RDKafkaErrorCode>,
+    /// Key and value of a record purged from the queue by [`KafkaSink::pull_back_queued`].
+    pulled: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The producer context: librdkafka callbacks land here (all from within `poll`, on the sink
@@ -139,6 +154,8 @@ struct Ctx {
     token: Option<Arc<dyn TokenProvider>>,
     /// Last global error logged and when (rdkafka 0.39 reports each error event twice).
     last_error: Mutex<Option<(RDKafkaErrorCode, Instant)>>,
+    /// Set while [`KafkaSink::pull_back_queued`] purges: the purge reports keep key and value.
+    keep_purged: AtomicBool,
 }
 
 impl Ctx {
@@ -149,6 +166,7 @@ impl Ctx {
             check_fatal: AtomicBool::new(false),
             token,
             last_error: Mutex::new(None),
+            keep_purged: AtomicBool::new(false),
         }
     }
 }
@@ -228,20 +246,32 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, r: &DeliveryResult<'_>, slot: usize) {
+        let mut pulled = None;
         let err = match r {
             Ok(_) => {
                 self.healthy.store(true, Ordering::Relaxed);
                 None
             }
-            Err((e, _)) => {
+            Err((e, m)) => {
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
                 if code == RDKafkaErrorCode::Fatal {
                     self.check_fatal.store(true, Ordering::Relaxed);
                 }
+                let purged = matches!(
+                    code,
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight
+                );
+                if purged && self.keep_purged.load(Ordering::Relaxed) {
+                    // Rare path (an outage just began): copy the record back out.
+                    use rdkafka::Message as _;
+                    let key = m.key().map(<[u8]>::to_vec).unwrap_or_default();
+                    let value = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+                    pulled = Some((key, value));
+                }
                 Some(code)
             }
         };
-        lock(&self.deliveries).push(Delivery { slot, err });
+        lock(&self.deliveries).push(Delivery { slot, err, pulled });
     }
 }
 
@@ -291,6 +321,8 @@ pub struct KafkaSink {
     /// The reason of a fatal librdkafka error not yet recovered from by a rebuild.
     fatal: Option<String>,
     closed: bool,
+    /// Collects the records `pull_back_queued` takes back while it serves the purge reports.
+    pulled: Option<Vec<Record>>,
     warn_last: Option<Instant>,
     warn_suppressed: u64,
 }
@@ -353,7 +385,8 @@ pub fn producer_config(
         .set("linger.ms", LINGER_MS)
         .set("compression.type", COMPRESSION)
         .set("queue.buffering.max.kbytes", queue_kib.to_string())
-        .set("statistics.interval.ms", STATS_INTERVAL_MS);
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     for (k, v) in &cfg.extra_properties {
         c.set(k, v);
     }
@@ -432,6 +465,7 @@ impl KafkaSink {
             last_rebuild: None,
             fatal: None,
             closed: false,
+            pulled: None,
             warn_last: None,
             warn_suppressed: 0,
         })
@@ -511,6 +545,52 @@ impl KafkaSink {
     /// True when the producer currently reaches a broker: a broker connection is up (from
     /// librdkafka's statistics, once a second) or a delivery just succeeded; false after
     /// "all brokers down" and until the first connection after start-up.
+    /// Kafka just became unreachable: takes back every record librdkafka holds — queued, and
+    /// in flight to the unreachable brokers — and those in the FIFO, into `out` in per-key
+    /// record order, so the caller can spool them instead of letting them time out. A record
+    /// in flight may have reached a broker that failed before answering: spooled and produced
+    /// again later, it can then appear twice in the topic (the price of never losing it).
+    /// Reports that arrive after [`PULL_BACK_COLLECT`] resolve as usual (a failure then names
+    /// the lost record). Returns how many were taken back.
+    pub fn pull_back_queued(
+        &mut self,
+        out: &mut Vec<Record>,
+        done: &mut dyn FnMut(Ack, Vec<u8>),
+    ) -> usize {
+        let before = out.len();
+        let ctx = self.producer.context();
+        ctx.keep_purged.store(true, Ordering::Relaxed);
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        self.pulled = Some(Vec::new());
+        let until = Instant::now() + PULL_BACK_COLLECT;
+        loop {
+            self.producer.poll(Duration::ZERO);
+            self.take_reports(done);
+            if self.slab.iter().all(Option::is_none) || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(POLL_SLICE);
+        }
+        self.producer
+            .context()
+            .keep_purged
+            .store(false, Ordering::Relaxed);
+        let mut pulled = self.pulled.take().unwrap_or_default();
+        // In-flight reports may follow queued ones: restore each connection's record order.
+        pulled.sort_by(|a, b| a.key.cmp(&b.key).then(a.number.cmp(&b.number)));
+        out.append(&mut pulled);
+        while let Some(w) = self.fifo.pop_front() {
+            // FIFO records are newer than everything librdkafka held.
+            self.unacked_records = self.unacked_records.saturating_sub(1);
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(w.rec.value.len());
+            out.push(w.rec);
+        }
+        let n = out.len() - before;
+        self.counters.pulled_back += n as u64;
+        n
+    }
+
     pub fn healthy(&self) -> bool {
         !self.closed
             && self.fatal.is_none()
@@ -687,6 +767,22 @@ impl KafkaSink {
                 continue; // not ours any more (resolved by a purge or rebuild)
             };
             self.free.push(d.slot);
+            if let (Some((key, value)), Some(out)) = (d.pulled, self.pulled.as_mut()) {
+                // Taken back by `pull_back_queued`: no longer ours to ack.
+                self.unacked_records = self.unacked_records.saturating_sub(1);
+                self.unacked_bytes = self.unacked_bytes.saturating_sub(f.bytes);
+                let mut buf = f.buf;
+                buf.clear();
+                buf.extend_from_slice(&value);
+                out.push(Record {
+                    conn: f.conn,
+                    key: Arc::from(String::from_utf8_lossy(&key).as_ref()),
+                    number: f.number,
+                    is_final: f.is_final,
+                    value: buf,
+                });
+                continue;
+            }
             let outcome = match d.err {
                 None => Outcome::Committed,
                 Some(code) => {

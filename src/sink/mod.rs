@@ -437,6 +437,8 @@ struct SpoolLink {
     /// Largest record: draining leaves room for one live record under Kafka's bound.
     max_record: usize,
     warn: crate::stats::RateLimit,
+    /// Kafka was reachable at the last check (see `SinkThread::pull_back_on_outage`).
+    kafka_was_healthy: bool,
 }
 
 fn spool_drain_conn(id: u64) -> crate::handoff::ConnRef {
@@ -502,6 +504,7 @@ impl SinkThread {
             kafka_max_unacked: kafka_max_unacked_bytes,
             max_record: max_record_bytes,
             warn: crate::stats::RateLimit::new(Duration::from_secs(10)),
+            kafka_was_healthy: false,
         }));
         self
     }
@@ -513,6 +516,8 @@ impl SinkThread {
     /// A worker batch with a spool: each record goes to Kafka or to the spool (see above);
     /// the spooled ones are fsynced together and then acknowledged.
     fn handle_batch_spooled(&mut self, w: usize, mut records: Vec<Record>) {
+        // Older records of these connections may still wait in librdkafka: spool them first.
+        self.pull_back_on_outage();
         let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
         let (Backend::Kafka(k), Some(link)) = (&mut self.backend, self.spool.as_deref_mut()) else {
             for r in records.drain(..) {
@@ -577,12 +582,15 @@ impl SinkThread {
     /// Once per turn of the sink loop: publishes Kafka reachability; with a spool, takes the
     /// drained entries' outcomes, drains more while Kafka is reachable, truncates.
     fn spool_step(&mut self) {
+        if let Backend::Kafka(k) = &self.backend {
+            self.stats
+                .kafka_connected
+                .store(u64::from(k.healthy()), Ordering::Relaxed);
+        }
+        self.pull_back_on_outage();
         let Backend::Kafka(k) = &mut self.backend else {
             return;
         };
-        self.stats
-            .kafka_connected
-            .store(u64::from(k.healthy()), Ordering::Relaxed);
         let Some(link) = self.spool.as_deref_mut() else {
             return;
         };
@@ -618,6 +626,93 @@ impl SinkThread {
             u64::from(k.healthy() || link.spool.accepting()),
             Ordering::Relaxed,
         );
+        self.deliver_all();
+    }
+
+    /// When Kafka has just become unreachable: the records still queued in librdkafka (not yet
+    /// sent) are taken back and spooled, in order, before anything newer of their connections
+    /// — instead of waiting out their delivery deadline and being lost. Their workers get
+    /// Committed once the spool's fsync returns, like any spooled record. Drained spool
+    /// entries taken back just stay in the spool (retried later).
+    fn pull_back_on_outage(&mut self) {
+        let Backend::Kafka(k) = &mut self.backend else {
+            return;
+        };
+        let Some(link) = self.spool.as_deref_mut() else {
+            return;
+        };
+        let healthy = k.healthy();
+        let was = std::mem::replace(&mut link.kafka_was_healthy, healthy);
+        if healthy || !was || !link.spool.accepting() {
+            return;
+        }
+        let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+        let mut pulled = Vec::new();
+        let n = k.pull_back_queued(&mut pulled, &mut |a, b| resolve(acks, bufs, stats, a, b));
+        if n == 0 {
+            return;
+        }
+        tracing::warn!(
+            records = n,
+            "kafka unreachable: records not yet sent are moved to the spool"
+        );
+        let mut spooled = Vec::with_capacity(pulled.len());
+        let mut first_err: Option<spool::SpoolError> = None;
+        for r in pulled {
+            if r.conn.worker == SPOOL_DRAIN_WORKER {
+                // Still in the spool: mark its drain attempt failed so it is retried.
+                let ack = Ack {
+                    conn: r.conn,
+                    number: r.number,
+                    is_final: r.is_final,
+                    outcome: Outcome::Failed(FailKind::Timeout),
+                };
+                resolve(acks, bufs, stats, ack, r.value);
+                continue;
+            }
+            match link.spool.append(&r.key, r.number, r.is_final, &r.value) {
+                Ok(()) => spooled.push(r),
+                Err(e) => {
+                    let kind = if matches!(e, spool::SpoolError::Full { .. }) {
+                        FailKind::Overloaded
+                    } else {
+                        FailKind::SinkError
+                    };
+                    stats.records_failed.fetch_add(1, Ordering::Relaxed);
+                    let w = usize::from(r.conn.worker);
+                    push_ack(acks, bufs, w, r, Outcome::Failed(kind));
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        spool_take_acks(acks, bufs, &mut link.spool);
+        if !spooled.is_empty() {
+            let outcome = match link.spool.commit() {
+                Ok(_) => {
+                    stats
+                        .records_committed
+                        .fetch_add(spooled.len() as u64, Ordering::Relaxed);
+                    Outcome::Committed
+                }
+                Err(e) => {
+                    stats
+                        .records_failed
+                        .fetch_add(spooled.len() as u64, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                    Outcome::Failed(FailKind::SinkError)
+                }
+            };
+            for r in spooled {
+                let w = usize::from(r.conn.worker);
+                push_ack(acks, bufs, w, r, outcome);
+            }
+        }
+        if let Some(e) = first_err {
+            if let Some(suppressed) = link.warn.allow() {
+                tracing::warn!(error = %e, suppressed, "record not spooled; its capture is lost");
+            }
+        }
+        spool_publish(stats, &link.spool);
         self.deliver_all();
     }
 
