@@ -560,18 +560,8 @@ impl KafkaSink {
         let before = out.len();
         let ctx = self.producer.context();
         ctx.keep_purged.store(true, Ordering::Relaxed);
-        self.producer
-            .purge(PurgeConfig::default().queue().inflight());
         self.pulled = Some(Vec::new());
-        let until = Instant::now() + PULL_BACK_COLLECT;
-        loop {
-            self.producer.poll(Duration::ZERO);
-            self.take_reports(done);
-            if self.slab.iter().all(Option::is_none) || Instant::now() >= until {
-                break;
-            }
-            std::thread::sleep(POLL_SLICE);
-        }
+        self.purge_and_collect(PULL_BACK_COLLECT, done);
         self.producer
             .context()
             .keep_purged
@@ -875,12 +865,12 @@ impl KafkaSink {
         }
     }
 
-    /// Purges librdkafka's queues, collects the purge reports for a short while, then resolves
-    /// whatever is left (FIFO included) as `kind`.
-    fn purge_all(&mut self, kind: FailKind, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+    /// Purges everything librdkafka holds (queued and in flight) and serves the reports until
+    /// every record is resolved or `collect` has passed.
+    fn purge_and_collect(&mut self, collect: Duration, done: &mut dyn FnMut(Ack, Vec<u8>)) {
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
-        let until = Instant::now() + PURGE_COLLECT;
+        let until = Instant::now() + collect;
         loop {
             self.producer.poll(Duration::ZERO);
             self.take_reports(done);
@@ -889,6 +879,12 @@ impl KafkaSink {
             }
             std::thread::sleep(POLL_SLICE);
         }
+    }
+
+    /// Purges librdkafka's queues, collects the purge reports for a short while, then resolves
+    /// whatever is left (FIFO included) as `kind`.
+    fn purge_all(&mut self, kind: FailKind, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        self.purge_and_collect(PURGE_COLLECT, done);
         for i in 0..self.slab.len() {
             let Some(f) = self.slab.get_mut(i).and_then(Option::take) else {
                 continue;

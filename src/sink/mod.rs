@@ -403,11 +403,13 @@ fn push_ack(
 // first statistics), or the record would take Kafka's unresolved bytes past their bound (it
 // would fail as Overloaded), or its connection already has records in the spool that Kafka
 // has not acknowledged (so the connection's records stay in order). A spooled record is
-// acknowledged Committed to its worker once the batch's fsync returns. Records already handed
-// to librdkafka are not pulled back when Kafka turns unreachable: their bytes were handed
-// over, and re-queueing a late time-out behind newer records of the same connection would
-// reorder them; they keep librdkafka's delivery deadline and, if it passes, are reported lost
-// (and named in the connection's next record) as without a spool.
+// acknowledged Committed to its worker once the batch's fsync returns. When Kafka turns
+// unreachable, the records librdkafka still holds (queued, or in flight to the dead brokers)
+// are taken back at once — before any newer record is routed — and spooled in per-connection
+// order (`pull_back_on_outage`), so they neither wait out the delivery deadline nor get lost;
+// a record in flight may have been written by a broker that died before answering and then
+// appears twice. Reports arriving after the short collection window resolve as usual (a loss
+// is then named in the connection's next record, or its final record, which waits for them).
 //
 // Draining: while Kafka is reachable, spooled entries are produced in log order through the
 // same producer (acks come back under `SPOOL_DRAIN_WORKER`), at most `SPOOL_DRAIN_WINDOW_BYTES`
@@ -439,6 +441,68 @@ struct SpoolLink {
     warn: crate::stats::RateLimit,
     /// Kafka was reachable at the last check (see `SinkThread::pull_back_on_outage`).
     kafka_was_healthy: bool,
+}
+
+impl SpoolLink {
+    /// Appends `r` to the spool, to be acknowledged by [`SpoolLink::commit_batch`]; a record
+    /// the spool cannot take fails at once (full: Overloaded, else SinkError).
+    fn append(
+        &mut self,
+        r: Record,
+        acks: &mut [Vec<Ack>],
+        bufs: &mut [Vec<Vec<u8>>],
+        stats: &SinkStats,
+        first_err: &mut Option<spool::SpoolError>,
+    ) {
+        match self.spool.append(&r.key, r.number, r.is_final, &r.value) {
+            Ok(()) => self.batch.push(r),
+            Err(e) => {
+                let kind = if matches!(e, spool::SpoolError::Full { .. }) {
+                    FailKind::Overloaded
+                } else {
+                    FailKind::SinkError
+                };
+                stats.records_failed.fetch_add(1, Ordering::Relaxed);
+                let w = usize::from(r.conn.worker);
+                push_ack(acks, bufs, w, r, Outcome::Failed(kind));
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Fsyncs what `append` wrote and acknowledges those records to their workers (Committed,
+    /// or SinkError when the fsync failed); logs the first error (rate-limited).
+    fn commit_batch(
+        &mut self,
+        acks: &mut [Vec<Ack>],
+        bufs: &mut [Vec<Vec<u8>>],
+        stats: &SinkStats,
+        mut first_err: Option<spool::SpoolError>,
+    ) {
+        if !self.batch.is_empty() {
+            let n = self.batch.len() as u64;
+            let outcome = match self.spool.commit() {
+                Ok(_) => {
+                    stats.records_committed.fetch_add(n, Ordering::Relaxed);
+                    Outcome::Committed
+                }
+                Err(e) => {
+                    stats.records_failed.fetch_add(n, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                    Outcome::Failed(FailKind::SinkError)
+                }
+            };
+            for r in self.batch.drain(..) {
+                let w = usize::from(r.conn.worker);
+                push_ack(acks, bufs, w, r, outcome);
+            }
+        }
+        if let Some(e) = first_err {
+            if let Some(suppressed) = self.warn.allow() {
+                tracing::warn!(error = %e, suppressed, "record not spooled (Kafka unreachable or full); its capture is lost");
+            }
+        }
+    }
 }
 
 fn spool_drain_conn(id: u64) -> crate::handoff::ConnRef {
@@ -535,42 +599,9 @@ impl SinkThread {
                 k.send(r, &mut |a, b| resolve(acks, bufs, stats, a, b));
                 continue;
             }
-            match link.spool.append(&r.key, r.number, r.is_final, &r.value) {
-                Ok(()) => link.batch.push(r),
-                Err(e) => {
-                    let kind = if matches!(e, spool::SpoolError::Full { .. }) {
-                        FailKind::Overloaded
-                    } else {
-                        FailKind::SinkError
-                    };
-                    stats.records_failed.fetch_add(1, Ordering::Relaxed);
-                    push_ack(acks, bufs, w, r, Outcome::Failed(kind));
-                    first_err.get_or_insert(e);
-                }
-            }
+            link.append(r, acks, bufs, stats, &mut first_err);
         }
-        if !link.batch.is_empty() {
-            let n = link.batch.len() as u64;
-            let outcome = match link.spool.commit() {
-                Ok(_) => {
-                    stats.records_committed.fetch_add(n, Ordering::Relaxed);
-                    Outcome::Committed
-                }
-                Err(e) => {
-                    stats.records_failed.fetch_add(n, Ordering::Relaxed);
-                    first_err.get_or_insert(e);
-                    Outcome::Failed(FailKind::SinkError)
-                }
-            };
-            for r in link.batch.drain(..) {
-                push_ack(acks, bufs, w, r, outcome);
-            }
-        }
-        if let Some(e) = first_err {
-            if let Some(suppressed) = link.warn.allow() {
-                tracing::warn!(error = %e, suppressed, "record not spooled (Kafka unreachable or full); its capture is lost");
-            }
-        }
+        link.commit_batch(acks, bufs, stats, first_err);
         k.poll(Duration::ZERO, &mut |a, b| resolve(acks, bufs, stats, a, b));
         spool_publish(stats, &link.spool);
         self.deliver_all();
@@ -654,9 +685,8 @@ impl SinkThread {
         }
         tracing::warn!(
             records = n,
-            "kafka unreachable: records not yet sent are moved to the spool"
+            "kafka unreachable: the records librdkafka held are moved to the spool"
         );
-        let mut spooled = Vec::with_capacity(pulled.len());
         let mut first_err: Option<spool::SpoolError> = None;
         for r in pulled {
             if r.conn.worker == SPOOL_DRAIN_WORKER {
@@ -670,48 +700,10 @@ impl SinkThread {
                 resolve(acks, bufs, stats, ack, r.value);
                 continue;
             }
-            match link.spool.append(&r.key, r.number, r.is_final, &r.value) {
-                Ok(()) => spooled.push(r),
-                Err(e) => {
-                    let kind = if matches!(e, spool::SpoolError::Full { .. }) {
-                        FailKind::Overloaded
-                    } else {
-                        FailKind::SinkError
-                    };
-                    stats.records_failed.fetch_add(1, Ordering::Relaxed);
-                    let w = usize::from(r.conn.worker);
-                    push_ack(acks, bufs, w, r, Outcome::Failed(kind));
-                    first_err.get_or_insert(e);
-                }
-            }
+            link.append(r, acks, bufs, stats, &mut first_err);
         }
         spool_take_acks(acks, bufs, &mut link.spool);
-        if !spooled.is_empty() {
-            let outcome = match link.spool.commit() {
-                Ok(_) => {
-                    stats
-                        .records_committed
-                        .fetch_add(spooled.len() as u64, Ordering::Relaxed);
-                    Outcome::Committed
-                }
-                Err(e) => {
-                    stats
-                        .records_failed
-                        .fetch_add(spooled.len() as u64, Ordering::Relaxed);
-                    first_err.get_or_insert(e);
-                    Outcome::Failed(FailKind::SinkError)
-                }
-            };
-            for r in spooled {
-                let w = usize::from(r.conn.worker);
-                push_ack(acks, bufs, w, r, outcome);
-            }
-        }
-        if let Some(e) = first_err {
-            if let Some(suppressed) = link.warn.allow() {
-                tracing::warn!(error = %e, suppressed, "record not spooled; its capture is lost");
-            }
-        }
+        link.commit_batch(acks, bufs, stats, first_err);
         spool_publish(stats, &link.spool);
         self.deliver_all();
     }
