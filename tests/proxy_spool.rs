@@ -4,7 +4,7 @@
 //! records are spooled, then drained in per-connection order, gap-free, and the spool files
 //! are deleted), replay after a restart, torn and corrupt spool data skipped on replay, the
 //! spool's size bound (the failure policy applies and the loss is named in the capture), and
-//! the real binary killed with SIGKILL and restarted.
+//! the real binary killed with SIGKILL (idle, and under load) and restarted.
 //!
 //! May depend on: the crate's public API (`start`, `config`, `inspect`, `sink::spool` for
 //! reading and damaging spool files), `tests/common` (origin, raw client, trace checks),
@@ -832,4 +832,378 @@ fn drained_records_kafka_refuses_are_retried() {
     let st = sink_stats(&proxy);
     assert_eq!(st.spool_records_drained.load(Ordering::Relaxed), 4);
     assert_eq!(proxy.handle().counter(Counter::RecordsLost), 0);
+}
+
+// ----------------------------------------------------------------------------------------
+// The real binary, killed with SIGKILL under load.
+// ----------------------------------------------------------------------------------------
+
+/// Client threads of the load in (7): each on its own keep-alive connection at a time.
+const LOAD_THREADS: usize = 4;
+/// GET+POST pairs one connection carries before its client closes it and opens the next: so
+/// some connections end (with a final record) before the kill and the rest are open at it.
+const PAIRS_PER_CONN: usize = 8;
+/// How long the load runs before the SIGKILL (ms): long enough for a few dozen connections
+/// and hundreds of spooled POSTs on a small machine, short enough for a quick test.
+const LOAD_BEFORE_KILL: Duration = Duration::from_millis(1500);
+
+/// One client connection of the load in (7), as its client saw it.
+struct LoadConn {
+    /// Every byte the client wrote (`Client::sent`): the capture's reads must be a prefix.
+    sent: Vec<u8>,
+    /// Each POST answered 200: its request's byte range in `sent` and when it was sent.
+    posts: Vec<(std::ops::Range<usize>, Instant)>,
+    /// Requests answered 200 (GETs and POSTs).
+    answered: usize,
+    /// When the client saw the connection end after its half-close (None: it did not).
+    closed_at: Option<Instant>,
+    /// The first failure the client saw on it, and when.
+    error: Option<(Instant, String)>,
+}
+
+impl LoadConn {
+    fn fail(&mut self, what: String) {
+        self.error.get_or_insert((Instant::now(), what));
+    }
+}
+
+/// Sends `req` on `c` and reads its answer; true when it was a complete 200.
+fn exchange(c: &mut Client, lc: &mut LoadConn, req: &[u8]) -> bool {
+    if let Err(e) = c.try_send(req) {
+        lc.fail(format!("write: {e}"));
+        return false;
+    }
+    match c.try_read_response(false) {
+        Ok(r) if r.status == 200 => {
+            lc.answered += 1;
+            true
+        }
+        Ok(r) => {
+            lc.fail(format!("status {}", r.status));
+            false
+        }
+        Err(e) => {
+            lc.fail(format!("read: {e}"));
+            false
+        }
+    }
+}
+
+/// Load thread `t` of (7): connection after connection of GET /small + POST /echo pairs
+/// (each request's target and body name thread, connection and pair), until a request
+/// fails (the kill) or `stop` is set. Returns every connection it opened.
+fn load_thread(addr: SocketAddr, t: usize, stop: &std::sync::atomic::AtomicBool) -> Vec<LoadConn> {
+    let mut out = Vec::new();
+    for c in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // After the kill the connect is refused: `Client::connect` panics then.
+        let Ok(mut client) = std::panic::catch_unwind(|| Client::connect(addr)) else {
+            break;
+        };
+        let mut lc = LoadConn {
+            sent: Vec::new(),
+            posts: Vec::new(),
+            answered: 0,
+            closed_at: None,
+            error: None,
+        };
+        for p in 0..PAIRS_PER_CONN {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let tag = format!("t={t}&c={c}&p={p}");
+            if !exchange(&mut client, &mut lc, &get(&format!("/small?{tag}"))) {
+                break;
+            }
+            let body = format!("{{\"t\":{t},\"c\":{c},\"p\":{p}}}");
+            let start = client.sent.len();
+            let sent_at = Instant::now();
+            if !exchange(
+                &mut client,
+                &mut lc,
+                &post(&format!("/echo?{tag}"), body.as_bytes()),
+            ) {
+                break;
+            }
+            lc.posts.push((start..client.sent.len(), sent_at));
+        }
+        let open = lc.error.is_some() || stop.load(Ordering::Relaxed);
+        if !open {
+            client.shutdown_write();
+            if client.closed_by_peer() {
+                lc.closed_at = Some(Instant::now());
+            } else {
+                lc.fail("not closed after the half-close".into());
+            }
+        }
+        lc.sent = std::mem::take(&mut client.sent);
+        let failed = lc.error.is_some();
+        out.push(lc);
+        if failed {
+            break;
+        }
+    }
+    out
+}
+
+/// (7) The real binary with brokers down spools the records of several clients that keep
+/// sending GETs and POSTs on keep-alive connections; it is killed with SIGKILL while they
+/// do. Restarted with brokers up, it replays the spool: every POST answered before the kill
+/// is in the topic (its record was fsynced before the POST was forwarded), each connection's
+/// records are in order and gap-free, everything the spool held arrives exactly once, and the
+/// only losses — the tails of the connections open at the kill — show as connections without
+/// a final record, which `inspect` reports.
+#[test]
+fn sigkill_under_load_then_restart_replays_the_spool() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let _s = serial();
+    let t0 = Instant::now();
+    let k = Kafka::start();
+    k.all_down();
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut first = Binary::start(&k.bootstrap, &origin, spool.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..LOAD_THREADS)
+        .map(|t| {
+            let (addr, stop) = (first.addr, stop.clone());
+            thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || load_thread(addr, t, &stop))
+                .unwrap()
+        })
+        .collect();
+    thread::sleep(LOAD_BEFORE_KILL);
+    assert!(
+        threads.iter().all(|t| !t.is_finished()),
+        "a load thread ended before the kill"
+    );
+    let kill_at = Instant::now();
+    first.signal(libc::SIGKILL);
+    let st = first.wait_exit();
+    assert_eq!(st.code(), None, "killed by a signal");
+    stop.store(true, Ordering::Relaxed);
+    let conns: Vec<LoadConn> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    for lc in &conns {
+        if let Some((at, e)) = &lc.error {
+            assert!(*at >= kill_at, "a request failed before the kill: {e}");
+        }
+    }
+    let answered_posts: usize = conns.iter().map(|c| c.posts.len()).sum();
+    let answered: usize = conns.iter().map(|c| c.answered).sum();
+    // When the last answered POST was sent: a connection closed before that has its final
+    // record in the spool (the worker emitted it before that POST's record, the single sink
+    // thread spools in order and fsynced both before the POST was forwarded).
+    let last_post_sent = conns
+        .iter()
+        .flat_map(|c| c.posts.iter().map(|p| p.1))
+        .max()
+        .expect("some POST answered before the kill");
+    assert!(
+        answered_posts >= LOAD_THREADS,
+        "{answered_posts} POSTs answered"
+    );
+
+    // What the spool holds: entries (key, number), and skipped (torn) bytes.
+    let mut entries: Vec<(String, u32, bool)> = Vec::new();
+    let mut skipped = 0usize;
+    for (_, path) in segment_files(spool.path()).unwrap() {
+        for s in scan_segment(&path).unwrap() {
+            match s {
+                Scanned::Entry {
+                    key,
+                    number,
+                    is_final,
+                    ..
+                } => entries.push((key, number, is_final)),
+                Scanned::Skipped { .. } => skipped += 1,
+            }
+        }
+    }
+    assert!(!entries.is_empty(), "nothing spooled");
+
+    k.all_up();
+    assert!(
+        k.records().is_empty(),
+        "brokers were down: nothing in Kafka"
+    );
+    let mut second = Binary::start(&k.bootstrap, &origin, spool.path());
+    let deadline = Instant::now() + KAFKA_WAIT;
+    while second.metric("spoolBytes") != 0 || segments(spool.path()) != 0 {
+        assert!(Instant::now() < deadline, "spool not drained");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        second.metric("spoolRecordsDrained_total"),
+        entries.len() as u64
+    );
+    assert_eq!(second.metric("spoolCorruptSkipped_total"), skipped as u64);
+    assert_eq!(second.metric("spoolRecordsDropped_total"), 0);
+    let replayed = k.wait_records(&format!("{} replayed records", entries.len()), |g| {
+        g.len() >= entries.len()
+    });
+    // Everything the spool held arrived, exactly once.
+    assert_eq!(replayed.len(), entries.len(), "no duplicates");
+    let have: BTreeSet<(String, u32)> = replayed
+        .iter()
+        .map(|g| (g.ts.connection_id.clone(), g.number() as u32))
+        .collect();
+    let want: BTreeSet<(String, u32)> = entries.iter().map(|e| (e.0.clone(), e.1)).collect();
+    assert_eq!(have, want);
+
+    // (d) The restarted proxy serves and captures normally.
+    let mut fresh = Client::connect(second.addr);
+    fresh.send(&get("/small?after=restart"));
+    assert_eq!(fresh.read_response(false).status, 200);
+    let took = timed_post(&mut fresh, "/echo?after=restart", b"{\"after\":1}");
+    assert!(took < SPOOLED_POST_MAX, "{took:?}");
+    finish_client(&mut fresh);
+    let finals_before = replayed.iter().filter(|g| g.is_final()).count();
+    let got = k.wait_finals(finals_before + 1);
+    assert_placement_and_order(&got);
+    let t = trace(&got);
+    let fresh_conn = conn_of(&t, &fresh);
+    fresh_conn.check();
+    assert_exchange(&fresh_conn, &fresh);
+
+    // (b) Per connection: numbers 1..k, contiguous, in offset order (got is in partition,
+    // offset order; assert_placement_and_order keeps a connection on one partition).
+    let captured: Vec<ConnTrace> = t
+        .connections()
+        .into_iter()
+        .filter(|c| c.id != fresh_conn.id)
+        .collect();
+    let mut unfinished: BTreeSet<String> = BTreeSet::new();
+    let mut matched = vec![false; conns.len()];
+    for c in &captured {
+        let numbers: Vec<i32> = c
+            .indexes()
+            .iter()
+            .map(|i| match i {
+                Index::Number(n) | Index::NumberOfThisLastChunk(n) => *n,
+            })
+            .collect();
+        let want: Vec<i32> = (1..=numbers.len() as i32).collect();
+        assert_eq!(numbers, want, "connection {}: gap or duplicate", c.id);
+        let has_final = matches!(c.indexes().last(), Some(Index::NumberOfThisLastChunk(_)));
+        if has_final {
+            c.check();
+        } else {
+            unfinished.insert(c.id.clone());
+        }
+        // The client connection it captured: the one whose bytes start with its reads
+        // (each connection's first request names it).
+        let reads = c.reads();
+        let who: Vec<usize> = conns
+            .iter()
+            .enumerate()
+            .filter(|(_, lc)| !reads.is_empty() && lc.sent.starts_with(&reads))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(who.len(), 1, "connection {}:{}", c.id, c.dump());
+        let i = who[0];
+        assert!(!matched[i], "two captured connections for one client");
+        matched[i] = true;
+        let lc = &conns[i];
+        let requests = c.request_reads();
+        // (a) Every answered POST is in its connection's captured reads.
+        for (range, _) in &lc.posts {
+            let bytes = &lc.sent[range.clone()];
+            assert!(
+                reads.len() >= range.end && requests.iter().any(|r| r == bytes),
+                "connection {}: answered POST {:?} missing from the capture{}",
+                c.id,
+                String::from_utf8_lossy(bytes),
+                c.dump()
+            );
+        }
+        if has_final {
+            // Only a connection the client closed ends with a final record, and all of it.
+            assert!(
+                lc.closed_at.is_some(),
+                "connection {} final w/o close",
+                c.id
+            );
+            assert_eq!(reads, lc.sent, "connection {}", c.id);
+        } else if let Some(closed) = lc.closed_at {
+            // (c) A closed connection may lack its final record only when nothing later was
+            // made durable: it was closed after the last answered POST was sent.
+            assert!(
+                closed > last_post_sent,
+                "connection {} closed before a later POST was answered, but its final \
+                 record is missing{}",
+                c.id,
+                c.dump()
+            );
+        }
+    }
+    // (a) A connection with an answered POST has records.
+    for (lc, m) in conns.iter().zip(&matched) {
+        assert!(
+            *m || lc.posts.is_empty(),
+            "a connection with {} answered POSTs has no records",
+            lc.posts.len()
+        );
+    }
+    // Open at the kill: not closed, or the half-close met the kill (EOF either way).
+    let open_at_kill = conns
+        .iter()
+        .filter(|c| c.closed_at.is_none_or(|at| at > kill_at))
+        .count();
+    let closed_late = conns
+        .iter()
+        .filter(|c| c.closed_at.is_some_and(|at| at > last_post_sent))
+        .count();
+
+    // (c) `inspect` reports exactly the connections without a final record as incomplete,
+    // and nothing else as an error.
+    let (r, text) = k.inspect();
+    assert_eq!(r.connections as usize, captured.len() + 1, "{text}");
+    assert_eq!(
+        r.incomplete_connections as usize,
+        unfinished.len(),
+        "{text}"
+    );
+    assert_eq!(
+        r.complete_connections as usize,
+        captured.len() + 1 - unfinished.len(),
+        "{text}"
+    );
+    assert_eq!(r.errors as usize, unfinished.len(), "{text}");
+    let reported: BTreeSet<String> = r
+        .problems
+        .iter()
+        .filter(|p| {
+            p.message
+                .starts_with("incomplete connection: no final record")
+        })
+        .map(|p| p.connection_id.clone())
+        .collect();
+    assert_eq!(reported, unfinished, "{text}");
+    assert_eq!(r.records as usize, got.len(), "{text}");
+    eprintln!(
+        "sigkill under load: {} connections ({open_at_kill} open at the kill, {closed_late} \
+         closed after the last answered POST), {answered} requests answered ({answered_posts} \
+         POSTs); spool held {} records ({skipped} torn/corrupt regions); {} connections \
+         incomplete in the topic (reported by inspect), {} complete; {:?}",
+        conns.len(),
+        entries.len(),
+        unfinished.len(),
+        r.complete_connections,
+        t0.elapsed()
+    );
+    second.signal(libc::SIGTERM);
+    let st = second.wait_exit();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{}",
+        second.log.lock().unwrap().join("\n")
+    );
 }
