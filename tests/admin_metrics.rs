@@ -14,13 +14,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use capture_proxy::config::{KafkaAuth, KafkaConfig, SinkConfig};
+use capture_proxy::config::SinkConfig;
 use capture_proxy::stats::Counter;
+use common::admin::{admin_get, wait_ready, with_admin};
 use common::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -38,22 +38,6 @@ const BODY_BYTES: usize = 10_000;
 // ----------------------------------------------------------------------------------------
 // Scraping
 // ----------------------------------------------------------------------------------------
-
-/// `(status code, body)` of `GET path` on the admin endpoint.
-fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).expect("read admin answer");
-    let status = r
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad admin answer: {r:?}"));
-    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    (status, body)
-}
 
 /// Every sample of `/metrics`, by name with labels (`x_bucket{le="1"}`).
 struct Metrics {
@@ -99,26 +83,6 @@ fn scrape_until(addr: SocketAddr, done: impl Fn(&Metrics) -> bool) -> Metrics {
         }
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Polls `/ready` until it answers `want` (bounded); the last body.
-fn wait_ready(addr: SocketAddr, want: u16, bound: Duration) -> String {
-    let deadline = Instant::now() + bound;
-    loop {
-        let (status, body) = admin_get(addr, "/ready");
-        if status == want {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/ready still {status} ({body:?}) after {bound:?}, want {want}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn with_admin(cfg: &mut capture_proxy::config::Config) {
-    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
 }
 
 // ----------------------------------------------------------------------------------------
@@ -399,12 +363,7 @@ fn kafka_commit_histogram_and_ready_follow_the_brokers() {
     drop(proxy);
 }
 
+/// A Kafka sink to `brokers` as this file's client.
 fn kafka_sink(brokers: &str) -> SinkConfig {
-    SinkConfig::Kafka(KafkaConfig {
-        brokers: brokers.to_string(),
-        topic: "logging-traffic-topic".to_string(),
-        client_id: "capture-proxy-admin-test".to_string(),
-        extra_properties: Vec::new(),
-        auth: KafkaAuth::None,
-    })
+    kafka::kafka_sink(brokers, "capture-proxy-admin-test")
 }

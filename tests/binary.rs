@@ -13,25 +13,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
+use common::binary::{proxy_command, run_args, run_command, text, ProxyProcess, STARTUP_TIMEOUT};
 use common::{
     assert_bytes_eq, eom_of, get, with_body, Client, ConnTrace, Origin, Response, Trace,
     FORWARD_WAIT,
 };
 
-/// Most time (seconds) from spawning the proxy to its `listening` line: it binds at once;
-/// generous because the test binaries run in parallel on a shared 2-core machine.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most time (seconds) from SIGTERM to exit: above the 10 s `--drain-timeout` the tests
 /// pass, plus the sink's final flush.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
@@ -45,49 +42,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 // Running the binary
 // ----------------------------------------------------------------------------------------
 
-/// The binary with a clean configuration environment: no inherited `CAPTURE_PROXY_*`
-/// variables (they would configure it) and no `RUST_LOG` (the default `info` level is what
-/// prints the `listening` line the tests wait for).
-fn proxy_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CAPTURE_PROXY_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// Runs a one-shot invocation to completion (bounded) and returns its output.
-fn run_command(mut cmd: Command) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn capture-proxy");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(COMMAND_TIMEOUT) {
-        Ok(out) => out.expect("wait for capture-proxy"),
-        Err(_) => {
-            // SAFETY: plain kill(2) of the child we spawned (not yet reaped: it is running).
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("capture-proxy did not finish within {COMMAND_TIMEOUT:?}");
-        }
-    }
-}
-
-/// `capture-proxy ARGS` run to completion.
+/// `capture-proxy ARGS` run to completion (bounded by `COMMAND_TIMEOUT`).
 fn run(args: &[&str]) -> Output {
-    let mut cmd = proxy_command();
-    cmd.args(args);
-    run_command(cmd)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    run_args(args, COMMAND_TIMEOUT)
 }
 
 #[track_caller]
@@ -100,137 +57,6 @@ fn assert_exit(out: &Output, code: i32) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-/// A proxy process started from the binary, with its stderr collected.
-struct ProxyProcess {
-    child: Child,
-    /// stderr lines as they arrive (closed when the process closes stderr).
-    lines: mpsc::Receiver<String>,
-    /// Every stderr line so far, for failure messages.
-    log: Arc<Mutex<Vec<String>>>,
-    /// The client-facing address from the `listening` line.
-    addr: SocketAddr,
-    /// The `io=` value of the `listening` line (`io_uring` or `epoll`).
-    io: String,
-}
-
-impl ProxyProcess {
-    /// Spawns `cmd` and waits (bounded) for its `listening addr=…` line.
-    fn start(mut cmd: Command) -> ProxyProcess {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn capture-proxy");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = mpsc::channel();
-        let log2 = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut p = ProxyProcess {
-            child,
-            lines,
-            log,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            io: String::new(),
-        };
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match p.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some((addr, io)) = parse_listening(&line) {
-                        p.addr = addr;
-                        p.io = io;
-                        return p;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no `listening` line within {STARTUP_TIMEOUT:?}:\n{}",
-                        p.stderr()
-                    )
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = p.child.wait().ok();
-                    panic!(
-                        "capture-proxy exited ({status:?}) before listening:\n{}",
-                        p.stderr()
-                    )
-                }
-            }
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn sigterm(&self) {
-        // SAFETY: kill(2) of our own child, which has not been reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "capture-proxy still running {EXIT_TIMEOUT:?} after SIGTERM:\n{}",
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM, then asserts a clean exit (status 0).
-    fn stop_ok(&mut self) {
-        self.sigterm();
-        let st = self.wait_exit();
-        assert_eq!(
-            st.code(),
-            Some(0),
-            "exit status {st:?} after SIGTERM:\n{}",
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `(addr, io)` from the proxy's `listening addr=… node_id=… io="…"` line (not the admin
-/// endpoint's).
-fn parse_listening(line: &str) -> Option<(SocketAddr, String)> {
-    if !line.contains(" listening ") || line.contains("admin") {
-        return None;
-    }
-    let field = |name: &str| -> Option<String> {
-        let at = line.find(&format!(" {name}="))? + name.len() + 2;
-        let rest = line.get(at..)?;
-        let v = rest.split_whitespace().next()?;
-        Some(v.trim_matches('"').to_string())
-    };
-    let addr = field("addr")?.parse().ok()?;
-    Some((addr, field("io").unwrap_or_default()))
 }
 
 /// The flags every run gets: loopback only, no admin endpoint (parallel tests would fight
@@ -257,7 +83,7 @@ fn start_traced(origin: &Origin, dir: &Path, extra: &[&str]) -> ProxyProcess {
     ])
     .args(BASE_FLAGS)
     .args(extra);
-    ProxyProcess::start(cmd)
+    ProxyProcess::start(cmd, STARTUP_TIMEOUT)
 }
 
 /// The `"type":"summary"` object of `capture-proxy inspect … --summary --json`, with the
@@ -439,7 +265,7 @@ fn check_config_prints_effective_config_with_password_masked() {
         "alice",
         "--check-config",
     ]);
-    let out = run_command(cmd);
+    let out = run_command(cmd, COMMAND_TIMEOUT);
     assert_exit(&out, 0);
     let o = text(&out.stdout);
     let e = text(&out.stderr);
@@ -491,10 +317,10 @@ fn environment_configuration() {
     .env("CAPTURE_PROXY_LISTEN_ADDRESS", "127.0.0.1")
     .env("CAPTURE_PROXY_ADMIN_LISTEN", "off")
     .env("CAPTURE_PROXY_DRAIN_TIMEOUT", DRAIN_TIMEOUT);
-    let mut p = ProxyProcess::start(cmd);
+    let mut p = ProxyProcess::start(cmd, STARTUP_TIMEOUT);
     assert!(p.addr.ip().is_loopback());
     let s = simple_session(p.addr, "env");
-    p.stop_ok();
+    p.stop_ok(EXIT_TIMEOUT);
     assert_eq!(origin.request_count(), 2);
     assert_sessions_captured(&Trace::load(dir.path()), &[s]);
 
@@ -510,9 +336,9 @@ fn environment_configuration() {
             "0",
         ])
         .args(BASE_FLAGS);
-    let mut p = ProxyProcess::start(cmd);
+    let mut p = ProxyProcess::start(cmd, STARTUP_TIMEOUT);
     let s = simple_session(p.addr, "env-override");
-    p.stop_ok();
+    p.stop_ok(EXIT_TIMEOUT);
     assert_sessions_captured(&Trace::load(dir2.path()), &[s]);
 }
 
@@ -533,9 +359,9 @@ fn inline_json_configuration() {
     // Plain JSON.
     let mut cmd = proxy_command();
     cmd.args(["---INLINE-JSON", &json]);
-    let mut p = ProxyProcess::start(cmd);
+    let mut p = ProxyProcess::start(cmd, STARTUP_TIMEOUT);
     let s = simple_session(p.addr, "json");
-    p.stop_ok();
+    p.stop_ok(EXIT_TIMEOUT);
     assert_sessions_captured(&Trace::load(dir.path()), &[s]);
 
     // Its base64 (the Kubernetes form), checked with --check-config.
@@ -585,7 +411,7 @@ fn trace_directory_capture_inspected() {
     finish(&mut c);
     sessions.push((c, vec![pieces.concat()]));
 
-    p.stop_ok();
+    p.stop_ok(EXIT_TIMEOUT);
     let requests: usize = sessions.iter().map(|(_, r)| r.len()).sum();
     assert_eq!(origin.request_count(), requests);
     assert_sessions_captured(&Trace::load(dir.path()), &sessions);
@@ -655,7 +481,7 @@ fn io_driver_legacy() {
         simple_session(p.addr, "legacy-1"),
         simple_session(p.addr, "legacy-2"),
     ];
-    p.stop_ok();
+    p.stop_ok(EXIT_TIMEOUT);
     assert_sessions_captured(&Trace::load(dir.path()), &sessions);
     let s = inspect_dir_ok(dir.path());
     assert_eq!(s["connections"], 2, "{s}");
@@ -822,7 +648,7 @@ fn sigterm_under_load_loses_no_answered_request() {
     );
     signalled.store(true, Ordering::Release);
     p.sigterm();
-    let st = p.wait_exit();
+    let st = p.wait_exit(EXIT_TIMEOUT);
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", p.stderr());
 
     let mut conns = Vec::new();

@@ -39,17 +39,18 @@
 
 mod common;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_proxy::inspect::{inspect_trace_dir, InspectOptions};
 use capture_proxy::stats::Counter;
+use common::admin::{admin_get, metric, wait_metric};
+use common::binary::{proxy_command, ProxyProcess};
 use common::*;
 
 // ----------------------------------------------------------------------------------------
@@ -60,25 +61,9 @@ use common::*;
 /// exchanges take on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(10);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Every test of this file runs alone (see the module invariant); a failed test does not
-/// poison the others.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A GET through a fresh connection succeeds (the proxy keeps serving).
 fn assert_serves(proxy: &Proxy, tag: &str) -> Client {
-    let mut c = proxy.client();
-    let path = format!("/small?still=serving&t={tag}");
-    c.send(&get(&path));
-    let r = c.read_response(false);
-    assert_eq!(r.status, 200, "follow-up GET after {tag}");
-    assert_eq!(r.body, small_body(&path));
-    c.shutdown_write();
-    assert!(c.closed_by_peer());
-    c
+    assert_serves_path(proxy, &format!("/small?still=serving&t={tag}"))
 }
 
 /// The captured connection whose reads start with `first` (the request the test sent).
@@ -177,12 +162,7 @@ fn destination_closes_idle_keepalive_connection() {
     assert_eq!(trace.connections().len(), 2, "{}", trace.dump());
     let conn = conn_starting(&trace, &req);
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_bytes_eq("captured reads", &conn.reads(), &req);
     assert_bytes_eq("captured writes", &conn.writes(), &r.raw);
     assert!(conn.exceptions().is_empty(), "{}", conn.dump());
@@ -373,12 +353,7 @@ fn destination_resets_mid_response() {
     let trace = proxy.stop();
     let conn = conn_starting(&trace, &req);
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "connectionException", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "connectionException", "close"]);
     assert_exchange(&conn, &c);
     let ex = conn.exceptions();
     assert!(ex[0].starts_with("destination connection failed"), "{ex:?}");
@@ -674,200 +649,30 @@ enum Mode {
     Kafka(String),
 }
 
-/// The real binary, started on port 0 with an admin endpoint on port 0.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// The `addr=` field of a log line.
-fn addr_field(line: &str) -> Option<SocketAddr> {
-    let at = line.find(" addr=")? + " addr=".len();
-    line.get(at..)?
-        .split_whitespace()
-        .next()?
-        .trim_matches('"')
-        .parse()
-        .ok()
-}
-
-impl Binary {
-    fn start(origin: SocketAddr, mode: &Mode, dir: &Path) -> Binary {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CAPTURE_PROXY_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .args([
-                "--destinationUri",
-                &format!("http://{origin}"),
-                "--listenPort",
-                "0",
-                "--listen-address",
-                "127.0.0.1",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--numThreads",
-                "2",
-                "--drain-timeout",
-                "10s",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        match mode {
-            Mode::NoCapture => cmd.arg("--noCapture"),
-            Mode::TraceDirectory => cmd.args(["--traceDirectory", dir.to_str().unwrap()]),
-            Mode::Kafka(bootstrap) => cmd.args(["--kafkaConnection", bootstrap]),
-        };
-        let mut child = cmd.spawn().expect("spawn capture-proxy");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|e| {
-                let _ = child.kill();
-                panic!(
-                    "no `listening` lines ({e:?}):\n{}",
-                    log.lock().unwrap().join("\n")
-                )
-            });
-            if line.contains("admin endpoint listening") {
-                admin = addr_field(&line);
-            } else if line.contains(" listening ") {
-                addr = addr_field(&line);
-            }
-        }
-        Binary {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            log,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// VmRSS of the process (bytes).
-    fn rss(&self) -> u64 {
-        self.status_kib("VmRSS:") * 1024
-    }
-
-    /// VmHWM, the peak resident memory of the process (bytes).
-    fn rss_peak(&self) -> u64 {
-        self.status_kib("VmHWM:") * 1024
-    }
-
-    /// A `kB` field of /proc/<pid>/status.
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/<pid>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {field} line in {status}"))
-    }
-
-    #[track_caller]
-    fn assert_running(&mut self) {
-        if let Some(st) = self.child.try_wait().expect("try_wait") {
-            panic!("capture-proxy exited ({st}):\n{}", self.stderr());
-        }
-    }
-
-    /// SIGTERM, then asserts a clean exit (bounded).
-    fn stop_ok(&mut self) {
-        // SAFETY: kill(2) of our own child, not yet reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM)");
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                assert_eq!(st.code(), Some(0), "exit {st}:\n{}", self.stderr());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running {PROCESS_TIMEOUT:?} after SIGTERM:\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `(status, body)` of `GET path` on the admin endpoint.
-fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).expect("read admin answer");
-    let status = r
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad admin answer: {r:?}"));
-    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    (status, body)
-}
-
-/// One sample of `/metrics` (a counter is `<name>_total`).
-fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let (status, text) = admin_get(admin, "/metrics");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-}
-
-/// Polls `/metrics` until `name` equals `want` (bounded); its last value.
-fn wait_metric(admin: SocketAddr, name: &str, want: u64, bound: Duration) -> u64 {
-    let deadline = Instant::now() + bound;
-    loop {
-        let v = metric(admin, name);
-        if v == want || Instant::now() >= deadline {
-            return v;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+/// The real binary to `origin` in capture `mode` (a trace directory in `dir`), started on
+/// port 0 with an admin endpoint on port 0; waits for both `listening` lines.
+fn start_binary(origin: SocketAddr, mode: &Mode, dir: &Path) -> ProxyProcess {
+    let mut cmd = proxy_command();
+    cmd.args([
+        "--destinationUri",
+        &format!("http://{origin}"),
+        "--listenPort",
+        "0",
+        "--listen-address",
+        "127.0.0.1",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--numThreads",
+        "2",
+        "--drain-timeout",
+        "10s",
+    ]);
+    match mode {
+        Mode::NoCapture => cmd.arg("--noCapture"),
+        Mode::TraceDirectory => cmd.args(["--traceDirectory", dir.to_str().unwrap()]),
+        Mode::Kafka(bootstrap) => cmd.args(["--kafkaConnection", bootstrap]),
+    };
+    ProxyProcess::start_with_admin(cmd, PROCESS_TIMEOUT)
 }
 
 /// One GET on `s`, its answer checked byte for byte.
@@ -929,14 +734,14 @@ fn open_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 }
 
 /// Warm-up connections (GET, answered, closed), then waits until the proxy closed them.
-fn warm_up(p: &Binary) {
+fn warm_up(p: &ProxyProcess) {
     for _ in 0..WARMUP_CONNS {
         let mut s = TcpStream::connect_timeout(&p.addr, MANY_IO_TIMEOUT).unwrap();
         s.set_read_timeout(Some(MANY_IO_TIMEOUT)).unwrap();
         many_exchange(&mut s).expect("warm-up GET");
     }
     assert_eq!(
-        wait_metric(p.admin, "activeConnection", 0, WAIT),
+        wait_metric(p.admin(), "activeConnection", 0, WAIT),
         0,
         "warm-up connections closed"
     );
@@ -951,13 +756,13 @@ fn ten_thousand_connections_through_binary() {
     let (n, note) = many_count();
     let origin = ManyOrigin::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Binary::start(origin.addr, &Mode::TraceDirectory, dir.path());
+    let mut p = start_binary(origin.addr, &Mode::TraceDirectory, dir.path());
     warm_up(&p);
 
     let mut conns = open_many(p.addr, n);
     p.assert_running();
     assert_eq!(
-        metric(p.admin, "activeConnection"),
+        metric(p.admin(), "activeConnection"),
         n as u64,
         "all open at once ({note})"
     );
@@ -978,7 +783,7 @@ fn ten_thousand_connections_through_binary() {
         t.elapsed()
     );
     assert_eq!(
-        admin_get(p.admin, "/health").0,
+        admin_get(p.admin(), "/health").0,
         200,
         "/health with {n} open"
     );
@@ -986,7 +791,7 @@ fn ten_thousand_connections_through_binary() {
     let t = Instant::now();
     drop(conns);
     assert_eq!(
-        wait_metric(p.admin, "activeConnection", 0, OPEN_ALL_TIMEOUT),
+        wait_metric(p.admin(), "activeConnection", 0, OPEN_ALL_TIMEOUT),
         0,
         "every connection closed"
     );
@@ -998,19 +803,19 @@ fn ten_thousand_connections_through_binary() {
     eprintln!("closed {n} connections in {:?}", t.elapsed());
     p.assert_running();
     assert_eq!(
-        admin_get(p.admin, "/health").0,
+        admin_get(p.admin(), "/health").0,
         200,
         "/health after closing all"
     );
     let total = (WARMUP_CONNS + n) as u64;
-    assert_eq!(metric(p.admin, "connectionsAccepted_total"), total);
-    assert_eq!(metric(p.admin, "connectionsClosedByClient_total"), total);
-    assert_eq!(metric(p.admin, "connectionsClosedOnError_total"), 0);
-    assert_eq!(metric(p.admin, "upstreamConnectFailed_total"), 0);
+    assert_eq!(metric(p.admin(), "connectionsAccepted_total"), total);
+    assert_eq!(metric(p.admin(), "connectionsClosedByClient_total"), total);
+    assert_eq!(metric(p.admin(), "connectionsClosedOnError_total"), 0);
+    assert_eq!(metric(p.admin(), "upstreamConnectFailed_total"), 0);
     let requests = total + sampled as u64;
-    assert_eq!(metric(p.admin, "requests_total"), requests);
+    assert_eq!(metric(p.admin(), "requests_total"), requests);
     assert_eq!(origin.answered.load(Ordering::Acquire) as u64, requests);
-    p.stop_ok();
+    p.stop_ok(PROCESS_TIMEOUT);
 
     let report = inspect_trace_dir(
         dir.path(),
@@ -1043,24 +848,24 @@ fn idle_memory(mode: &Mode) -> (u64, u64, usize) {
     let (n, note) = many_count();
     let origin = ManyOrigin::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Binary::start(origin.addr, mode, dir.path());
+    let mut p = start_binary(origin.addr, mode, dir.path());
     warm_up(&p);
     let base = p.rss();
     let conns = open_many(p.addr, n);
     eprintln!("{mode:?}: holding {note}");
     // Every connection answered its GET; a direction swaps its large buffer back to the pool
     // when it next reads, so at most the last few connections may still hold one here.
-    assert_eq!(metric(p.admin, "activeConnection"), n as u64);
+    assert_eq!(metric(p.admin(), "activeConnection"), n as u64);
     let held = p.rss();
     p.assert_running();
     drop(conns);
     assert_eq!(
-        wait_metric(p.admin, "activeConnection", 0, OPEN_ALL_TIMEOUT),
+        wait_metric(p.admin(), "activeConnection", 0, OPEN_ALL_TIMEOUT),
         0,
         "every connection closed"
     );
-    assert_eq!(admin_get(p.admin, "/health").0, 200);
-    p.stop_ok();
+    assert_eq!(admin_get(p.admin(), "/health").0, 200);
+    p.stop_ok(PROCESS_TIMEOUT);
     (base, held, n)
 }
 
@@ -1148,9 +953,9 @@ fn slow_kafka_held_posts_memory() {
     assert!(bootstrap.starts_with("127.0.0.1:"), "{bootstrap}");
     let origin = ManyOrigin::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Binary::start(origin.addr, &Mode::Kafka(bootstrap), dir.path());
+    let mut p = start_binary(origin.addr, &Mode::Kafka(bootstrap), dir.path());
     let deadline = Instant::now() + KAFKA_READY;
-    while admin_get(p.admin, "/ready").0 != 200 {
+    while admin_get(p.admin(), "/ready").0 != 200 {
         assert!(Instant::now() < deadline, "not ready:\n{}", p.stderr());
         thread::sleep(Duration::from_millis(50));
     }
@@ -1184,10 +989,10 @@ fn slow_kafka_held_posts_memory() {
     let all = t0.elapsed();
     let peak = p.rss_peak();
     let held = (HELD_POSTS as u64) + warm;
-    assert_eq!(metric(p.admin, "blockingRequest_total"), held);
-    assert_eq!(metric(p.admin, "holdFailed_total"), 0);
-    let holds = metric(p.admin, "blockedDuration_milliseconds_count");
-    let hold_ms = metric(p.admin, "blockedDuration_milliseconds_sum") as f64 / holds as f64;
+    assert_eq!(metric(p.admin(), "blockingRequest_total"), held);
+    assert_eq!(metric(p.admin(), "holdFailed_total"), 0);
+    let holds = metric(p.admin(), "blockedDuration_milliseconds_count");
+    let hold_ms = metric(p.admin(), "blockedDuration_milliseconds_sum") as f64 / holds as f64;
     let grew = peak.saturating_sub(idle.max(peak_before));
     eprintln!(
         "slow Kafka ({} ms RTT, {} build): {HELD_POSTS} POSTs of {HELD_BODY_BYTES} B sent in \
@@ -1221,21 +1026,21 @@ fn slow_kafka_held_posts_memory() {
     );
     drop(conns);
     assert_eq!(
-        wait_metric(p.admin, "activeConnection", 0, OPEN_ALL_TIMEOUT),
+        wait_metric(p.admin(), "activeConnection", 0, OPEN_ALL_TIMEOUT),
         0,
         "every connection closed"
     );
-    assert_eq!(admin_get(p.admin, "/health").0, 200);
+    assert_eq!(admin_get(p.admin(), "/health").0, 200);
     mock.broker_round_trip_time(1, Duration::ZERO)
         .expect("reset broker RTT");
     // Every record (the final ones written at close too) reaches the broker.
-    let records = metric(p.admin, "captureRecords_total");
+    let records = metric(p.admin(), "captureRecords_total");
     assert!(records >= held, "{records} records for {held} requests");
     assert_eq!(
-        wait_metric(p.admin, "kafkaCommitCount_total", records, KAFKA_READY),
+        wait_metric(p.admin(), "kafkaCommitCount_total", records, KAFKA_READY),
         records,
         "every record acknowledged"
     );
-    assert_eq!(metric(p.admin, "captureRecordsLost_total"), 0);
-    p.stop_ok();
+    assert_eq!(metric(p.admin(), "captureRecordsLost_total"), 0);
+    p.stop_ok(PROCESS_TIMEOUT);
 }

@@ -34,9 +34,9 @@
 //! `KafkaSink::pull_back_queued`); after recovery, librdkafka's 10 s reconnect backoff held
 //! POSTs to the ack timeout (`reconnect.backoff.max.ms` is now 1 s).
 //!
-//! May depend on: the crate's public API (`start`, `config`, `inspect`, `stats`,
-//! `sink::SinkStats`, `sink::spool::segment_files`), `tests/common`, rdkafka (mock cluster,
-//! consumer), tempfile, std.
+//! May depend on: the crate's public API (`start`, `config`, `stats`, `sink::SinkStats`),
+//! `tests/common` (with `common::kafka`: mock cluster, topic reader, `inspect`, spool segments;
+//! `common::admin`), rdkafka (injected produce errors), tempfile, std.
 //!
 //! Invariant: every wait is bounded; nothing talks to any address but 127.0.0.1. Tests that
 //! assert latencies take `serial()`; the two 30 s outage tests do not (they mostly wait and
@@ -44,45 +44,30 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_proxy::capture::proto::traffic_stream::Index;
-use capture_proxy::capture::proto::TrafficStream;
-use capture_proxy::capture::verify::Report;
-use capture_proxy::config::{Config, FailurePolicy, KafkaAuth, KafkaConfig, SinkConfig};
-use capture_proxy::inspect::{inspect_kafka_detailed, InspectOptions, KafkaInput};
+use capture_proxy::config::{Config, FailurePolicy, SinkConfig};
 use capture_proxy::stats::Counter;
+use common::kafka::*;
 use common::*;
 use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 // ----------------------------------------------------------------------------------------
-// Shared constants and serialisation
+// Shared constants
 // ----------------------------------------------------------------------------------------
 
-const TOPIC: &str = "logging-traffic-topic";
-/// Partitions of the test topic: several, so connections spread over them.
-const PARTITIONS: i32 = 3;
-/// Brokers of each mock cluster (ids 1..=BROKERS).
-const BROKERS: i32 = 2;
 /// Bound of the waits for records to reach the topic and for the proxy to notice broker
 /// state (s): librdkafka reconnects to a broker that came back with a backoff of up to 10 s,
 /// and records already handed to it keep their 10 s delivery deadline.
 const KAFKA_WAIT: Duration = Duration::from_secs(40);
-/// Bound of one read of the topic (s).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most time a GET may take while Kafka is down or slow. GETs never wait for Kafka; 1 s is far
 /// above a loaded 2-core machine's latency and far below the holds a Kafka wait would cause.
 const GET_MAX_WHILE_KAFKA_FAILS: Duration = Duration::from_secs(1);
@@ -93,240 +78,20 @@ const SPOOLED_POST_MAX: Duration = Duration::from_secs(2);
 /// brokers are down, and still far above a healthy (or 200 ms slow) broker's ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One latency-sensitive test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Waits (bounded by `bound`) until `pred` holds; panics naming `what` otherwise.
-fn wait_until(what: &str, bound: Duration, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    with_body("POST", path, body)
-}
-
-/// Half-closes the client and waits for the proxy to close the connection too.
-fn finish_client(c: &mut Client) {
-    c.shutdown_write();
-    assert!(c.closed_by_peer(), "proxy did not close the connection");
-}
-
-/// Sends `req` and returns the response with how long it took.
-fn timed(c: &mut Client, req: &[u8]) -> (Response, Duration) {
-    let t0 = Instant::now();
-    c.send(req);
-    let r = c.read_response(false);
-    (r, t0.elapsed())
-}
-
 // ----------------------------------------------------------------------------------------
 // Kafka: a mock cluster per test, the topic read back raw and through `inspect`
 // ----------------------------------------------------------------------------------------
 
-/// One record as read back from the topic.
-#[derive(Clone)]
-struct Got {
-    partition: i32,
-    offset: i64,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    ts: TrafficStream,
-}
+/// The reader group of this file's raw reads of the topic.
+const READER_GROUP: &str = "fault-matrix-reader";
 
-impl Got {
-    fn is_final(&self) -> bool {
-        matches!(self.ts.index, Some(Index::NumberOfThisLastChunk(_)))
-    }
-    fn number(&self) -> i32 {
-        match self.ts.index {
-            Some(Index::Number(n)) | Some(Index::NumberOfThisLastChunk(n)) => n,
-            None => 0,
-        }
-    }
-}
-
-struct Kafka {
-    mock: MockCluster<'static, DefaultProducerContext>,
-    bootstrap: String,
-}
-
-impl Kafka {
-    fn start() -> Kafka {
-        let mock = MockCluster::new(BROKERS).expect("mock cluster");
-        mock.create_topic(TOPIC, PARTITIONS, 1)
-            .expect("create topic");
-        let bootstrap = mock.bootstrap_servers();
-        assert!(bootstrap.starts_with("127.0.0.1:"), "{bootstrap}");
-        Kafka { mock, bootstrap }
-    }
-
-    fn all_down(&self) {
-        for b in 1..=BROKERS {
-            self.mock.broker_down(b).unwrap();
-        }
-    }
-
-    fn all_up(&self) {
-        for b in 1..=BROKERS {
-            self.mock.broker_up(b).unwrap();
-        }
-    }
-
-    fn rtt(&self, d: Duration) {
-        for b in 1..=BROKERS {
-            self.mock.broker_round_trip_time(b, d).unwrap();
-        }
-    }
-
-    fn records(&self) -> Vec<Got> {
-        read_topic(&self.bootstrap)
-    }
-
-    /// Polls the topic (bounded by `KAFKA_WAIT`) until `pred` holds.
-    fn wait_records(&self, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
-        let deadline = Instant::now() + KAFKA_WAIT;
-        loop {
-            let got = self.records();
-            if pred(&got) {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; the topic holds {} records",
-                got.len()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_finals(&self, n: usize) -> Vec<Got> {
-        self.wait_records(&format!("{n} final records"), |g| {
-            g.iter().filter(|r| r.is_final()).count() >= n
-        })
-    }
-
-    /// The operator's view: `inspect` over the whole topic (report and printed text).
-    fn inspect(&self) -> (Report, String) {
-        let input = KafkaInput {
-            timeout: READ_TIMEOUT,
-            ..KafkaInput::new(self.bootstrap.clone(), TOPIC)
-        };
-        let mut out = Vec::new();
-        let r = inspect_kafka_detailed(&input, &InspectOptions::default(), &mut out)
-            .expect("inspect the topic");
-        (r.report, String::from_utf8_lossy(&out).into_owned())
-    }
-}
-
-/// Every record of TOPIC, from each partition's low to its high watermark, by
-/// (partition, offset).
-fn read_topic(bootstrap: &str) -> Vec<Got> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "fault-matrix-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for p in 0..PARTITIONS {
-        let (lo, hi) = c
-            .fetch_watermarks(TOPIC, p, READ_TIMEOUT)
-            .expect("watermarks");
-        if hi > lo {
-            tpl.add_partition_offset(TOPIC, p, Offset::Offset(lo))
-                .unwrap();
-            ends.insert(p, hi);
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return out;
-    }
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + READ_TIMEOUT;
-    while !ends.is_empty() {
-        assert!(Instant::now() < deadline, "reading the topic timed out");
-        let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let Some(&end) = ends.get(&m.partition()) else {
-            continue;
-        };
-        if m.offset() < end {
-            let value = m.payload().unwrap_or_default().to_vec();
-            out.push(Got {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                ts: decode(&value),
-                value,
-            });
-        }
-        if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
-        }
-    }
-    out.sort_by_key(|g| (g.partition, g.offset));
-    out
-}
-
-/// Keys equal connection ids, a connection stays on one partition, and its records follow
-/// their numbers in offset order (no duplicates).
-fn assert_placement_and_order(got: &[Got]) {
-    let mut seen: HashMap<&str, (i32, i64, i32)> = HashMap::new();
-    for g in got {
-        assert_eq!(g.key, g.ts.connection_id.as_bytes(), "key != connectionId");
-        let n = g.number();
-        if let Some((p, off, prev)) = seen.get(g.ts.connection_id.as_str()) {
-            assert_eq!(*p, g.partition, "connection {} split", g.ts.connection_id);
-            assert!(
-                g.offset > *off && n > *prev,
-                "connection {}: record {n} at offset {} after record {prev} at {off}",
-                g.ts.connection_id,
-                g.offset
-            );
-        }
-        seen.insert(&g.ts.connection_id, (g.partition, g.offset, n));
-    }
-}
-
-fn trace(got: &[Got]) -> Trace {
-    Trace {
-        records: got.iter().map(|g| (g.ts.clone(), g.value.len())).collect(),
-    }
-}
-
-/// The captured connection whose reads are exactly what `client` sent.
-fn conn_of<'a>(conns: &'a [ConnTrace], client: &Client) -> &'a ConnTrace {
-    conns
-        .iter()
-        .find(|c| c.reads() == client.sent)
-        .unwrap_or_else(|| {
-            panic!(
-                "no captured connection read the client's {} bytes ({:?}…)",
-                client.sent.len(),
-                String::from_utf8_lossy(&client.sent[..client.sent.len().min(60)])
-            )
-        })
+/// A mock cluster for one test: records waited for up to `KAFKA_WAIT`.
+fn start_kafka() -> Kafka {
+    Kafka::start(READER_GROUP, KAFKA_WAIT)
 }
 
 fn kafka_sink(k: &Kafka) -> SinkConfig {
-    SinkConfig::Kafka(KafkaConfig {
-        brokers: k.bootstrap.clone(),
-        topic: TOPIC.to_string(),
-        client_id: "capture-proxy-fault-matrix".to_string(),
-        extra_properties: Vec::new(),
-        auth: KafkaAuth::None,
-    })
+    kafka::kafka_sink(&k.bootstrap, "capture-proxy-fault-matrix")
 }
 
 /// An in-process proxy to `origin` writing to `k`, with the admin endpoint on an ephemeral
@@ -349,52 +114,18 @@ fn kafka_proxy_with_ack_timeout(
         cfg.spool_dir = spool;
         cfg.kafka_ack_timeout = ack_timeout;
         cfg.capture_failure_policy = FailurePolicy::Forward;
-        cfg.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        admin::with_admin(cfg);
     })
-}
-
-/// `(status, body)` of one admin request.
-fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Waits (bounded by `KAFKA_WAIT`) for `/ready` to answer `want`; returns the body.
 fn wait_ready(p: &Proxy, want: u16) -> String {
     let admin = p.handle().admin_addr().expect("admin endpoint");
-    let deadline = Instant::now() + KAFKA_WAIT;
-    loop {
-        let (status, body) = admin_get(admin, "/ready");
-        if status == want {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/ready stayed {status} ({body:?}), want {want}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    admin::wait_ready(admin, want, KAFKA_WAIT)
 }
 
 fn sink_stat(p: &Proxy, f: impl Fn(&capture_proxy::sink::SinkStats) -> &AtomicU64) -> u64 {
     f(&p.handle().sink_stats).load(Ordering::Relaxed)
-}
-
-fn segments(dir: &Path) -> usize {
-    capture_proxy::sink::spool::segment_files(dir).map_or(0, |v| v.len())
 }
 
 /// Waits until every closed connection wrote its final record (those that waited for the
@@ -420,7 +151,7 @@ fn wait_all_resolved(p: &Proxy) {
 /// `inspect` reports every connection complete, no record lost.
 fn kafka_down_at_start(with_spool: bool) {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
@@ -492,7 +223,7 @@ fn kafka_down_at_start(with_spool: bool) {
     assert_placement_and_order(&got);
     let conns = trace(&got).connections();
     for c in &clients {
-        let conn = conn_of(&conns, c);
+        let conn = conn_sent_by(&conns, c);
         conn.check();
         assert_exchange(conn, c);
     }
@@ -658,7 +389,7 @@ fn gaps_of(conn: &ConnTrace) -> (Vec<i32>, bool) {
 /// between two records of a connection is named by a `connectionException` of a later record
 /// of that connection ("a gap is never silent").
 fn kafka_lost_mid_load(with_spool: bool) {
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy = kafka_proxy(&origin, &k, with_spool.then_some(spool.path()));
@@ -809,7 +540,7 @@ fn kafka_lost_mid_load(with_spool: bool) {
         assert_eq!(r.complete_connections, load.clients.len() as u64, "{text}");
         assert_eq!(conns.len(), load.clients.len(), "{summary}");
         for c in &load.clients {
-            let conn = conn_of(&conns, c);
+            let conn = conn_sent_by(&conns, c);
             conn.check();
             assert_exchange(conn, c);
         }
@@ -885,7 +616,7 @@ const SLOW_ROUNDS: usize = 3;
 /// goes to the spool, nothing fails, and every connection is complete in the topic.
 fn slow_kafka(with_spool: bool) {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy = kafka_proxy(&origin, &k, with_spool.then_some(spool.path()));
@@ -951,7 +682,7 @@ fn slow_kafka(with_spool: bool) {
     assert_placement_and_order(&got);
     let conns = trace(&got).connections();
     for c in &clients {
-        let conn = conn_of(&conns, c);
+        let conn = conn_sent_by(&conns, c);
         conn.check();
         assert_exchange(conn, c);
     }
@@ -1004,7 +735,7 @@ fn get_post_close(proxy: &Proxy, tag: &str) -> Client {
 #[test]
 fn produce_errors_with_spool() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy =
@@ -1066,7 +797,7 @@ fn produce_errors_with_spool() {
     assert_placement_and_order(&got);
     let conns = trace(&got).connections();
     for c in &clients {
-        let conn = conn_of(&conns, c);
+        let conn = conn_sent_by(&conns, c);
         conn.check();
         assert_exchange(conn, c);
     }
@@ -1083,7 +814,7 @@ fn produce_errors_with_spool() {
 #[test]
 fn too_large_record_with_spool_while_kafka_is_up() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy = kafka_proxy(&origin, &k, Some(spool.path()));
@@ -1125,11 +856,7 @@ fn too_large_record_with_spool_while_kafka_is_up() {
     assert_eq!(named_losses(&conn), BTreeSet::from([1]));
     assert_bytes_eq("captured writes", &conn.writes(), &c.received);
     assert_bytes_eq("captured reads", &conn.reads(), &get("/small?after=1"));
-    let (r, text) = k.inspect();
-    assert!(!r.ok(), "a lost record is an error: {text}");
-    assert_eq!(r.incomplete_connections, 1, "{text}");
-    assert_eq!(r.exceptions, 1, "{text}");
-    assert!(text.contains("gap: record #1 missing"), "{text}");
+    k.assert_inspect_names_first_record_lost();
 }
 
 /// Kafka unreachable, a spool configured: a POST's record is spooled (the POST is answered at
@@ -1141,7 +868,7 @@ fn too_large_record_with_spool_while_kafka_is_up() {
 #[test]
 fn too_large_record_drained_from_the_spool() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy = kafka_proxy(&origin, &k, Some(spool.path()));

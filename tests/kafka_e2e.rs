@@ -25,16 +25,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Output;
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use capture_proxy::capture::proto::TrafficStream;
+use common::binary::{proxy_command, run_args, text, ProxyProcess};
 use common::{
     assert_bytes_eq, eom_of, get, large_body, with_body, Client, ConnTrace, Origin, Trace,
     MAX_RECORD_BYTES,
@@ -295,142 +295,9 @@ fn records_to_trace(records: &[KafkaRecord]) -> Trace {
 // Running the binary
 // ----------------------------------------------------------------------------------------
 
-/// The binary with no inherited `CAPTURE_PROXY_*` configuration and no `RUST_LOG` (the
-/// default `info` level prints the `listening` line waited for).
-fn proxy_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CAPTURE_PROXY_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// `capture-proxy ARGS` run to completion (bounded).
+/// `capture-proxy ARGS` run to completion (bounded by `COMMAND_TIMEOUT`).
 fn run(args: &[&str]) -> Output {
-    let mut cmd = proxy_command();
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn capture-proxy");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(COMMAND_TIMEOUT) {
-        Ok(out) => out.expect("wait for capture-proxy"),
-        Err(_) => {
-            // SAFETY: kill(2) of our still-running (so not yet reaped) child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("capture-proxy {args:?} did not finish within {COMMAND_TIMEOUT:?}");
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A proxy process started from the binary, with its stderr collected.
-struct ProxyProcess {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    addr: SocketAddr,
-}
-
-impl ProxyProcess {
-    /// Spawns `cmd` and waits (bounded) for its `listening addr=…` line.
-    fn start(mut cmd: Command) -> ProxyProcess {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn capture-proxy");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = mpsc::channel::<String>();
-        let log2 = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut p = ProxyProcess {
-            child,
-            log,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = parse_listening(&line) {
-                        p.addr = addr;
-                        return p;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no `listening` line within {STARTUP_TIMEOUT:?}:\n{}",
-                        p.stderr()
-                    )
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = p.child.wait().ok();
-                    panic!(
-                        "capture-proxy exited ({status:?}) before listening:\n{}",
-                        p.stderr()
-                    )
-                }
-            }
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit status.
-    fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: kill(2) of our own child, not reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "capture-proxy still running {EXIT_TIMEOUT:?} after SIGTERM:\n{}",
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The client-facing address from the proxy's `listening addr=… node_id=…` line.
-fn parse_listening(line: &str) -> Option<SocketAddr> {
-    if !line.contains(" listening ") || line.contains("admin") {
-        return None;
-    }
-    let at = line.find(" addr=")? + " addr=".len();
-    line.get(at..)?.split_whitespace().next()?.parse().ok()
+    run_args(args, COMMAND_TIMEOUT)
 }
 
 /// The proxy capturing to `topic` on `boot`, forwarding to `origin`.
@@ -452,7 +319,7 @@ fn start_kafka_proxy(boot: &str, topic: &str, origin: &Origin) -> ProxyProcess {
         "--destinationUri",
         &format!("http://{}", origin.addr()),
     ]);
-    ProxyProcess::start(cmd)
+    ProxyProcess::start(cmd, STARTUP_TIMEOUT)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -749,7 +616,8 @@ fn scripted_sessions_captured_to_kafka() {
     sessions.extend(concurrent(addr));
     let traffic_time = t0.elapsed();
 
-    let st = proxy.terminate();
+    proxy.sigterm();
+    let st = proxy.wait_exit(EXIT_TIMEOUT);
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", proxy.stderr());
     let log = proxy.stderr();
     assert!(

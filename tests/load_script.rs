@@ -5,7 +5,8 @@
 //! directory; plus the script's failure exits (capture mismatch, error rate, setup failure).
 //!
 //! May depend on: the binary (`CARGO_BIN_EXE_capture-proxy`), `python3` on PATH (Debian's, the
-//! standard library only), serde_json, tempfile, std. Nothing from `tests/common`.
+//! standard library only), `tests/common::binary` (spawning the proxy), serde_json, tempfile,
+//! std.
 //!
 //! Invariant: every wait is bounded (a broken proxy or script fails a test, never hangs it);
 //! readiness is the proxy's own `listening … addr=` log lines, never a sleep; all traffic stays
@@ -13,21 +14,21 @@
 //! 400/404 to anything an OpenSearch cluster would reject, so a malformed script request shows
 //! up as an error in the script's summary.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::{proxy_command, ProxyProcess, STARTUP_TIMEOUT};
 use serde_json::Value;
 
-/// Most time (seconds) from spawning the proxy to its two `listening` lines; generous because
-/// test binaries run in parallel on a shared 2-core machine.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most time (seconds) one script run may take: a few seconds of load, the setup requests and
 /// the capture check's `inspect` runs, with wide margin for a loaded machine.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -288,103 +289,16 @@ fn route(method: &str, target: &str, body: &[u8], seen: &Mutex<Seen>) -> (u16, S
 // The proxy binary
 // ----------------------------------------------------------------------------------------
 
-/// A `capture-proxy` process with a trace directory and an admin endpoint; killed on drop.
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proxy {
-    fn start(origin: &FakeOpenSearch, trace_dir: &Path) -> Proxy {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CAPTURE_PROXY_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .args(["--destinationUri", &origin.url()])
-            .args(["--listenPort", "0", "--listen-address", "127.0.0.1"])
-            .args(["--admin-listen", "127.0.0.1:0", "--drain-timeout", "10s"])
-            .arg("--traceDirectory")
-            .arg(trace_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn capture-proxy");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "no `listening` lines ({e:?}):\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-            };
-            if !line.contains(" listening") {
-                continue;
-            }
-            let Some(a) = field(&line, "addr").and_then(|v| v.parse().ok()) else {
-                continue;
-            };
-            if line.contains("admin") {
-                admin = Some(a);
-            } else {
-                addr = Some(a);
-            }
-        }
-        Proxy {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn admin_url(&self) -> String {
-        format!("http://{}", self.admin)
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of ` name=` in a log line (quotes trimmed).
-fn field(line: &str, name: &str) -> Option<String> {
-    let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    let v = line.get(at..)?.split_whitespace().next()?;
-    Some(v.trim_matches('"').to_string())
+/// A `capture-proxy` process with a trace directory and an admin endpoint (both listeners on
+/// port 0); killed on drop.
+fn start_proxy(origin: &FakeOpenSearch, trace_dir: &Path) -> ProxyProcess {
+    let mut cmd = proxy_command();
+    cmd.args(["--destinationUri", &origin.url()])
+        .args(["--listenPort", "0", "--listen-address", "127.0.0.1"])
+        .args(["--admin-listen", "127.0.0.1:0", "--drain-timeout", "10s"])
+        .arg("--traceDirectory")
+        .arg(trace_dir);
+    ProxyProcess::start_with_admin(cmd, STARTUP_TIMEOUT)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -465,7 +379,7 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 /// The capture-check flags against `proxy` and its trace directory.
-fn check_flags(proxy: &Proxy, dir: &Path) -> Vec<String> {
+fn check_flags(proxy: &ProxyProcess, dir: &Path) -> Vec<String> {
     vec![
         "--check-capture".into(),
         "--admin".into(),
@@ -487,7 +401,7 @@ fn u(v: &Value) -> u64 {
 /// Asserts a passing run: exit 0, nothing failed, both capture sources saw exactly the
 /// requests that completed (no errors, so completed = sent), the origin too.
 #[track_caller]
-fn assert_clean_captured_run(r: &ScriptRun, origin: &FakeOpenSearch, proxy: &Proxy) {
+fn assert_clean_captured_run(r: &ScriptRun, origin: &FakeOpenSearch, proxy: &ProxyProcess) {
     let s = &r.summary;
     let ctx = || format!("{}\nproxy log:\n{}", r.context(), proxy.stderr());
     assert_eq!(r.code, Some(0), "{}", ctx());
@@ -525,7 +439,7 @@ fn assert_clean_captured_run(r: &ScriptRun, origin: &FakeOpenSearch, proxy: &Pro
 fn mixed_burst_through_proxy_is_fully_captured() {
     let origin = FakeOpenSearch::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&origin, dir.path());
+    let proxy = start_proxy(&origin, dir.path());
     let mut a = args(&[
         "--workload",
         "mixed",
@@ -611,7 +525,7 @@ fn mixed_burst_through_proxy_is_fully_captured() {
 fn bulk_steady_counts_every_document() {
     let origin = FakeOpenSearch::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&origin, dir.path());
+    let proxy = start_proxy(&origin, dir.path());
     let mut a = args(&[
         "--workload",
         "bulk",
@@ -658,7 +572,7 @@ fn bulk_steady_counts_every_document() {
 fn capture_mismatch_errors_and_setup_failure_exit_nonzero() {
     let origin = FakeOpenSearch::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&origin, dir.path());
+    let proxy = start_proxy(&origin, dir.path());
 
     // 1. straight to the origin, checked against the proxy's counter: nothing captured
     let mut a = args(&[

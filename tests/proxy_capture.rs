@@ -27,12 +27,6 @@ fn health_check_rule() -> (String, regex::bytes::Regex) {
 const HEALTH_CHECK: &[u8] =
     b"GET /small?hc=1 HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: ELB-HealthChecker/2.0\r\nAccept: */*\r\n\r\n";
 
-/// Closes the client's side and waits for the proxy to close the connection.
-fn finish_client(c: &mut Client) {
-    c.shutdown_write();
-    assert!(c.closed_by_peer(), "proxy did not close the connection");
-}
-
 #[test]
 fn io_driver_follows_env() {
     let origin = Origin::start();
@@ -62,12 +56,9 @@ fn keep_alive_gets_single_record() {
         "{}",
         conn.dump()
     );
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "read", "eom", "write", "read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&[
+        "read", "eom", "write", "read", "eom", "write", "read", "eom", "write", "close",
+    ]);
     assert_eq!(conn.read_chunks(), reqs.to_vec(), "one read per request");
     assert_eq!(
         conn.eoms(),
@@ -127,12 +118,9 @@ fn pipelined_gets_cut_at_request_boundaries() {
     let conn = proxy.stop().single();
     conn.check();
     assert_eq!(conn.indexes(), vec![Index::NumberOfThisLastChunk(1)]);
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "read", "eom", "read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&[
+        "read", "eom", "read", "eom", "read", "eom", "write", "close",
+    ]);
     assert_eq!(
         conn.read_chunks(),
         reqs.to_vec(),
@@ -591,12 +579,7 @@ fn head_split_over_many_reads() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert!(
         conn.count("read") > 1,
         "the proxy saw several reads: {}",
@@ -627,12 +610,7 @@ fn suppressed_health_check_not_captured() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_bytes_eq("reads", &conn.reads(), &normal);
     assert_bytes_eq("writes", &conn.writes(), &resp.raw);
     assert_eq!(conn.eoms(), vec![eom_of(&normal)]);
@@ -674,12 +652,7 @@ fn suppressed_after_partial_capture_request_dropped() {
         "requestDropped right after the first read: {}",
         conn.dump()
     );
-    assert_eq!(
-        conn.shape(),
-        ["read", "requestDropped", "read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "requestDropped", "read", "eom", "write", "close"]);
     assert_bytes_eq("reads", &conn.reads(), &[a, &normal[..]].concat());
     assert_eq!(conn.request_reads(), vec![normal.clone()]);
     assert_bytes_eq("writes", &conn.writes(), &resp.raw);
@@ -703,12 +676,7 @@ fn suppressed_pipelined_with_normal_request() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_bytes_eq("reads", &conn.reads(), &normal);
     assert_bytes_eq("writes", &conn.writes(), &resps[1].raw);
     assert_eq!(origin.request_count(), 2);
@@ -789,12 +757,7 @@ fn head_request_then_get() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "read", "eom", "write", "close"]);
     assert_eq!(conn.read_chunks(), vec![head_req.clone(), get_req.clone()]);
     assert_eq!(conn.response_writes(), vec![h.raw.clone(), g.raw.clone()]);
     assert_eq!(conn.eoms(), vec![eom_of(&head_req), eom_of(&get_req)]);
@@ -854,12 +817,7 @@ fn origin_closes_after_response() {
     );
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_exchange(&conn, &c);
 }
 
@@ -878,12 +836,7 @@ fn client_half_close_after_request() {
     assert!(c.closed_by_peer());
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_exchange(&conn, &c);
 }
 
@@ -910,12 +863,7 @@ fn upgrade_then_opaque_stream() {
     finish_client(&mut c);
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_bytes_eq("reads", &conn.reads(), &req);
     assert_bytes_eq("writes", &conn.writes(), &r.raw);
 }
@@ -961,12 +909,7 @@ fn idle_connection_flushed_after_interval() {
     let conn = proxy.stop().single();
     conn.check();
     assert!(conn.records.len() >= 2, "{}", conn.dump());
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "read", "eom", "write", "close"]);
     assert_exchange(&conn, &c);
 }
 

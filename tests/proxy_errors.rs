@@ -16,14 +16,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// A GET through a fresh connection succeeds (the proxy keeps serving).
 fn assert_serves(proxy: &Proxy) -> Client {
-    let mut c = proxy.client();
-    c.send(&get("/small?still=serving"));
-    let r = c.read_response(false);
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body, small_body("/small?still=serving"));
-    c.shutdown_write();
-    assert!(c.closed_by_peer());
-    c
+    assert_serves_path(proxy, "/small?still=serving")
 }
 
 /// (a) The destination refuses connections: the client gets a 502; the trace holds a
@@ -281,12 +274,7 @@ fn graceful_shutdown_completes_in_flight_request() {
     stopper.join().unwrap();
     let conn = Trace::load(proxy.dir.path()).single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_exchange(&conn, &c);
 }
 
@@ -331,11 +319,6 @@ fn client_idle_timeout_closes() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     let conn = proxy.stop().single();
     conn.check();
-    assert_eq!(
-        conn.shape(),
-        ["read", "eom", "write", "close"],
-        "{}",
-        conn.dump()
-    );
+    conn.assert_shape(&["read", "eom", "write", "close"]);
     assert_exchange(&conn, &c);
 }

@@ -12,278 +12,39 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_proxy::capture::proto::traffic_stream::Index;
-use capture_proxy::capture::proto::TrafficStream;
-use capture_proxy::config::{Config, FailurePolicy, KafkaAuth, KafkaConfig, SinkConfig};
-use capture_proxy::inspect::{inspect_kafka_detailed, InspectOptions, KafkaInput, KafkaReport};
+use capture_proxy::config::{Config, FailurePolicy};
 use capture_proxy::stats::Counter;
+use common::kafka::*;
 use common::*;
 use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
-use rdkafka::{Message, Offset, TopicPartitionList};
 
-const TOPIC: &str = "logging-traffic-topic";
-/// Partitions of the test topic: several, so connections spread and the "one partition per
-/// connection" check means something.
-const PARTITIONS: i32 = 3;
-/// Brokers of the mock cluster (ids 1..=BROKERS); partition leaders spread over them.
-const BROKERS: i32 = 2;
 /// Bound of the waits for records to reach the topic (s). librdkafka reconnects to a broker
 /// that came back with a backoff of up to a few seconds; records wait up to the sink's 10 s
 /// delivery timeout.
 const KAFKA_WAIT: Duration = Duration::from_secs(20);
-/// Bound of one raw read of the topic (s).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The reader group of this file's raw reads of the topic.
+const READER_GROUP: &str = "itest-reader";
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One test at a time (latency assertions; a 2-core machine).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One record as read back from the topic.
-#[derive(Clone)]
-struct Got {
-    partition: i32,
-    offset: i64,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    ts: TrafficStream,
-}
-
-impl Got {
-    fn is_final(&self) -> bool {
-        matches!(self.ts.index, Some(Index::NumberOfThisLastChunk(_)))
-    }
-}
-
-/// The mock cluster of one test (kept alive as long as the test runs).
-struct Kafka {
-    mock: MockCluster<'static, DefaultProducerContext>,
-    bootstrap: String,
-}
-
-impl Kafka {
-    fn start() -> Kafka {
-        let mock = MockCluster::new(BROKERS).expect("mock cluster");
-        mock.create_topic(TOPIC, PARTITIONS, 1)
-            .expect("create topic");
-        let bootstrap = mock.bootstrap_servers();
-        Kafka { mock, bootstrap }
-    }
-
-    fn all_down(&self) {
-        for b in 1..=BROKERS {
-            self.mock.broker_down(b).unwrap();
-        }
-    }
-
-    fn all_up(&self) {
-        for b in 1..=BROKERS {
-            self.mock.broker_up(b).unwrap();
-        }
-    }
-
-    fn rtt(&self, d: Duration) {
-        for b in 1..=BROKERS {
-            self.mock.broker_round_trip_time(b, d).unwrap();
-        }
-    }
-
-    /// Every record now in the topic, by (partition, offset).
-    fn records(&self) -> Vec<Got> {
-        read_topic(&self.bootstrap)
-    }
-
-    /// Polls the topic (bounded by `KAFKA_WAIT`) until `pred` holds; panics with a dump if not.
-    fn wait_records(&self, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
-        let deadline = Instant::now() + KAFKA_WAIT;
-        loop {
-            let got = self.records();
-            if pred(&got) {
-                return got;
-            }
-            if Instant::now() >= deadline {
-                panic!("timed out waiting for {what}; topic holds:{}", dump(&got));
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until the topic holds `n` final records (one per finished connection).
-    fn wait_finals(&self, n: usize) -> Vec<Got> {
-        self.wait_records(&format!("{n} final records"), |g| {
-            g.iter().filter(|r| r.is_final()).count() >= n
-        })
-    }
-
-    /// The operator's view: `inspect` over the whole topic.
-    fn inspect(&self) -> (KafkaReport, String) {
-        let input = KafkaInput {
-            timeout: READ_TIMEOUT,
-            ..KafkaInput::new(self.bootstrap.clone(), TOPIC)
-        };
-        let mut out = Vec::new();
-        let r = inspect_kafka_detailed(&input, &InspectOptions::default(), &mut out)
-            .expect("inspect the topic");
-        (r, String::from_utf8(out).unwrap())
-    }
-}
-
-/// Reads every partition of TOPIC from its beginning to its current high watermark.
-fn read_topic(bootstrap: &str) -> Vec<Got> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "itest-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for p in 0..PARTITIONS {
-        let (lo, hi) = c
-            .fetch_watermarks(TOPIC, p, READ_TIMEOUT)
-            .expect("watermarks");
-        if hi > lo {
-            tpl.add_partition_offset(TOPIC, p, Offset::Offset(lo))
-                .unwrap();
-            ends.insert(p, hi);
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return out;
-    }
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + READ_TIMEOUT;
-    while !ends.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "reading the topic timed out; partitions left {ends:?}"
-        );
-        let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let Some(&end) = ends.get(&m.partition()) else {
-            continue;
-        };
-        if m.offset() >= end {
-            ends.remove(&m.partition());
-            continue;
-        }
-        let value = m.payload().unwrap_or_default().to_vec();
-        out.push(Got {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().unwrap_or_default().to_vec(),
-            ts: decode(&value),
-            value,
-        });
-        if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
-        }
-    }
-    out.sort_by_key(|g| (g.partition, g.offset));
-    out
-}
-
-fn dump(got: &[Got]) -> String {
-    let mut s = String::new();
-    for g in got {
-        s.push_str(&format!(
-            "\n  {}/{} key={} idx={:?} obs={:?}",
-            g.partition,
-            g.offset,
-            String::from_utf8_lossy(&g.key),
-            g.ts.index,
-            g.ts.sub_stream.iter().map(kind).collect::<Vec<_>>()
-        ));
-    }
-    s
-}
-
-/// The records as a harness `Trace` (partition by partition, each in offset order: one
-/// connection's records keep their order).
-fn trace(got: &[Got]) -> Trace {
-    Trace {
-        records: got.iter().map(|g| (g.ts.clone(), g.value.len())).collect(),
-    }
-}
-
-/// The connection whose captured reads are exactly what `client` sent.
-fn conn_of(t: &Trace, client: &Client) -> ConnTrace {
-    let conns = t.connections();
-    conns
-        .iter()
-        .find(|c| c.reads() == client.sent)
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "no connection captured the client's {} bytes:{}",
-                client.sent.len(),
-                t.dump()
-            )
-        })
-}
-
-/// Keys equal connectionIds; every connection on one partition; per connection, offsets
-/// follow record numbers.
-fn assert_kafka_placement(got: &[Got]) {
-    let mut seen: HashMap<&str, (i32, i64, i32)> = HashMap::new();
-    for g in got {
-        assert_eq!(
-            g.key,
-            g.ts.connection_id.as_bytes(),
-            "key != connectionId at {}/{}",
-            g.partition,
-            g.offset
-        );
-        let n = match g.ts.index {
-            Some(Index::Number(n)) | Some(Index::NumberOfThisLastChunk(n)) => n,
-            None => panic!("record without index at {}/{}", g.partition, g.offset),
-        };
-        if let Some((p, off, prev)) = seen.get(g.ts.connection_id.as_str()) {
-            assert_eq!(*p, g.partition, "connection {} split", g.ts.connection_id);
-            assert!(
-                g.offset > *off && n > *prev,
-                "connection {}: record {n} at offset {} after record {prev} at {off}",
-                g.ts.connection_id,
-                g.offset
-            );
-        }
-        seen.insert(&g.ts.connection_id, (g.partition, g.offset, n));
-    }
+/// A mock cluster for one test: records waited for up to `KAFKA_WAIT`.
+fn start_kafka() -> Kafka {
+    Kafka::start(READER_GROUP, KAFKA_WAIT)
 }
 
 /// A proxy to `origin` writing to the mock cluster; `tweak` adjusts the rest.
 fn kafka_proxy(origin: &Origin, k: &Kafka, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let sink = SinkConfig::Kafka(KafkaConfig {
-        brokers: k.bootstrap.clone(),
-        topic: TOPIC.to_string(),
-        client_id: "capture-proxy-itest".to_string(),
-        extra_properties: Vec::new(),
-        auth: KafkaAuth::None,
-    });
+    let sink = kafka_sink(&k.bootstrap, "capture-proxy-itest");
     Proxy::start(origin.addr(), move |cfg| {
         cfg.sink = sink;
         tweak(cfg);
     })
-}
-
-/// Closes the client's side and waits for the proxy to close the connection.
-fn finish_client(c: &mut Client) {
-    c.shutdown_write();
-    assert!(c.closed_by_peer(), "proxy did not close the connection");
 }
 
 /// One GET on a fresh connection, then close: connects the proxy's producer to the cluster
@@ -295,16 +56,12 @@ fn warm_up(proxy: &Proxy) {
     finish_client(&mut c);
 }
 
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    with_body("POST", path, body)
-}
-
 /// (a) Keep-alive GETs and a POST on three connections, then close: every connection is in
 /// the topic, complete, with the exact bytes exchanged, keyed by its connectionId.
 #[test]
 fn keep_alive_and_post_captured_completely() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let proxy = kafka_proxy(&origin, &k, |_| {});
     let mut clients = Vec::new();
@@ -325,7 +82,7 @@ fn keep_alive_and_post_captured_completely() {
         clients.push(c);
     }
     let got = k.wait_finals(3);
-    assert_kafka_placement(&got);
+    assert_placement_and_order(&got);
     let t = trace(&got);
     assert_eq!(t.connections().len(), 3, "{}", t.dump());
     for c in &clients {
@@ -337,7 +94,7 @@ fn keep_alive_and_post_captured_completely() {
         assert_eq!(conn.record_kinds(0).last(), Some(&"eom"));
         assert_eq!(conn.records[1].prior_requests_received, Some(3));
     }
-    let (k_report, text) = k.inspect();
+    let (k_report, text) = k.inspect_detailed();
     let r = &k_report.report;
     assert!(r.ok(), "{text}");
     assert_eq!(r.connections, 3, "{text}");
@@ -377,7 +134,7 @@ type PostSeen = (Instant, Vec<i64>);
 fn post_reaches_origin_only_after_its_record_is_in_the_topic() {
     const RTT: Duration = Duration::from_millis(300);
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let proxy = kafka_proxy(&origin, &k, |_| {});
     warm_up(&proxy);
@@ -468,7 +225,7 @@ fn post_reaches_origin_only_after_its_record_is_in_the_topic() {
         rec1.offset
     );
     assert_eq!(proxy.handle().counter(Counter::HoldFailed), 0);
-    let (r, text) = k.inspect();
+    let (r, text) = k.inspect_detailed();
     assert!(r.report.ok(), "{text}");
 }
 
@@ -480,7 +237,7 @@ fn post_reaches_origin_only_after_its_record_is_in_the_topic() {
 fn broker_down_forward_and_reject_policies() {
     const ACK_TIMEOUT: Duration = Duration::from_secs(1);
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let fwd = kafka_proxy(&origin, &k, |c| {
         c.kafka_ack_timeout = ACK_TIMEOUT;
@@ -563,7 +320,7 @@ fn broker_down_forward_and_reject_policies() {
     assert_eq!(fwd.handle().counter(Counter::HoldFailed), 1);
     assert_eq!(fwd.handle().counter(Counter::RecordsLost), 0);
     assert_eq!(rej.handle().counter(Counter::RecordsLost), 0);
-    assert_kafka_placement(&got);
+    assert_placement_and_order(&got);
     let t = trace(&got);
     for cl in [&a, &c] {
         let conn = conn_of(&t, cl);
@@ -575,7 +332,7 @@ fn broker_down_forward_and_reject_policies() {
     let conn_b = conn_of(&t, &b);
     conn_b.check();
     assert!(conn_b.writes().is_empty(), "{}", conn_b.dump());
-    let (r, text) = k.inspect();
+    let (r, text) = k.inspect_detailed();
     assert!(r.report.ok(), "{text}");
     assert_eq!(r.report.complete_connections, 5, "{text}");
 }
@@ -585,7 +342,7 @@ fn broker_down_forward_and_reject_policies() {
 #[test]
 fn retriable_produce_errors_heal_without_gaps() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let proxy = kafka_proxy(&origin, &k, |_| {});
     warm_up(&proxy);
@@ -610,7 +367,7 @@ fn retriable_produce_errors_heal_without_gaps() {
         finish_client(c);
     }
     let got = k.wait_finals(4);
-    assert_kafka_placement(&got);
+    assert_placement_and_order(&got);
     let t = trace(&got);
     for c in &clients {
         let conn = conn_of(&t, c);
@@ -622,7 +379,7 @@ fn retriable_produce_errors_heal_without_gaps() {
     assert_eq!(h.counter(Counter::HoldFailed), 0);
     assert_eq!(h.counter(Counter::RecordsLost), 0);
     assert_eq!(h.counter(Counter::BlockingRequest), 6);
-    let (r, text) = k.inspect();
+    let (r, text) = k.inspect_detailed();
     assert!(r.report.ok(), "{text}");
     assert_eq!(r.report.records, 10, "no duplicates: {text}");
     assert_eq!(r.report.complete_connections, 4);
@@ -634,7 +391,7 @@ fn retriable_produce_errors_heal_without_gaps() {
 #[test]
 fn permanently_failed_record_is_named_in_the_next_record() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let proxy = kafka_proxy(&origin, &k, |_| {});
     warm_up(&proxy);
@@ -655,7 +412,7 @@ fn permanently_failed_record_is_named_in_the_next_record() {
     finish_client(&mut c);
 
     let got = k.wait_finals(2);
-    assert_kafka_placement(&got);
+    assert_placement_and_order(&got);
     let id = got
         .iter()
         .find(|g| {
@@ -692,11 +449,7 @@ fn permanently_failed_record_is_named_in_the_next_record() {
     assert_bytes_eq("captured reads", &conn.reads(), &get("/small?after=1"));
     assert_eq!(h.counter(Counter::RecordsLost), 1);
 
-    let (r, text) = k.inspect();
-    assert!(!r.report.ok(), "a lost record is an error: {text}");
-    assert_eq!(r.report.incomplete_connections, 1, "{text}");
-    assert_eq!(r.report.exceptions, 1, "{text}");
-    assert!(text.contains("gap: record #1 missing"), "{text}");
+    k.assert_inspect_names_first_record_lost();
 }
 
 /// (f) Shutdown right after traffic (what SIGTERM does): connections still open are closed
@@ -704,7 +457,7 @@ fn permanently_failed_record_is_named_in_the_next_record() {
 #[test]
 fn shutdown_after_traffic_flushes_every_final_record() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let mut proxy = kafka_proxy(&origin, &k, |_| {});
     let mut clients = Vec::new();
@@ -738,14 +491,14 @@ fn shutdown_after_traffic_flushes_every_final_record() {
         "{}",
         dump(&got)
     );
-    assert_kafka_placement(&got);
+    assert_placement_and_order(&got);
     let t = trace(&got);
     for c in &clients {
         let conn = conn_of(&t, c);
         conn.check();
         assert_exchange(&conn, c);
     }
-    let (r, text) = k.inspect();
+    let (r, text) = k.inspect_detailed();
     assert!(r.report.ok(), "{text}");
     assert_eq!(r.report.complete_connections, 4, "{text}");
 }

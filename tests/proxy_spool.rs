@@ -6,9 +6,10 @@
 //! spool's size bound (the failure policy applies and the loss is named in the capture), and
 //! the real binary killed with SIGKILL (idle, and under load) and restarted.
 //!
-//! May depend on: the crate's public API (`start`, `config`, `inspect`, `sink::spool` for
-//! reading and damaging spool files), `tests/common` (origin, raw client, trace checks),
-//! rdkafka (mock cluster, consumer), libc (signals), tempfile.
+//! May depend on: the crate's public API (`start`, `config`, `sink::spool` for reading and
+//! damaging spool files), `tests/common` (origin, raw client, trace checks; `common::kafka`:
+//! mock cluster, topic reader, `inspect`; `common::binary`: the real binary), libc (signals),
+//! tempfile.
 //!
 //! Invariant: every wait is bounded (`KAFKA_WAIT`, socket timeouts); nothing talks to any
 //! address but 127.0.0.1; the tests run one at a time (`serial`): they assert latencies and
@@ -16,236 +17,41 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use capture_proxy::capture::proto::traffic_stream::Index;
-use capture_proxy::capture::proto::TrafficStream;
-use capture_proxy::config::{Config, FailurePolicy, KafkaAuth, KafkaConfig, SinkConfig};
-use capture_proxy::inspect::{inspect_kafka_detailed, InspectOptions, KafkaInput};
+use capture_proxy::config::{Config, FailurePolicy};
 use capture_proxy::sink::spool::{scan_segment, segment_files, Scanned};
 use capture_proxy::sink::SinkStats;
 use capture_proxy::stats::Counter;
+use common::binary::{proxy_command, ProxyProcess, STARTUP_TIMEOUT};
+use common::kafka::*;
 use common::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{Message, Offset, TopicPartitionList};
 
-const TOPIC: &str = "logging-traffic-topic";
-/// Partitions of the test topic: several, so connections spread over them.
-const PARTITIONS: i32 = 3;
-/// Brokers of the mock cluster (ids 1..=BROKERS).
-const BROKERS: i32 = 2;
 /// Bound of the waits for records to reach the topic and for the proxy to notice broker
 /// state (s): librdkafka reconnects to a broker that came back with a backoff of up to 10 s.
 const KAFKA_WAIT: Duration = Duration::from_secs(40);
-/// Bound of one read of the topic (s).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most time a held POST may take while Kafka is down and the spool takes its record: the
 /// spool's fsync, far below the 10 s `--kafka-ack-timeout` a POST would otherwise wait for.
 /// Generous for a loaded 2-core machine.
 const SPOOLED_POST_MAX: Duration = Duration::from_secs(2);
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// The reader group of this file's raw reads of the topic.
+const READER_GROUP: &str = "spool-itest-reader";
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One record as read back from the topic.
-#[derive(Clone)]
-struct Got {
-    partition: i32,
-    offset: i64,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    ts: TrafficStream,
-}
-
-impl Got {
-    fn is_final(&self) -> bool {
-        matches!(self.ts.index, Some(Index::NumberOfThisLastChunk(_)))
-    }
-    fn number(&self) -> i32 {
-        match self.ts.index {
-            Some(Index::Number(n)) | Some(Index::NumberOfThisLastChunk(n)) => n,
-            None => 0,
-        }
-    }
-}
-
-struct Kafka {
-    mock: MockCluster<'static, DefaultProducerContext>,
-    bootstrap: String,
-}
-
-impl Kafka {
-    fn start() -> Kafka {
-        let mock = MockCluster::new(BROKERS).expect("mock cluster");
-        mock.create_topic(TOPIC, PARTITIONS, 1)
-            .expect("create topic");
-        let bootstrap = mock.bootstrap_servers();
-        assert!(bootstrap.starts_with("127.0.0.1:"), "{bootstrap}");
-        Kafka { mock, bootstrap }
-    }
-
-    fn all_down(&self) {
-        for b in 1..=BROKERS {
-            self.mock.broker_down(b).unwrap();
-        }
-    }
-
-    fn all_up(&self) {
-        for b in 1..=BROKERS {
-            self.mock.broker_up(b).unwrap();
-        }
-    }
-
-    fn records(&self) -> Vec<Got> {
-        read_topic(&self.bootstrap)
-    }
-
-    fn wait_records(&self, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
-        let deadline = Instant::now() + KAFKA_WAIT;
-        loop {
-            let got = self.records();
-            if pred(&got) {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; topic holds {} records",
-                got.len()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_finals(&self, n: usize) -> Vec<Got> {
-        self.wait_records(&format!("{n} final records"), |g| {
-            g.iter().filter(|r| r.is_final()).count() >= n
-        })
-    }
-
-    fn inspect(&self) -> (capture_proxy::capture::verify::Report, String) {
-        let input = KafkaInput {
-            timeout: READ_TIMEOUT,
-            ..KafkaInput::new(self.bootstrap.clone(), TOPIC)
-        };
-        let mut out = Vec::new();
-        let r = inspect_kafka_detailed(&input, &InspectOptions::default(), &mut out)
-            .expect("inspect the topic");
-        (r.report, String::from_utf8(out).unwrap())
-    }
-}
-
-/// Every record of TOPIC, from each partition's low to its high watermark.
-fn read_topic(bootstrap: &str) -> Vec<Got> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "spool-itest-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for p in 0..PARTITIONS {
-        let (lo, hi) = c
-            .fetch_watermarks(TOPIC, p, READ_TIMEOUT)
-            .expect("watermarks");
-        if hi > lo {
-            tpl.add_partition_offset(TOPIC, p, Offset::Offset(lo))
-                .unwrap();
-            ends.insert(p, hi);
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return out;
-    }
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + READ_TIMEOUT;
-    while !ends.is_empty() {
-        assert!(Instant::now() < deadline, "reading the topic timed out");
-        let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let Some(&end) = ends.get(&m.partition()) else {
-            continue;
-        };
-        if m.offset() < end {
-            let value = m.payload().unwrap_or_default().to_vec();
-            out.push(Got {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                ts: decode(&value),
-                value,
-            });
-        }
-        if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
-        }
-    }
-    out.sort_by_key(|g| (g.partition, g.offset));
-    out
-}
-
-/// Keys equal connection ids, a connection stays on one partition, and its records follow
-/// their numbers in offset order (no duplicates).
-fn assert_placement_and_order(got: &[Got]) {
-    let mut seen: HashMap<&str, (i32, i64, i32)> = HashMap::new();
-    for g in got {
-        assert_eq!(g.key, g.ts.connection_id.as_bytes(), "key != connectionId");
-        let n = g.number();
-        if let Some((p, off, prev)) = seen.get(g.ts.connection_id.as_str()) {
-            assert_eq!(*p, g.partition, "connection {} split", g.ts.connection_id);
-            assert!(
-                g.offset > *off && n > *prev,
-                "connection {}: record {n} at offset {} after record {prev} at {off}",
-                g.ts.connection_id,
-                g.offset
-            );
-        }
-        seen.insert(&g.ts.connection_id, (g.partition, g.offset, n));
-    }
-}
-
-fn trace(got: &[Got]) -> Trace {
-    Trace {
-        records: got.iter().map(|g| (g.ts.clone(), g.value.len())).collect(),
-    }
-}
-
-fn conn_of(t: &Trace, client: &Client) -> ConnTrace {
-    t.connections()
-        .into_iter()
-        .find(|c| c.reads() == client.sent)
-        .unwrap_or_else(|| panic!("no connection captured the client's bytes:{}", t.dump()))
-}
-
-fn kafka_sink(k: &Kafka) -> SinkConfig {
-    SinkConfig::Kafka(KafkaConfig {
-        brokers: k.bootstrap.clone(),
-        topic: TOPIC.to_string(),
-        client_id: "capture-proxy-spool-itest".to_string(),
-        extra_properties: Vec::new(),
-        auth: KafkaAuth::None,
-    })
+/// A mock cluster for one test: records waited for up to `KAFKA_WAIT`.
+fn start_kafka() -> Kafka {
+    Kafka::start(READER_GROUP, KAFKA_WAIT)
 }
 
 /// A proxy to `origin` writing to the mock cluster with its spool in `spool`.
 fn spool_proxy(origin: &Origin, k: &Kafka, spool: &Path, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let sink = kafka_sink(k);
+    let sink = kafka_sink(&k.bootstrap, "capture-proxy-spool-itest");
     let dir = spool.to_path_buf();
     Proxy::start(origin.addr(), move |cfg| {
         cfg.sink = sink;
@@ -258,36 +64,16 @@ fn sink_stats(p: &Proxy) -> &SinkStats {
     &p.handle().sink_stats
 }
 
-/// Waits (bounded by `KAFKA_WAIT`) until `pred` holds.
-fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + KAFKA_WAIT;
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn wait_kafka_connected(p: &Proxy, up: bool) {
-    wait_until(&format!("kafkaConnected = {}", u8::from(up)), || {
-        sink_stats(p).kafka_connected.load(Ordering::Relaxed) == u64::from(up)
-    });
+    wait_until(
+        &format!("kafkaConnected = {}", u8::from(up)),
+        KAFKA_WAIT,
+        || sink_stats(p).kafka_connected.load(Ordering::Relaxed) == u64::from(up),
+    );
 }
 
 fn spooled(p: &Proxy) -> u64 {
     sink_stats(p).spool_records_spooled.load(Ordering::Relaxed)
-}
-
-fn segments(dir: &Path) -> usize {
-    segment_files(dir).map_or(0, |v| v.len())
-}
-
-fn finish_client(c: &mut Client) {
-    c.shutdown_write();
-    assert!(c.closed_by_peer(), "proxy did not close the connection");
-}
-
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    with_body("POST", path, body)
 }
 
 /// Sends a POST and returns how long the response took.
@@ -306,7 +92,7 @@ fn timed_post(c: &mut Client, path: &str, body: &[u8]) -> Duration {
 #[test]
 fn outage_spools_without_delaying_posts_then_drains_in_order() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy = spool_proxy(&origin, &k, spool.path(), |_| {});
@@ -343,7 +129,7 @@ fn outage_spools_without_delaying_posts_then_drains_in_order() {
         "POST with Kafka down took {took:?}"
     );
     // 4 connections × (2 POST records + final) and x's second POST.
-    wait_until("13 records spooled", || {
+    wait_until("13 records spooled", KAFKA_WAIT, || {
         spooled(&proxy) >= before_outage + 13
     });
     let h = proxy.handle();
@@ -363,7 +149,7 @@ fn outage_spools_without_delaying_posts_then_drains_in_order() {
     assert!(took < SPOOLED_POST_MAX, "{took:?}");
     finish_client(&mut x);
     let got = k.wait_finals(5);
-    wait_until("the spool to drain", || {
+    wait_until("the spool to drain", KAFKA_WAIT, || {
         sink_stats(&proxy).spool_bytes.load(Ordering::Relaxed) == 0
     });
     assert_eq!(segments(spool.path()), 0, "drained spool files are deleted");
@@ -418,13 +204,13 @@ fn some_traffic(proxy: &Proxy, n: usize, tag: &str) -> Vec<Client> {
 #[test]
 fn restart_replays_the_spool() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let mut a = spool_proxy(&origin, &k, spool.path(), |_| {});
     let clients = some_traffic(&a, 3, "a");
-    wait_until("6 records spooled", || spooled(&a) >= 6);
+    wait_until("6 records spooled", KAFKA_WAIT, || spooled(&a) >= 6);
     assert_eq!(a.handle().counter(Counter::HoldFailed), 0);
     a.take_handle().shutdown();
     assert!(segments(spool.path()) >= 1, "the spool is kept at shutdown");
@@ -436,7 +222,9 @@ fn restart_replays_the_spool() {
     );
     let b = spool_proxy(&origin, &k, spool.path(), |_| {});
     let got = k.wait_finals(3);
-    wait_until("the spool to drain", || segments(spool.path()) == 0);
+    wait_until("the spool to drain", KAFKA_WAIT, || {
+        segments(spool.path()) == 0
+    });
     assert_placement_and_order(&got);
     let t = trace(&got);
     for c in &clients {
@@ -449,7 +237,7 @@ fn restart_replays_the_spool() {
     assert_eq!(r.complete_connections, 3, "{text}");
     assert_eq!(r.records, 6, "{text}");
     let st = sink_stats(&b);
-    wait_until("6 drained", || {
+    wait_until("6 drained", KAFKA_WAIT, || {
         st.spool_records_drained.load(Ordering::Relaxed) == 6
     });
     assert_eq!(st.spool_records_spooled.load(Ordering::Relaxed), 0);
@@ -460,13 +248,13 @@ fn restart_replays_the_spool() {
 #[test]
 fn torn_tail_and_corrupt_entry_are_skipped_on_replay() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let mut a = spool_proxy(&origin, &k, spool.path(), |_| {});
     some_traffic(&a, 4, "t");
-    wait_until("8 records spooled", || spooled(&a) >= 8);
+    wait_until("8 records spooled", KAFKA_WAIT, || spooled(&a) >= 8);
     a.take_handle().shutdown();
 
     let files = segment_files(spool.path()).unwrap();
@@ -515,7 +303,9 @@ fn torn_tail_and_corrupt_entry_are_skipped_on_replay() {
     k.all_up();
     let b = spool_proxy(&origin, &k, spool.path(), |_| {});
     let st = sink_stats(&b);
-    wait_until("the spool to drain", || segments(spool.path()) == 0);
+    wait_until("the spool to drain", KAFKA_WAIT, || {
+        segments(spool.path()) == 0
+    });
     assert_eq!(st.spool_corrupt_skipped.load(Ordering::Relaxed), 2);
     let got = k.wait_records("6 records", |g| g.len() >= 6);
     let have: BTreeSet<(String, u32)> = got
@@ -543,7 +333,7 @@ fn torn_tail_and_corrupt_entry_are_skipped_on_replay() {
 #[test]
 fn full_spool_applies_the_failure_policy() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
@@ -571,7 +361,7 @@ fn full_spool_applies_the_failure_policy() {
     assert_eq!(origin.requests().len(), 3, "all three POSTs forwarded");
 
     k.all_up();
-    wait_until("the spool to drain", || {
+    wait_until("the spool to drain", KAFKA_WAIT, || {
         st.spool_bytes.load(Ordering::Relaxed) == 0
     });
     c.send(&get("/small?after=1"));
@@ -598,137 +388,32 @@ fn full_spool_applies_the_failure_policy() {
 // The real binary, killed with SIGKILL.
 // ----------------------------------------------------------------------------------------
 
-/// Most time from spawning the binary to its `listening` line (s).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most time from SIGTERM to exit (s): drain timeout below plus the producer's close.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
 
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: std::sync::Arc<Mutex<Vec<String>>>,
-}
-
-/// The value after `key=` in a log line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let at = line.find(key)? + key.len();
-    line.get(at..)?.split_whitespace().next()
-}
-
-impl Binary {
-    fn start(kafka: &str, origin: &Origin, spool: &Path) -> Binary {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CAPTURE_PROXY_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env_remove("RUST_LOG");
-        cmd.args([
-            "--destinationUri",
-            &format!("http://{}", origin.addr()),
-            "--listenPort",
-            "0",
-            "--listen-address",
-            "127.0.0.1",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--kafkaConnection",
-            kafka,
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--numThreads",
-            "1",
-            "--drain-timeout",
-            "5s",
-        ]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn capture-proxy");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let log2 = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("no listening lines:\n{}", log.lock().unwrap().join("\n"));
-                }
-            };
-            if line.contains(" listening") {
-                let a: Option<SocketAddr> = field(&line, " addr=").and_then(|a| a.parse().ok());
-                if line.contains("admin") {
-                    admin = a;
-                } else {
-                    addr = a;
-                }
-            }
-        }
-        Binary {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            log,
-        }
-    }
-
-    /// The value of an (unlabelled) metric from `/metrics`.
-    fn metric(&self, name: &str) -> u64 {
-        let mut s = TcpStream::connect_timeout(&self.admin, IO_TIMEOUT).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) of our own child, which has not been reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "capture-proxy did not exit:\n{}",
-                    self.log.lock().unwrap().join("\n")
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The real binary to `origin`, capturing to `kafka` with its spool in `spool`, on port 0 with
+/// an admin endpoint on port 0; waits for both `listening` lines.
+fn start_binary(kafka: &str, origin: &Origin, spool: &Path) -> ProxyProcess {
+    let mut cmd = proxy_command();
+    cmd.args([
+        "--destinationUri",
+        &format!("http://{}", origin.addr()),
+        "--listenPort",
+        "0",
+        "--listen-address",
+        "127.0.0.1",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--kafkaConnection",
+        kafka,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--numThreads",
+        "1",
+        "--drain-timeout",
+        "5s",
+    ]);
+    ProxyProcess::start_with_admin(cmd, STARTUP_TIMEOUT)
 }
 
 /// (5) The real binary with brokers down spools the traffic; SIGKILL; restarted with brokers
@@ -737,11 +422,11 @@ impl Drop for Binary {
 #[test]
 fn sigkill_then_restart_replays_what_the_spool_acknowledged() {
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
-    let mut first = Binary::start(&k.bootstrap, &origin, spool.path());
+    let mut first = start_binary(&k.bootstrap, &origin, spool.path());
     let mut clients = Vec::new();
     for i in 0..3 {
         let mut c = Client::connect(first.addr);
@@ -763,12 +448,12 @@ fn sigkill_then_restart_replays_what_the_spool_acknowledged() {
     assert_eq!(first.metric("kafkaConnected"), 0);
     assert_eq!(first.metric("holdFailed_total"), 0);
     first.signal(libc::SIGKILL);
-    let st = first.wait_exit();
+    let st = first.wait_exit(EXIT_TIMEOUT);
     assert_eq!(st.code(), None, "killed by a signal");
     assert!(segments(spool.path()) >= 1);
 
     k.all_up();
-    let mut second = Binary::start(&k.bootstrap, &origin, spool.path());
+    let mut second = start_binary(&k.bootstrap, &origin, spool.path());
     let got = k.wait_finals(3);
     assert_placement_and_order(&got);
     let t = trace(&got);
@@ -787,14 +472,7 @@ fn sigkill_then_restart_replays_what_the_spool_acknowledged() {
     assert!(r.ok(), "{text}");
     assert_eq!(r.complete_connections, 3, "{text}");
     assert_eq!(r.records, 9, "{text}");
-    second.signal(libc::SIGTERM);
-    let st = second.wait_exit();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{}",
-        second.log.lock().unwrap().join("\n")
-    );
+    second.stop_ok(EXIT_TIMEOUT);
 }
 
 /// (6) Kafka refuses drained records (a permanent produce error, once per request): they
@@ -805,20 +483,22 @@ fn drained_records_kafka_refuses_are_retried() {
     use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
     use rdkafka::types::RDKafkaApiKey;
     let _s = serial();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     let proxy = spool_proxy(&origin, &k, spool.path(), |_| {});
     let clients = some_traffic(&proxy, 2, "r");
-    wait_until("4 records spooled", || spooled(&proxy) >= 4);
+    wait_until("4 records spooled", KAFKA_WAIT, || spooled(&proxy) >= 4);
     k.mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
     );
     k.all_up();
     let got = k.wait_finals(2);
-    wait_until("the spool to drain", || segments(spool.path()) == 0);
+    wait_until("the spool to drain", KAFKA_WAIT, || {
+        segments(spool.path()) == 0
+    });
     assert_placement_and_order(&got);
     let t = trace(&got);
     for c in &clients {
@@ -961,11 +641,11 @@ fn sigkill_under_load_then_restart_replays_the_spool() {
     use std::sync::Arc;
     let _s = serial();
     let t0 = Instant::now();
-    let k = Kafka::start();
+    let k = start_kafka();
     k.all_down();
     let origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
-    let mut first = Binary::start(&k.bootstrap, &origin, spool.path());
+    let mut first = start_binary(&k.bootstrap, &origin, spool.path());
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..LOAD_THREADS)
         .map(|t| {
@@ -983,7 +663,7 @@ fn sigkill_under_load_then_restart_replays_the_spool() {
     );
     let kill_at = Instant::now();
     first.signal(libc::SIGKILL);
-    let st = first.wait_exit();
+    let st = first.wait_exit(EXIT_TIMEOUT);
     assert_eq!(st.code(), None, "killed by a signal");
     stop.store(true, Ordering::Relaxed);
     let conns: Vec<LoadConn> = threads
@@ -1033,7 +713,7 @@ fn sigkill_under_load_then_restart_replays_the_spool() {
         k.records().is_empty(),
         "brokers were down: nothing in Kafka"
     );
-    let mut second = Binary::start(&k.bootstrap, &origin, spool.path());
+    let mut second = start_binary(&k.bootstrap, &origin, spool.path());
     let deadline = Instant::now() + KAFKA_WAIT;
     while second.metric("spoolBytes") != 0 || segments(spool.path()) != 0 {
         assert!(Instant::now() < deadline, "spool not drained");
@@ -1198,12 +878,5 @@ fn sigkill_under_load_then_restart_replays_the_spool() {
         r.complete_connections,
         t0.elapsed()
     );
-    second.signal(libc::SIGTERM);
-    let st = second.wait_exit();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{}",
-        second.log.lock().unwrap().join("\n")
-    );
+    second.stop_ok(EXIT_TIMEOUT);
 }

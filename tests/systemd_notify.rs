@@ -13,15 +13,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{get, Client, Origin, FORWARD_WAIT, IO_TIMEOUT};
+use common::admin::admin_get;
+use common::binary::{parse_listening, proxy_command, Listening};
+use common::{get, Client, Origin, FORWARD_WAIT};
 
 /// Most time (s) from spawning the proxy to `READY=1`: it binds at once; generous because
 /// test binaries run in parallel on a small shared machine.
@@ -127,10 +129,9 @@ impl ProxyProcess {
 
     fn spawn_args(notify: &NotifySocket, args: &[&str], extra_env: &[(&str, String)]) -> Self {
         let trace = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_capture-proxy"));
+        let mut cmd = proxy_command();
         for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CAPTURE_PROXY_") || k.starts_with("WATCHDOG_") || k == "RUST_LOG" {
+            if k.to_string_lossy().starts_with("WATCHDOG_") {
                 cmd.env_remove(&k);
             }
         }
@@ -141,7 +142,6 @@ impl ProxyProcess {
             .args(["--traceDirectory", trace.path().to_str().unwrap()])
             .env("NOTIFY_SOCKET", &notify.path)
             .envs(extra_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn capture-proxy");
@@ -161,44 +161,25 @@ impl ProxyProcess {
         }
     }
 
-    /// The `addr=` of the first log line containing `what` (bounded wait).
-    fn addr_from_log(&mut self, what: &str) -> SocketAddr {
+    /// The address of the first `listening` line of the admin endpoint (`admin`) or of the
+    /// client-facing listener, waiting for it (bounded).
+    fn listening_addr(&mut self, admin: bool) -> SocketAddr {
         let end = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(a) = self
-                .log
-                .iter()
-                .filter(|l| l.contains(what))
-                .find_map(|l| field(l, "addr"))
-                .and_then(|a| a.parse().ok())
-            {
+            if let Some(a) = self.log.iter().find_map(|l| match parse_listening(l)? {
+                Listening::Admin(a) if admin => Some(a),
+                Listening::Proxy { addr, .. } if !admin => Some(addr),
+                _ => None,
+            }) {
                 return a;
             }
             let left = end.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => self.log.push(l),
-                Err(_) => panic!("no {what:?} line with addr=:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    /// The client-facing address (from `listening addr=…`, not the admin line).
-    fn proxy_addr(&mut self) -> SocketAddr {
-        let end = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(a) = self
-                .log
-                .iter()
-                .filter(|l| l.contains(" listening ") && !l.contains("admin"))
-                .find_map(|l| field(l, "addr"))
-                .and_then(|a| a.parse().ok())
-            {
-                return a;
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.log.push(l),
-                Err(_) => panic!("no listening line:\n{}", self.log.join("\n")),
+                Err(_) => panic!(
+                    "no listening line (admin: {admin}):\n{}",
+                    self.log.join("\n")
+                ),
             }
         }
     }
@@ -236,26 +217,6 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// The value of ` name=` in a log line (quotes removed).
-fn field(line: &str, name: &str) -> Option<String> {
-    let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    let v = line.get(at..)?.split_whitespace().next()?;
-    Some(v.trim_matches('"').to_string())
-}
-
-/// Status code of `GET path` on the admin endpoint.
-fn admin_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn ready_then_watchdog_then_stopping_and_exit_0() {
     let origin = Origin::start();
@@ -278,12 +239,12 @@ fn ready_then_watchdog_then_stopping_and_exit_0() {
         "{ready:?}"
     );
     assert!(lines.iter().any(|l| l.starts_with("STATUS=")), "{ready:?}");
-    let addr = p.proxy_addr();
-    let admin = p.addr_from_log("admin endpoint listening");
+    let addr = p.listening_addr(false);
+    let admin = p.listening_addr(true);
     let mut c = Client::connect(addr);
     c.send(&get("/small"));
     assert_eq!(c.read_response(false).status, 200);
-    assert_eq!(admin_status(admin, "/ready"), 200);
+    assert_eq!(admin_get(admin, "/ready").0, 200);
 
     // Watchdog pings at WATCHDOG_USEC / 2, and nothing else while running.
     let msgs = notify.collect(WATCHDOG_WINDOW);

@@ -9,12 +9,16 @@
 //! makes a test fail, never hang; readiness is signalled by bound listeners, never by sleeps.
 #![allow(dead_code)]
 
+pub mod admin;
+pub mod binary;
+pub mod kafka;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -828,6 +832,58 @@ pub fn with_body(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     v
 }
 
+/// `POST {path}` with a Content-Length body.
+pub fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    with_body("POST", path, body)
+}
+
+/// Half-closes the client and waits for the proxy to close the connection too.
+#[track_caller]
+pub fn finish_client(c: &mut Client) {
+    c.shutdown_write();
+    assert!(c.closed_by_peer(), "proxy did not close the connection");
+}
+
+/// Sends `req` and returns the response with how long it took.
+pub fn timed(c: &mut Client, req: &[u8]) -> (Response, Duration) {
+    let t0 = Instant::now();
+    c.send(req);
+    let r = c.read_response(false);
+    (r, t0.elapsed())
+}
+
+/// A GET of `path` through a fresh connection is answered 200 with the origin's body, then the
+/// connection is closed by both sides (the proxy keeps serving).
+#[track_caller]
+pub fn assert_serves_path(proxy: &Proxy, path: &str) -> Client {
+    let mut c = proxy.client();
+    c.send(&get(path));
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200, "follow-up GET {path}");
+    assert_eq!(r.body, small_body(path));
+    c.shutdown_write();
+    assert!(c.closed_by_peer());
+    c
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One test of the calling test file at a time (each test file is its own crate, so its own
+/// lock); a failed test does not poison the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits (bounded by `bound`) until `pred` holds; panics naming `what` otherwise.
+#[track_caller]
+pub fn wait_until(what: &str, bound: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Expected EOM lengths of a request: (request line without CRLF, sum of header lines without
 /// their CRLFs, not counting the empty line).
 pub fn eom_lengths(request: &[u8]) -> (i32, i32) {
@@ -1261,6 +1317,13 @@ impl ConnTrace {
     /// starts mid-request; only the observation kinds the proxy writes, each with a
     /// timestamp; one `close`, last; segments terminated by `segmentEnd` with the original
     /// timestamp; EOM right after a read, same timestamp, both lengths set; sizes ≤ limit.
+    /// Asserts the connection's observation shape ([`ConnTrace::shape`]) is `want`, dumping
+    /// the connection otherwise.
+    #[track_caller]
+    pub fn assert_shape(&self, want: &[&str]) {
+        assert_eq!(self.shape(), want, "{}", self.dump());
+    }
+
     pub fn check(&self) {
         self.check_with_limit(MAX_RECORD_BYTES)
     }
@@ -1464,6 +1527,36 @@ pub fn assert_exchange(conn: &ConnTrace, client: &Client) {
         &conn.writes(),
         &client.received,
     );
+}
+
+/// The captured connection whose reads are exactly what `client` sent.
+#[track_caller]
+pub fn conn_sent_by<'a>(conns: &'a [ConnTrace], client: &Client) -> &'a ConnTrace {
+    conns
+        .iter()
+        .find(|c| c.reads() == client.sent)
+        .unwrap_or_else(|| {
+            panic!(
+                "no captured connection read the client's {} bytes ({:?}…)",
+                client.sent.len(),
+                String::from_utf8_lossy(&client.sent[..client.sent.len().min(60)])
+            )
+        })
+}
+
+/// The connection of `t` whose captured reads are exactly what `client` sent.
+#[track_caller]
+pub fn conn_of(t: &Trace, client: &Client) -> ConnTrace {
+    t.connections()
+        .into_iter()
+        .find(|c| c.reads() == client.sent)
+        .unwrap_or_else(|| {
+            panic!(
+                "no connection captured the client's {} bytes:{}",
+                client.sent.len(),
+                t.dump()
+            )
+        })
 }
 
 /// (Some(first line), Some(headers)) as the EOM should carry them for `request`.
