@@ -8,7 +8,10 @@
 //! edges are the batch queue out and the inbox (acks + returned buffers) in.
 //!
 //! Invariants: no borrow of a `RefCell` here is held across an `.await`; a record handed to
-//! `Emit` reaches the sink in order per connection (one FIFO batch per worker, one FIFO queue).
+//! `Emit` reaches the sink in order per connection (one FIFO batch per worker, one FIFO queue);
+//! a connection's final record is written only once its earlier records are acknowledged (or
+//! the linger bound, drain deadline or shutdown passes), so every loss is named in a record of
+//! its connection (`Ctx::finish`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -116,10 +116,24 @@ fn keep_alive_traffic_allocates_nothing_per_request_in_steady_state() {
     let settings = Arc::new(CaptureSettings::new(Arc::from("node-0000"), 16 * 1024).unwrap());
     let key: Arc<str> = Arc::from("conn-0001");
     let mut builder = StreamBuilder::new(key.clone(), settings);
+    // Set-up allocations, as a worker makes them: enough pooled record buffers (of the record
+    // limit's size) and spare batch vectors for the most that can be in flight (64 records,
+    // below), and pool vectors that never need to grow. Without this, a new high-water mark of
+    // in-flight records reached only in the measured phase (a slow consumer thread on a busy
+    // machine) allocated a few times, and the test was flaky.
+    const IN_FLIGHT_SPARE: usize = 256;
     let mut p = Pipeline {
-        pool: Vec::new(),
+        pool: {
+            let mut v = Vec::with_capacity(4 * IN_FLIGHT_SPARE);
+            v.extend((0..IN_FLIGHT_SPARE).map(|_| Vec::with_capacity(17 * 1024)));
+            v
+        },
         batch: Vec::with_capacity(64),
-        spare_batches: Vec::new(),
+        spare_batches: {
+            let mut v = Vec::with_capacity(4 * IN_FLIGHT_SPARE);
+            v.extend((0..IN_FLIGHT_SPARE).map(|_| Vec::with_capacity(64)));
+            v
+        },
         conn: ConnRef {
             worker: 0,
             slot: 0,
@@ -130,6 +144,9 @@ fn keep_alive_traffic_allocates_nothing_per_request_in_steady_state() {
     let mut req_framer = RequestFramer::new(FramerLimits::default());
     let mut resp_framer = ResponseFramer::new(FramerLimits::default());
     let mut returned = Returned::default();
+    returned.acks.reserve(4 * IN_FLIGHT_SPARE);
+    returned.buffers.reserve(4 * IN_FLIGHT_SPARE);
+    returned.record_vecs.reserve(4 * IN_FLIGHT_SPARE);
     let mut inflight = 0usize;
 
     let mut one_exchange =
