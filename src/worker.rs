@@ -231,8 +231,6 @@ pub struct Ctx {
     tick: Cell<u64>,
     pub draining: Cell<bool>,
     active: Cell<usize>,
-    /// Closed connections whose final record waits for acks (see [`Ctx::finish`]).
-    lingering: Cell<usize>,
     /// Connections are being aborted: close without lingering.
     aborting: Cell<bool>,
     conn_seq: Cell<u64>,
@@ -279,7 +277,6 @@ impl Ctx {
             tick: Cell::new(0),
             draining: Cell::new(false),
             active: Cell::new(0),
-            lingering: Cell::new(0),
             aborting: Cell::new(false),
             conn_seq: Cell::new(0),
             conn_closed: Signal::default(),
@@ -384,7 +381,6 @@ impl Ctx {
         let capturing = st.capture.borrow().is_some();
         if capturing && st.unacked.get() > 0 && !self.aborting.get() {
             st.closing.set(Some((ts, self.now_ms())));
-            self.lingering.set(self.lingering.get() + 1);
             self.stats.inc(Counter::FinalRecordWaited);
             self.conn_gone();
             return;
@@ -401,7 +397,6 @@ impl Ctx {
         let Some((ts, _)) = st.closing.take() else {
             return;
         };
-        self.lingering.set(self.lingering.get().saturating_sub(1));
         self.stats.inc(Counter::FinalRecordWaitEnded);
         self.with_capture(st, |b, e| {
             b.close(ts, e);
@@ -412,7 +407,9 @@ impl Ctx {
 
     /// Number of closed connections whose final record waits for acks.
     pub fn lingering(&self) -> usize {
-        self.lingering.get()
+        let waited = self.stats.get(Counter::FinalRecordWaited);
+        let ended = self.stats.get(Counter::FinalRecordWaitEnded);
+        waited.saturating_sub(ended) as usize
     }
 
     fn release_slot(&self, st: &ConnState) {

@@ -121,8 +121,6 @@ pub struct KafkaCounters {
     pub failed: [u64; 5],
     /// Times the producer was rebuilt after a fatal librdkafka error.
     pub rebuilds: u64,
-    /// Records taken back from librdkafka's queue when Kafka became unreachable (spooled).
-    pub pulled_back: u64,
 }
 
 impl KafkaCounters {
@@ -592,9 +590,7 @@ impl KafkaSink {
             self.unacked_bytes = self.unacked_bytes.saturating_sub(w.rec.value.len());
             out.push(w.rec);
         }
-        let n = out.len() - before;
-        self.counters.pulled_back += n as u64;
-        n
+        out.len() - before
     }
 
     pub fn healthy(&self) -> bool {
@@ -731,6 +727,22 @@ impl KafkaSink {
         }
     }
 
+    /// Acks a FIFO record (counted in `unacked`, never handed to librdkafka) as failed.
+    fn fail_waiting(&mut self, w: Waiting, kind: FailKind, done: &mut dyn FnMut(Ack, Vec<u8>)) {
+        let r = w.rec;
+        let len = r.value.len();
+        self.finish(
+            r.conn,
+            r.number,
+            r.is_final,
+            len,
+            r.value,
+            w.started,
+            Outcome::Failed(kind),
+            done,
+        );
+    }
+
     /// Retries FIFO records in order; fails those that waited past the delivery timeout.
     /// Returns how many records it resolved.
     fn drain_fifo(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
@@ -738,18 +750,7 @@ impl KafkaSink {
         while let Some(w) = self.fifo.pop_front() {
             if w.started.elapsed() >= self.settings.delivery_timeout {
                 self.count_failure(FailKind::Timeout, Some(RDKafkaErrorCode::QueueFull));
-                let r = w.rec;
-                let len = r.value.len();
-                self.finish(
-                    r.conn,
-                    r.number,
-                    r.is_final,
-                    len,
-                    r.value,
-                    w.started,
-                    Outcome::Failed(FailKind::Timeout),
-                    done,
-                );
+                self.fail_waiting(w, FailKind::Timeout, done);
                 resolved += 1;
                 continue;
             }
@@ -921,18 +922,7 @@ impl KafkaSink {
         if kind == FailKind::Shutdown {
             while let Some(w) = self.fifo.pop_front() {
                 self.count_failure(kind, None);
-                let r = w.rec;
-                let len = r.value.len();
-                self.finish(
-                    r.conn,
-                    r.number,
-                    r.is_final,
-                    len,
-                    r.value,
-                    w.started,
-                    Outcome::Failed(kind),
-                    done,
-                );
+                self.fail_waiting(w, kind, done);
             }
         }
     }
