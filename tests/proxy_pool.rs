@@ -138,7 +138,9 @@ fn expired_ready_connections_are_replaced() {
     assert!(wait_for(Duration::from_secs(5), || h
         .counter(Counter::DestPoolExpired)
         >= 3));
-    assert!(origin.connections() >= 4);
+    // The third replacement is counted when the proxy opens it; the origin's accept thread
+    // may count it a moment later.
+    assert!(wait_for(Duration::from_secs(5), || origin.connections() >= 4));
     // None of them carried anything.
     assert_eq!(origin.request_count(), 0);
     let mut c = proxy.client();
