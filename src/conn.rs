@@ -66,11 +66,20 @@ const IDLE_READ_BYTES_UPSTREAM: usize = 1024;
 /// Replayer: they end between observations, at a request boundary.
 const RECORD_SOFT_FLUSH_BYTES: usize = 64 * 1024;
 
-/// A direction's spare small buffer; the large one comes from (and goes back to) the worker's
-/// pool, so only directions with bytes in flight hold one.
+/// Full 64 KiB reads in a row after which a direction switches to a streaming buffer
+/// (`worker::STREAM_BUF_BYTES`): two, so a 64 KiB response (one full read and a short one)
+/// never takes one, while a large body does after its first 128 KiB.
+const STREAM_AFTER_FULL_READS: u8 = 2;
+
+/// A direction's read buffers: a spare small one for idle reads; a pooled 64 KiB one while
+/// bytes move; a pooled streaming one (with its lease) while a large body keeps filling the
+/// 64 KiB one. Only directions with bytes in flight hold a pooled buffer.
 struct ReadBufs {
     small: Vec<u8>,
     small_bytes: usize,
+    /// Consecutive reads that filled the 64 KiB buffer.
+    full_reads: u8,
+    lease: Option<crate::worker::StreamLease>,
 }
 
 impl ReadBufs {
@@ -78,28 +87,50 @@ impl ReadBufs {
         ReadBufs {
             small: Vec::new(),
             small_bytes,
+            full_reads: 0,
+            lease: None,
         }
     }
 
-    /// The buffer for the next read: small while `idle` (the large one goes back to the
-    /// pool), large otherwise.
-    fn choose(&mut self, ctx: &Ctx, current: Vec<u8>, idle: bool) -> Vec<u8> {
-        let is_big = current.capacity() >= crate::worker::IO_BUF_BYTES;
-        match (idle, is_big) {
-            (true, true) => {
-                ctx.put_io_buf(current);
-                let mut small = std::mem::take(&mut self.small);
-                if small.capacity() < self.small_bytes {
-                    small = Vec::with_capacity(self.small_bytes);
-                }
-                small
+    /// The buffer for the next read: small while `idle` (pooled ones go back to their pool),
+    /// 64 KiB otherwise, or a streaming one after [`STREAM_AFTER_FULL_READS`] full reads
+    /// (`last_full`: the previous read filled its buffer).
+    fn choose(&mut self, ctx: &Ctx, current: Vec<u8>, idle: bool, last_full: bool) -> Vec<u8> {
+        let cap = current.capacity();
+        if idle {
+            self.full_reads = 0;
+            if cap < crate::worker::IO_BUF_BYTES {
+                return current;
             }
-            (false, false) => {
-                self.small = current;
-                ctx.take_io_buf()
+            ctx.put_io_buf(current);
+            self.lease = None;
+            let mut small = std::mem::take(&mut self.small);
+            if small.capacity() < self.small_bytes {
+                small = Vec::with_capacity(self.small_bytes);
             }
-            _ => current,
+            return small;
         }
+        if cap < crate::worker::IO_BUF_BYTES {
+            self.small = current;
+            self.full_reads = 0;
+            return ctx.take_io_buf();
+        }
+        if self.lease.is_some() {
+            return current;
+        }
+        self.full_reads = if last_full {
+            self.full_reads.saturating_add(1)
+        } else {
+            0
+        };
+        if self.full_reads >= STREAM_AFTER_FULL_READS {
+            if let Some((big, lease)) = ctx.take_stream_buf() {
+                ctx.put_io_buf(current);
+                self.lease = Some(lease);
+                return big;
+            }
+        }
+        current
     }
 }
 
@@ -322,7 +353,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
         if ctx.sink_congested() {
             ctx.wait_uncongested().await;
         }
-        buf = bufs.choose(ctx, buf, st.req_idle.get() && !last_full);
+        buf = bufs.choose(ctx, buf, st.req_idle.get() && !last_full, last_full);
         buf.clear();
         let (res, b) = cr.recv(buf, st.c2u_handle()).await;
         buf = b;
@@ -688,7 +719,7 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
             // Responses are captured too: pause reading them while the sink is behind.
             ctx.wait_uncongested().await;
         }
-        buf = bufs.choose(ctx, buf, st.outstanding.get() == 0 && !last_full);
+        buf = bufs.choose(ctx, buf, st.outstanding.get() == 0 && !last_full, last_full);
         buf.clear();
         let (res, b) = ur.recv(buf, st.u2c_handle()).await;
         buf = b;
