@@ -2,14 +2,16 @@
 # Load test of capture-proxy against direct, nginx and HAProxy, on 127.0.0.1 only.
 #
 # Follows /work/shared/bench/README.md: an nginx origin (own config, own port) and the load
-# generator (wrk) pinned to CPU 0, the proxy under test pinned to CPU 1 with one worker; targets
-# rotated each repetition; medians and min…max; proxy CPU-µs per request from /proc/PID/stat;
-# foreign CPU checked before and during every run; zero-loss checked with `capture-proxy inspect`.
+# generator (wrk; examples/openloop.rs for the fixed-rate small-half) pinned to CPU 0, the proxy
+# under test pinned to CPU 1 with one worker; targets rotated each repetition; medians and
+# min…max; proxy CPU-µs per request from /proc/PID/stat; foreign CPU checked before and during
+# every run; zero-loss checked with `capture-proxy inspect`.
 # Everything it starts is stopped at exit. Writes the Markdown table to stdout and to
 # target/loadtest/results-<date>.md (raw per-run records next to it).
 # Scenarios (see --help): closed-loop keep-alive GETs and POSTs, new connection per request, idle
-# connections, TLS from the client (tls), a fixed rate at half of nginx's peak (small-half, paced
-# by scripts/load/paced.lua) and a 50 ms slower Kafka broker (kafka-slow: GET and POST).
+# connections, TLS from the client (tls), a fixed rate at half of nginx's peak (small-half, open
+# loop paced to the µs by examples/openloop.rs) and a 50 ms slower Kafka broker (kafka-slow: GET
+# and POST; the delay comes from examples/delay_relay.rs).
 #
 # Usage: scripts/loadtest.sh [--reps N] [--duration S] [--scenarios a,b] [--targets a,b] ...
 #        scripts/loadtest.sh --help
@@ -50,7 +52,8 @@ usage() {
   cat <<EOF
 Usage: scripts/loadtest.sh [options]
 
-Load test on 127.0.0.1: wrk → {origin | nginx | HAProxy | capture-proxy} → nginx origin.
+Load test on 127.0.0.1: wrk (small-half: openloop) → {origin | nginx | HAProxy | capture-proxy}
+→ nginx origin.
 Load generator, origin (and Kafka broker) on CPU 0; proxy under test on CPU 1, one worker.
 
 Options:
@@ -88,8 +91,10 @@ Scenarios:
   small      GET /small (~200 B JSON), keep-alive
   small-half GET /small, keep-alive, at a fixed rate: --pace-fraction × nginx's peak small rate
              (median of nginx's small runs of this run; when small is not run, one closed-loop
-             nginx run, reported as nginx-peak, measures it first). Paced by scripts/load/paced.lua
-             (wrk delay() hook; 1 ms timer granularity). Reports added p50/p99 over direct.
+             nginx run, reported as nginx-peak, measures it first). Open loop: examples/openloop.rs
+             (built here) sends request i at t0 + i/rate to the µs on --connections keep-alive
+             connections; latency counts from the scheduled time. Reports added p50/p99 over
+             direct.
   large      GET /large.json (64 KiB), keep-alive
   bulk4k     POST /_bulk with a 4 KiB body, keep-alive
   bulk1m     POST /_bulk with a 1 MiB body, keep-alive
@@ -100,8 +105,9 @@ Scenarios:
              all with one self-signed ECDSA P-256 certificate made per run; direct = the origin
              nginx terminating TLS itself (on CPU 0, next to wrk). Needs the openssl CLI.
   kafka-slow GET /small, then POST 4 KiB /_bulk, against the same proxy instance; cp-kafka-slow
-             reaches the broker through a relay adding --kafka-delay-ms to every broker round trip
-             (tc netem is not available here). GETs are not held for the broker, POSTs are.
+             reaches the broker through examples/delay_relay.rs (built here), which adds
+             --kafka-delay-ms to every broker round trip (tc netem is not available here). GETs
+             are not held for the broker, POSTs are.
 EOF
 }
 
@@ -161,6 +167,19 @@ if ((BUILD)) || [ ! -x "$BIN" ]; then
   (cd "$ROOT" && cargo build --release --bin capture-proxy >&2) || die "build failed"
 fi
 [ -x "$BIN" ] || die "capture-proxy binary not found: $BIN"
+
+# Our own measuring tools (cargo examples): openloop paces small-half, delay_relay slows the
+# broker in kafka-slow. Built when their scenario is selected (a no-op when up to date).
+EXAMPLES_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples"
+OPENLOOP="$EXAMPLES_DIR/openloop"
+DELAY_RELAY="$EXAMPLES_DIR/delay_relay"
+EXAMPLES=()
+[[ ",$SCENARIOS," == *,small-half,* ]] && EXAMPLES+=(--example openloop)
+[[ ",$SCENARIOS," == *,kafka-slow,* ]] && EXAMPLES+=(--example delay_relay)
+if ((${#EXAMPLES[@]})); then
+  log "building ${EXAMPLES[*]} (release) into ${CARGO_TARGET_DIR:-$ROOT/target}"
+  (cd "$ROOT" && cargo build --release "${EXAMPLES[@]}" >&2) || die "building ${EXAMPLES[*]} failed"
+fi
 
 NPROC=$(nproc)
 if ((NPROC >= 2)); then
@@ -448,7 +467,7 @@ start_kafka() {
   track "$pid"; KAFKA_PIDS+=("$pid")
   wait_port "$KAFKA_PORT" 20 "$pid" || { tail -5 "$RUN_DIR/logs/tansu-$topic.log" >&2; return 1; }
   if ((delayed)); then
-    "${PIN_LOAD[@]}" python3 "$LOAD/delay_relay.py" --listen-port "$RELAY_PORT" \
+    "${PIN_LOAD[@]}" "$DELAY_RELAY" --listen-port "$RELAY_PORT" \
       --upstream-port "$KAFKA_PORT" --delay-ms "$KAFKA_DELAY_MS" >"$RUN_DIR/logs/relay-$topic.log" 2>&1 &
     pid=$!
     track "$pid"; KAFKA_PIDS+=("$pid")
@@ -583,21 +602,35 @@ settle_idle() {
 }
 
 # ---------------------------------------------------------------- one run
-# wrk_run OUT DURATION_S URL [env...]: wrk, one thread, CONNS connections, on CPU 0, running
-# WRK_SCRIPT (closed loop: wrk.lua; fixed rate: paced.lua with LT_RATE in the env).
-# Prints nothing; OUT gets wrk's output, OUT.times the CPU the wrk process used.
-WRK_SCRIPT="$LOAD/wrk.lua"
-wrk_run() {
-  local out=$1 dur=$2 url=$3
+# load_run OUT DURATION_S URL [NAME=VALUE...]: the load generator, CONNS connections, on CPU 0.
+# GEN=wrk: wrk, one thread, closed loop, running scripts/load/wrk.lua with NAME=VALUE in its
+# environment (LT_BODY_FILE, LT_CONN_CLOSE). GEN=openloop: examples/openloop.rs, open loop at
+# LT_RATE requests/s (LT_BODY_FILE: POST that file). Prints nothing; OUT gets the generator's
+# output (one LT_RESULT line), OUT.times the CPU the generator process used.
+GEN=wrk
+load_run() {
+  local out=$1 dur=$2 url=$3 kv
   shift 3
   (
-    env "$@" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${dur}s" --timeout "$WRK_TIMEOUT" --latency \
-      -s "$WRK_SCRIPT" "$url" >"$out" 2>&1
+    if [ "$GEN" = openloop ]; then
+      local args=()
+      for kv in "$@"; do
+        case "$kv" in
+          LT_RATE=*) args+=(--rate "${kv#*=}") ;;
+          LT_BODY_FILE=*) args+=(--body-file "${kv#*=}") ;;
+          *) log "load_run: openloop ignores $kv" ;;
+        esac
+      done
+      "${PIN_LOAD[@]}" "$OPENLOOP" --url "$url" --connections "$CONNS" --duration "$dur" \
+        --timeout "${WRK_TIMEOUT%s}" "${args[@]}" >"$out" 2>&1
+    else
+      env "$@" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${dur}s" --timeout "$WRK_TIMEOUT" --latency \
+        -s "$LOAD/wrk.lua" "$url" >"$out" 2>&1
+    fi
     times >"$out.times"
   )
 }
-wrk_field() { sed -n 's/.*LT_RESULT.* '"$2"'=\([0-9]*\).*/\1/p' "$1" | head -1; }
-paced_field() { sed -n 's/.*LT_PACED.* '"$2"'=\([0-9]*\).*/\1/p' "$1" | head -1; }
+lt_field() { sed -n 's/.*LT_RESULT.* '"$2"'=\([0-9]*\).*/\1/p' "$1" | head -1; }
 children_ticks() { # seconds in the second line of `times` output → ticks
   awk -v hz="$HZ" 'NR == 2 {
     split($1, u, /[ms]/); split($2, s, /[ms]/)
@@ -620,7 +653,7 @@ tls_probe() {
 }
 
 # measure_phase TAG PATH [env...]: a warm-up then the measured window against the started target
-# (T_*), durations RUN_WARM / RUN_DUR. Sets PH_OK (0: wrk gave no result), PH_FIELDS (record
+# (T_*), durations RUN_WARM / RUN_DUR. Sets PH_OK (0: no result), PH_FIELDS (record
 # fields), PH_CLIENT (requests the client completed, warm-up included), PH_NOISY, PH_LINE (log).
 measure_phase() {
   local tag=$1 path=$2
@@ -628,22 +661,22 @@ measure_phase() {
   local url="$T_SCHEME://127.0.0.1:$T_PORT$path" f="$RUN_DIR/logs/$tag.wrk"
   PH_OK=0; PH_FIELDS=(); PH_CLIENT=0; PH_NOISY=0; PH_LINE=""
   # warm-up (its requests count for the zero-loss check), then the measured window
-  wrk_run "$RUN_DIR/logs/$tag.warm" "$RUN_WARM" "$url" "$@"
+  load_run "$RUN_DIR/logs/$tag.warm" "$RUN_WARM" "$url" "$@"
   local warm_req c0 b0 o0 t0 c1 b1 o1 t1
-  warm_req=$(wrk_field "$RUN_DIR/logs/$tag.warm" requests)
+  warm_req=$(lt_field "$RUN_DIR/logs/$tag.warm" requests)
   c0=$(cpu_ticks "$T_PID"); b0=$(busy_ticks); o0=$(ours_ticks); t0=$(now_s)
-  wrk_run "$f" "$RUN_DUR" "$url" "$@"
+  load_run "$f" "$RUN_DUR" "$url" "$@"
   c1=$(cpu_ticks "$T_PID"); b1=$(busy_ticks); o1=$(ours_ticks); t1=$(now_s)
   local rss wrk_ticks
   rss=$(rss_kib "$T_PID")
   wrk_ticks=$(children_ticks "$f.times")
 
   local req p50 p99 dur_us rps cpu_us foreign
-  req=$(wrk_field "$f" requests); dur_us=$(wrk_field "$f" duration_us)
-  p50=$(wrk_field "$f" p50_us); p99=$(wrk_field "$f" p99_us)
+  req=$(lt_field "$f" requests); dur_us=$(lt_field "$f" duration_us)
+  p50=$(lt_field "$f" p50_us); p99=$(lt_field "$f" p99_us)
   PH_CLIENT=$(( ${warm_req:-0} + ${req:-0} ))
   if [ -z "$req" ] || [ -z "$dur_us" ]; then
-    log "$tag: wrk produced no result:"; tail -5 "$f" >&2
+    log "$tag: $GEN produced no result:"; tail -5 "$f" >&2
     return 0
   fi
   rps=$(awk -v r="$req" -v d="$dur_us" 'BEGIN {printf "%.1f", r / (d / 1e6)}')
@@ -653,15 +686,17 @@ measure_phase() {
     'BEGIN {v = (b - o - w) / hz / (t1 - t0); if (v < 0) v = 0; printf "%.3f", v}')
   awk -v f="$foreign" -v l="$FOREIGN_LIMIT" 'BEGIN {exit !(f > l)}' && PH_NOISY=1
   local e_c e_r e_w e_s e_t
-  e_c=$(wrk_field "$f" err_connect); e_r=$(wrk_field "$f" err_read); e_w=$(wrk_field "$f" err_write)
-  e_s=$(wrk_field "$f" err_status); e_t=$(wrk_field "$f" err_timeout)
+  e_c=$(lt_field "$f" err_connect); e_r=$(lt_field "$f" err_read); e_w=$(lt_field "$f" err_write)
+  e_s=$(lt_field "$f" err_status); e_t=$(lt_field "$f" err_timeout)
   PH_OK=1
   PH_FIELDS=(noisy="$PH_NOISY" warm_req="${warm_req:-0}" req="$req" dur_us="$dur_us" rps="$rps"
     p50_us="$p50" p99_us="$p99" err_connect="$e_c" err_read="$e_r" err_write="$e_w"
     err_status="$e_s" err_timeout="$e_t" cpu_ticks=$((c1 - c0)) cpu_us_per_req="$cpu_us"
     rss_kib="$rss" foreign_cores="$foreign")
-  if grep -q LT_PACED "$f"; then
-    PH_FIELDS+=(paced_rate="$(paced_field "$f" rate)" paced_missed="$(paced_field "$f" missed)")
+  if [ "$GEN" = openloop ]; then
+    PH_FIELDS+=(paced_rate="$(lt_field "$f" rate)" paced_late="$(lt_field "$f" late)"
+      lag_p50_us="$(lt_field "$f" lag_p50_us)" lag_p99_us="$(lt_field "$f" lag_p99_us)"
+      svc_p50_us="$(lt_field "$f" svc_p50_us)" svc_p99_us="$(lt_field "$f" svc_p99_us)")
   fi
   PH_LINE=$(printf '%9s req/s p50 %6s µs p99 %7s µs cpu %6s µs/req rss %6s KiB foreign %s' \
     "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$foreign")
@@ -676,10 +711,10 @@ run_one() {
   local wait_foreign idle_n=0 idle_alive="" rss_before="" rss_idle="" holder=""
   # phases: "KIND PATH [ENV...]" (KIND "-" = the scenario has a single phase)
   local phases=()
-  WRK_SCRIPT="$LOAD/wrk.lua"; T_TLS=0; TLS_NEGOTIATED=""
+  GEN=wrk; T_TLS=0; TLS_NEGOTIATED=""
   case "$scn" in
     small | idle | nginx-peak) phases=("- /small") ;;
-    small-half) phases=("- /small LT_RATE=$PACED_RATE LT_THREADS=1"); WRK_SCRIPT="$LOAD/paced.lua" ;;
+    small-half) phases=("- /small LT_RATE=$PACED_RATE"); GEN=openloop ;;
     tls) phases=("- /small"); T_TLS=1 ;;
     large) phases=("- /large.json") ;;
     bulk4k) phases=("- /_bulk LT_BODY_FILE=$RUN_DIR/bulk4k.ndjson") ;;
@@ -749,7 +784,7 @@ run_one() {
     stop_target; stop_kafka
     [ -n "$T_TRACE" ] && rm -rf "$T_TRACE"
     record scenario="$scn" rep="$rep" target="$tgt" attempt="$attempt" kept=1 status=failed \
-      kind="${failed#-}" reason="wrk produced no result"
+      kind="${failed#-}" reason="$GEN produced no result"
     return 0
   fi
 
@@ -758,7 +793,7 @@ run_one() {
   stop_target || { stop_ok=0; log "$runid: proxy did not exit within ${PROXY_STOP_TIMEOUT}s of SIGTERM"; }
   inspect_capture
   if [ "$T_SINK" != none ]; then
-    local inflight=$((2 * CONNS * ${#phases[@]}))  # at most CONNS unanswered per wrk run
+    local inflight=$((2 * CONNS * ${#phases[@]}))  # at most CONNS unanswered per generator run
     if [ -z "$CAP_REQUESTS" ]; then
       zl="n/a"
     elif [ "$CAP_OK" != ok ]; then
@@ -876,7 +911,7 @@ set_paced_rate() {
   {
     echo "paced_rate=$PACED_RATE"
     echo "paced_peak=$peak"
-    echo "desc.small-half=GET /small, keep-alive, c=$CONNS, paced at $PACED_RATE req/s = $PACE_FRACTION × nginx's peak small-GET rate, $peak req/s: $source"
+    echo "desc.small-half=GET /small, keep-alive, c=$CONNS, open loop at $PACED_RATE req/s (examples/openloop.rs) = $PACE_FRACTION × nginx's peak small-GET rate, $peak req/s: $source"
   } >>"$META"
   log "small-half: nginx peak $peak req/s ($source) → paced at $PACED_RATE req/s"
 }
@@ -891,8 +926,8 @@ START_TIME=0  # $SECONDS counts from the script start
   echo "fd_limit=$(ulimit -Sn)/$(ulimit -Hn)"
   echo "versions=$(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $("$TANSU" --version 2>/dev/null || echo tansu)"
   echo "git=$("$BIN" --version 2>&1 | head -1), binary $BIN (built $(date -r "$BIN" '+%Y-%m-%d %H:%M'))${LABEL:+, $LABEL}; $ROOT at commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted src changes')"
-  echo "settings=reps $REPS, wrk -t1 -c$CONNS, small: ${DURATION:-$MAIN_DURATION} s measured after ${WARMUP:-$MAIN_WARMUP} s warm-up, other scenarios: ${DURATION:-$SHORT_DURATION} s after ${WARMUP:-$SHORT_WARMUP} s; foreign-CPU limit $FOREIGN_LIMIT core, $RETRIES retry, wait budget $WAIT_BUDGET s"
-  echo "layout=wrk, nginx origin (1 worker), tansu broker and the delay relay on CPU 0; proxy under test on CPU 1 (nginx 1 worker, HAProxy nbthread 1, capture-proxy --numThreads 1 --cpu-list 1 with its producer thread also on CPU 1); trace files on $CAP_BASE (tmpfs); Kafka = tansu with memory:// storage, fresh per run (scripts/kafka-local.sh when present), topics of $KAFKA_PARTITIONS partitions"
+  echo "settings=reps $REPS, wrk -t1 -c$CONNS (small-half: openloop --connections $CONNS), small: ${DURATION:-$MAIN_DURATION} s measured after ${WARMUP:-$MAIN_WARMUP} s warm-up, other scenarios: ${DURATION:-$SHORT_DURATION} s after ${WARMUP:-$SHORT_WARMUP} s; foreign-CPU limit $FOREIGN_LIMIT core, $RETRIES retry, wait budget $WAIT_BUDGET s"
+  echo "layout=load generator (wrk; openloop in small-half), nginx origin (1 worker), tansu broker and the delay relay (examples/delay_relay.rs) on CPU 0; proxy under test on CPU 1 (nginx 1 worker, HAProxy nbthread 1, capture-proxy --numThreads 1 --cpu-list 1 with its producer thread also on CPU 1); trace files on $CAP_BASE (tmpfs); Kafka = tansu with memory:// storage, fresh per run (scripts/kafka-local.sh when present), topics of $KAFKA_PARTITIONS partitions"
   echo "foreign_limit=$FOREIGN_LIMIT"
   echo "desc.small=GET /small (~200 B), keep-alive, c=$CONNS"
   echo "desc.large=GET /large.json (64 KiB), keep-alive, c=$CONNS"
@@ -905,9 +940,9 @@ START_TIME=0  # $SECONDS counts from the script start
   echo "desc.kafka-slow=GET /small, then POST /_bulk 4 KiB, c=$CONNS, against the same proxy instance; cp-kafka-slow's broker answers ${KAFKA_DELAY_MS} ms later"
   echo "pace_fraction=$PACE_FRACTION"
   echo "note.close=wrk sends 'Connection: close'; the origin (direct) or the proxy closes after each response and wrk reconnects. nginx and HAProxy keep their upstream connections; capture-proxy opens one destination connection per client connection. For direct, the origin accepts every connection on CPU 0 next to wrk, so direct can be slower than a proxy here (×direct > 1)."
-  echo "note.kafka-slow=tc netem is not available in this kernel (no sch_netem/prio), so the delay comes from a Python relay (scripts/load/delay_relay.py, on CPU 0) between capture-proxy and tansu that delays every broker→proxy byte by ${KAFKA_DELAY_MS} ms. capture-proxy holds the last bytes of a captured mutating request (POST) until its record is acknowledged, so POSTs see the broker round trip; GETs are not held and should not."
+  echo "note.kafka-slow=tc netem is not available in this kernel (no sch_netem/prio), so the delay comes from a relay between capture-proxy and tansu (examples/delay_relay.rs: native, thread per direction, blocking sockets, on CPU 0) that forwards every broker→proxy byte ${KAFKA_DELAY_MS} ms after reading it (chunks scheduled by deadline, not serialised; a round trip grows by ${KAFKA_DELAY_MS} ms + ≈0.6 ms of wake-ups on the test VM). capture-proxy holds the last bytes of a captured mutating request (POST) until its record is acknowledged, so POSTs see the broker round trip; GETs are not held and should not."
   echo "note.tls=Client-side TLS only (the proxies reach the origin over plain HTTP). nginx 'listen ... ssl' (ssl_protocols TLSv1.2 TLSv1.3), HAProxy 'bind ... ssl crt', capture-proxy --sslCertChainFile/--sslKeyFile (rustls), one self-signed ECDSA P-256 certificate made per run with openssl; 'negotiated' below is what an OpenSSL client (openssl s_client, as wrk uses) agreed with each target. direct = the origin nginx terminating TLS itself on CPU 0, next to wrk (its TLS work competes with wrk's), so ×direct and +p50/+p99 compare a proxy terminating TLS on its own CPU against an origin doing it on the load generator's CPU. wrk's measured window opens $CONNS new connections, so $CONNS handshakes fall inside it."
-  echo "note.small-half=Fixed rate with scripts/load/paced.lua (wrk cannot pace, wrk2 is not packaged here): one schedule per wrk thread with a request slot every 1/rate s, given to whichever connection is ready; wrk's timers tick in whole milliseconds, so requests leave in groups of ≈ rate/1000 at each millisecond, the same for every target, and +p50/+p99 include the proxy's share of queueing such a group. Latency is measured from when wrk writes a request, not from its slot (no coordinated-omission correction); a slot more than 2 ms overdue (no free connection, or wrk itself kept off the CPU) is dropped and counted (missed), and req/s shows the rate achieved. CPU µs/req at this rate is higher than in the closed-loop small scenario (fewer requests per wake-up)."
+  echo "note.small-half=Open loop with examples/openloop.rs (one thread, epoll, a timerfd armed at absolute CLOCK_MONOTONIC times, no busy spinning): request i is due at t0 + i/rate and goes out on the keep-alive connection free longest; latency counts from the scheduled time to the end of the response (coordinated-omission corrected), so the generator's own wake-up lag (lag_p50_us/lag_p99_us in the raw records, tens of µs, the same for every target) is inside every latency and cancels in +p50/+p99. A request due when all $CONNS connections are busy waits in a FIFO and is counted as late. req/s is the rate achieved (responses ÷ the measured window, extended to the last response). CPU µs/req at this rate is higher than in the closed-loop small scenario (one request per wake-up)."
 } >>"$META"
 
 SCENARIO_ORDER=$(ordered_scenarios)
