@@ -785,7 +785,9 @@ fn run_uring(
     let mut rt = match build_uring_runtime(true) {
         Ok(rt) => rt,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::info!("io_uring: kernel refuses IORING_SETUP_COOP_TASKRUN; using the defaults");
+            tracing::info!(
+                "io_uring: kernel refuses IORING_SETUP_COOP_TASKRUN; using the defaults"
+            );
             build_uring_runtime(false).map_err(|e| format!("cannot build io_uring runtime: {e}"))?
         }
         Err(e) => return Err(format!("cannot build io_uring runtime: {e}")),

@@ -266,7 +266,9 @@ impl FileSink {
             return;
         };
         // The output is exactly `encoded_length` long, so the encoder cannot run short.
-        let written = engine.encode(value, base64_simd::Out::from_slice(out)).len();
+        let written = engine
+            .encode(value, base64_simd::Out::from_slice(out))
+            .len();
         if let Some(nl) = self.line.get_mut(written) {
             *nl = b'\n';
         }
