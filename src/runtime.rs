@@ -757,9 +757,10 @@ type Wake = std::os::unix::net::UnixStream;
 /// worker runs in user space (on loopback: whenever the peer's send is processed on the other
 /// CPU) interrupts it with an IPI to run the completion's task work; with it, the task work
 /// waits for the worker's next `io_uring_enter`, which monoio makes on every turn of its
-/// loop. `DEFER_TASKRUN` (+ `SINGLE_ISSUER`) measured 38.7k / 23.4 µs and hung a worker at
-/// start in one of eight runs (monoio's busy loop submits without `GETEVENTS`); `SQPOLL` would
-/// take a whole vCPU per ring.
+/// loop. `DEFER_TASKRUN` (+ `SINGLE_ISSUER`) measured 38.7k / 23.4 µs, and in one of the eight
+/// runs that proxy answered no request at all (not investigated: DEFER_TASKRUN delivers
+/// completions only on `io_uring_enter` with `GETEVENTS`, which monoio's busy loop does not
+/// pass); `SQPOLL` would take a whole vCPU per ring.
 fn build_uring_runtime(
     coop: bool,
 ) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {

@@ -233,6 +233,57 @@ struct Batcher {
     record_vecs: Vec<Vec<Record>>,
 }
 
+/// A worker's streaming buffers ([`STREAM_BUF_BYTES`]): the idle ones, and how many are
+/// leased out. At most [`STREAM_BUFS_MAX`] leases at a time, and at most that many kept idle.
+#[derive(Default)]
+struct StreamBufs {
+    idle: RefCell<Vec<Vec<u8>>>,
+    leases: Rc<Cell<usize>>,
+}
+
+impl StreamBufs {
+    /// An idle buffer (or a new one) and its lease, unless [`STREAM_BUFS_MAX`] are leased.
+    /// The lease counts one direction as holding a streaming buffer until it is dropped,
+    /// wherever the buffer itself ends up (it comes back through `put`).
+    fn take(&self) -> Option<(Vec<u8>, StreamLease)> {
+        if self.leases.get() >= STREAM_BUFS_MAX {
+            return None;
+        }
+        let b = self
+            .idle
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(STREAM_BUF_BYTES));
+        self.leases.set(self.leases.get() + 1);
+        Some((
+            b,
+            StreamLease {
+                leases: self.leases.clone(),
+            },
+        ))
+    }
+
+    /// Keeps `b` (emptied) for reuse while fewer than [`STREAM_BUFS_MAX`] are idle.
+    fn put(&self, mut b: Vec<u8>) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < STREAM_BUFS_MAX {
+            b.clear();
+            idle.push(b);
+        }
+    }
+}
+
+/// One direction's right to a streaming buffer; gives it back when dropped.
+pub struct StreamLease {
+    leases: Rc<Cell<usize>>,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        self.leases.set(self.leases.get().saturating_sub(1));
+    }
+}
+
 /// Per-worker context, shared by all tasks of the worker through `Rc`.
 pub struct Ctx {
     pub id: u16,
@@ -246,10 +297,7 @@ pub struct Ctx {
     batch: RefCell<Batcher>,
     flush_signal: Signal,
     io_pool: RefCell<Vec<Vec<u8>>>,
-    /// Idle streaming buffers ([`STREAM_BUF_BYTES`]).
-    stream_pool: RefCell<Vec<Vec<u8>>>,
-    /// Streaming buffers leased out (one lease per direction that holds one).
-    stream_leases: Rc<Cell<usize>>,
+    stream_bufs: StreamBufs,
     start: Instant,
     tick: Cell<u64>,
     pub draining: Cell<bool>,
@@ -296,8 +344,7 @@ impl Ctx {
             }),
             flush_signal: Signal::default(),
             io_pool: RefCell::new(Vec::new()),
-            stream_pool: RefCell::new(Vec::new()),
-            stream_leases: Rc::new(Cell::new(0)),
+            stream_bufs: StreamBufs::default(),
             start: Instant::now(),
             tick: Cell::new(0),
             draining: Cell::new(false),
@@ -335,11 +382,7 @@ impl Ctx {
     /// Returns a 64 KiB or streaming buffer to its pool (smaller ones are dropped).
     pub fn put_io_buf(&self, mut b: Vec<u8>) {
         if b.capacity() >= STREAM_BUF_BYTES {
-            let mut p = self.stream_pool.borrow_mut();
-            if p.len() < STREAM_BUFS_MAX {
-                b.clear();
-                p.push(b);
-            }
+            self.stream_bufs.put(b);
             return;
         }
         let mut p = self.io_pool.borrow_mut();
@@ -349,30 +392,10 @@ impl Ctx {
         }
     }
 
-    /// A streaming buffer and its lease, unless [`STREAM_BUFS_MAX`] are leased already. The
-    /// lease counts the direction as holding one until it is dropped, wherever the buffer
-    /// itself ends up (it goes back through `put_io_buf`).
+    /// A streaming buffer and its lease, unless [`STREAM_BUFS_MAX`] are leased already (see
+    /// [`StreamBufs::take`]).
     pub fn take_stream_buf(&self) -> Option<(Vec<u8>, StreamLease)> {
-        if self.stream_leases.get() >= STREAM_BUFS_MAX {
-            return None;
-        }
-        let b = self
-            .stream_pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(STREAM_BUF_BYTES));
-        self.stream_leases.set(self.stream_leases.get() + 1);
-        Some((
-            b,
-            StreamLease {
-                leases: self.stream_leases.clone(),
-            },
-        ))
-    }
-
-    /// Streaming buffers leased out now.
-    pub fn stream_leases(&self) -> usize {
-        self.stream_leases.get()
+        self.stream_bufs.take()
     }
 
     /// Registers a new connection and returns its shared state.
@@ -954,13 +977,40 @@ pub async fn run(
         ctx.hand_over();
     }
 }
-/// One direction's right to a streaming buffer; gives it back when dropped.
-pub struct StreamLease {
-    leases: Rc<Cell<usize>>,
-}
 
-impl Drop for StreamLease {
-    fn drop(&mut self) {
-        self.leases.set(self.leases.get().saturating_sub(1));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_buffers_are_leased_up_to_the_limit_and_reused() {
+        let bufs = StreamBufs::default();
+        let mut held = Vec::new();
+        for _ in 0..STREAM_BUFS_MAX {
+            let (b, lease) = bufs.take().expect("under the limit");
+            assert!(b.capacity() >= STREAM_BUF_BYTES);
+            held.push((b, lease));
+        }
+        assert!(bufs.take().is_none(), "no lease past STREAM_BUFS_MAX");
+        // Dropping a lease frees its slot even if the buffer went elsewhere.
+        let (b, lease) = held.pop().expect("held");
+        drop(lease);
+        assert_eq!(bufs.leases.get(), STREAM_BUFS_MAX - 1);
+        // A returned buffer is reused (same allocation), emptied.
+        let ptr = b.as_ptr();
+        let mut b = b;
+        b.extend_from_slice(b"data");
+        bufs.put(b);
+        let (again, _lease) = bufs.take().expect("a lease is free again");
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty());
+        // The idle pool keeps at most STREAM_BUFS_MAX buffers.
+        for (b, _) in held.drain(..) {
+            bufs.put(b);
+        }
+        for _ in 0..4 {
+            bufs.put(Vec::with_capacity(STREAM_BUF_BYTES));
+        }
+        assert_eq!(bufs.idle.borrow().len(), STREAM_BUFS_MAX);
     }
 }

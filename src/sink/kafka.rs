@@ -288,8 +288,8 @@ struct Inflight {
     key: Arc<str>,
     number: u32,
     is_final: bool,
-    bytes: usize,
-    /// The record's value. Must not be freed, moved out or changed while librdkafka may read
+    /// The record's value (its length is what the record counts in `unacked_bytes`). Must not
+    /// be freed, moved out or changed while librdkafka may read
     /// it: until the record's delivery report, or until the producer that took it is dropped.
     buf: Vec<u8>,
     started: Instant,
@@ -760,14 +760,12 @@ impl KafkaSink {
         let code = res.err();
         match code {
             None => {
-                let bytes = rec.value.len();
                 if let Some(s) = self.slab.get_mut(slot) {
                     *s = Some(Inflight {
                         conn: rec.conn,
                         key: rec.key,
                         number: rec.number,
                         is_final: rec.is_final,
-                        bytes,
                         buf: rec.value,
                         started,
                         resolved: false,
@@ -855,7 +853,7 @@ impl KafkaSink {
             if let (true, Some(out)) = (d.pulled, self.pulled.as_mut()) {
                 // Taken back by `pull_back_queued`: no longer ours to ack. The value is intact.
                 self.unacked_records = self.unacked_records.saturating_sub(1);
-                self.unacked_bytes = self.unacked_bytes.saturating_sub(f.bytes);
+                self.unacked_bytes = self.unacked_bytes.saturating_sub(f.buf.len());
                 out.push(Record {
                     conn: f.conn,
                     key: f.key,
@@ -874,7 +872,14 @@ impl KafkaSink {
                 }
             };
             self.finish(
-                f.conn, f.number, f.is_final, f.bytes, f.buf, f.started, outcome, done,
+                f.conn,
+                f.number,
+                f.is_final,
+                f.buf.len(),
+                f.buf,
+                f.started,
+                outcome,
+                done,
             );
             n += 1;
         }
@@ -987,7 +992,7 @@ impl KafkaSink {
                 .filter(|f| !f.resolved)
                 .map(|f| {
                     f.resolved = true;
-                    (f.conn, f.number, f.is_final, f.bytes, f.started)
+                    (f.conn, f.number, f.is_final, f.buf.len(), f.started)
                 })
             else {
                 continue;
