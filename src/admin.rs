@@ -284,7 +284,7 @@ fn render_histogram<'a>(
 /// The Kafka reachability gauge and the `--spool-dir` metrics (all 0 without a spool).
 fn render_spool_metrics(out: &mut String, s: &SinkStats) {
     use std::fmt::Write as _;
-    let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 9] = [
         (
             "kafkaConnected",
             "gauge",
@@ -324,8 +324,20 @@ fn render_spool_metrics(out: &mut String, s: &SinkStats) {
         (
             "spoolRecordsDropped_total",
             "counter",
-            "spooled records Kafka refused for good (too large, or the same error 16 times); lost",
+            "spooled records Kafka refused for their own sake (too large for the topic); lost",
             &s.spool_records_dropped,
+        ),
+        (
+            "kafkaProducerRestarts_total",
+            "counter",
+            "times the Kafka producer was replaced by a new one (fatal error, or records taken back for the spool)",
+            &s.kafka_producer_restarts,
+        ),
+        (
+            "kafkaRecordsReturnedToSpool_total",
+            "counter",
+            "records the Kafka producer failed (time-out, broker or producer error) that went to the spool instead of being lost",
+            &s.kafka_records_returned,
         ),
     ];
     for (name, kind, help, v) in rows {

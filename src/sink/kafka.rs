@@ -125,8 +125,11 @@ pub struct KafkaCounters {
     pub committed_bytes: u64,
     /// Failed records by [`FailKind`], indexed by [`fail_index`].
     pub failed: [u64; 5],
-    /// Times the producer was rebuilt after a fatal librdkafka error.
+    /// Times the producer was replaced by a new one (fatal librdkafka error, or records
+    /// taken back for the spool): `kafkaProducerRestarts_total`.
     pub rebuilds: u64,
+    /// Records librdkafka failed that were handed back to the spool instead of lost.
+    pub returned: u64,
 }
 
 impl KafkaCounters {
@@ -304,6 +307,22 @@ struct Waiting {
     started: Instant,
 }
 
+impl Inflight {
+    /// The record again, value intact (only once librdkafka no longer reads the value).
+    fn into_waiting(self) -> Waiting {
+        Waiting {
+            rec: Record {
+                conn: self.conn,
+                key: self.key,
+                number: self.number,
+                is_final: self.is_final,
+                value: self.buf,
+            },
+            started: self.started,
+        }
+    }
+}
+
 /// Result of offering one record to librdkafka.
 enum Offer {
     Accepted,
@@ -337,10 +356,17 @@ pub struct KafkaSink {
     /// The reason of a fatal librdkafka error not yet recovered from by a rebuild.
     fatal: Option<String>,
     closed: bool,
-    /// Collects the records `pull_back_queued` takes back while it serves the purge reports.
-    pulled: Option<Vec<Record>>,
+    /// Collects the records [`KafkaSink::reclaim`] takes back while it serves the purge
+    /// reports.
+    pulled: Option<Vec<Waiting>>,
+    /// With a spool behind this sink ([`KafkaSink::return_failures`]): records librdkafka
+    /// failed for a reason that is not the record's own (time-out, broker or producer state)
+    /// wait here, intact, for [`KafkaSink::take_returned`] instead of being acked as lost.
+    returned: Option<Vec<Record>>,
     warn_last: Option<Instant>,
     warn_suppressed: u64,
+    /// Last warning about a record handed back for the spool.
+    return_warn_last: Option<Instant>,
 }
 
 /// The librdkafka configuration for `cfg` (pure: nothing is created or contacted).
@@ -535,8 +561,10 @@ impl KafkaSink {
             fatal: None,
             closed: false,
             pulled: None,
+            returned: None,
             warn_last: None,
             warn_suppressed: 0,
+            return_warn_last: None,
         })
     }
 
@@ -620,41 +648,47 @@ impl KafkaSink {
         (self.unacked_records, self.unacked_bytes)
     }
 
-    /// True when the producer currently reaches a broker: a broker connection is up (from
-    /// librdkafka's statistics, once a second) or a delivery just succeeded; false after
-    /// "all brokers down" and until the first connection after start-up.
     /// Kafka just became unreachable: takes back every record librdkafka holds — queued, and
     /// in flight to the unreachable brokers — and those in the FIFO, into `out` in per-key
-    /// record order, so the caller can spool them instead of letting them time out. A record
-    /// in flight may have reached a broker that failed before answering: spooled and produced
-    /// again later, it can then appear twice in the topic (the price of never losing it).
-    /// Reports that arrive after [`PULL_BACK_COLLECT`] resolve as usual (a failure then names
-    /// the lost record). Returns how many were taken back.
+    /// record order, so the caller can spool them instead of letting them time out, and
+    /// replaces the producer with a new one (see [`KafkaSink::reclaim`]: no fencing, nothing
+    /// lost). A record in flight may have reached a broker that failed before answering:
+    /// spooled and produced again later, it then appears twice in the topic (the price of
+    /// never losing it; README "Kafka"). Returns how many were taken back.
     pub fn pull_back_queued(
         &mut self,
         out: &mut Vec<Record>,
         done: &mut dyn FnMut(Ack, Vec<u8>),
     ) -> usize {
         let before = out.len();
-        let ctx = self.producer.context();
-        ctx.keep_purged.store(true, Ordering::Relaxed);
-        self.pulled = Some(Vec::new());
-        self.purge_and_collect(PULL_BACK_COLLECT, done);
-        self.producer
-            .context()
-            .keep_purged
-            .store(false, Ordering::Relaxed);
-        let mut pulled = self.pulled.take().unwrap_or_default();
-        // In-flight reports may follow queued ones: restore each connection's record order.
-        pulled.sort_by(|a, b| a.key.cmp(&b.key).then(a.number.cmp(&b.number)));
-        out.append(&mut pulled);
-        while let Some(w) = self.fifo.pop_front() {
-            // FIFO records are newer than everything librdkafka held.
+        let Some(back) = self.reclaim("kafka unreachable: records moved to the spool", done) else {
+            return 0;
+        };
+        // FIFO records are newer than everything librdkafka held.
+        let fifo = std::mem::take(&mut self.fifo);
+        for w in back.into_iter().chain(fifo) {
             self.unacked_records = self.unacked_records.saturating_sub(1);
             self.unacked_bytes = self.unacked_bytes.saturating_sub(w.rec.value.len());
             out.push(w.rec);
         }
         out.len() - before
+    }
+
+    /// A spool stands behind this sink: from now on a record librdkafka fails for any reason
+    /// but its own (time-out, broker, transport or producer state) is not acked as lost but
+    /// handed back through [`KafkaSink::take_returned`], value intact, to be spooled.
+    /// Too-large records and shutdown still fail as before.
+    pub fn return_failures(&mut self) {
+        self.returned.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the records handed back since the last call (see
+    /// [`KafkaSink::return_failures`]) into `out`, oldest first. They no longer count in
+    /// [`KafkaSink::unacked`]; the caller now owns their acks.
+    pub fn take_returned(&mut self, out: &mut Vec<Record>) {
+        if let Some(r) = self.returned.as_mut() {
+            out.append(r);
+        }
     }
 
     pub fn healthy(&self) -> bool {
@@ -682,6 +716,15 @@ impl KafkaSink {
                 break;
             }
             self.poll(remaining.min(Duration::from_millis(10)), done);
+        }
+        if self.unacked_records > 0 && self.returned.is_some() {
+            // A spool stands behind: what Kafka did not take goes there, not lost.
+            if let Some(back) = self.reclaim("shutdown: records moved to the spool", done) {
+                let fifo = std::mem::take(&mut self.fifo);
+                for w in back.into_iter().chain(fifo) {
+                    self.give_back(w, FailKind::Shutdown, RDKafkaErrorCode::PurgeQueue);
+                }
+            }
         }
         if self.unacked_records > 0 {
             self.closing = true;
@@ -719,6 +762,10 @@ impl KafkaSink {
             Offer::QueueFull(rec) => {
                 self.fifo.push_front(Waiting { rec, started });
                 false
+            }
+            Offer::Refused(rec, kind, code) if self.returns(kind) => {
+                self.give_back(Waiting { rec, started }, kind, code);
+                true
             }
             Offer::Refused(rec, kind, code) => {
                 self.count_failure(kind, Some(code));
@@ -786,11 +833,13 @@ impl KafkaSink {
                         Offer::Refused(rec, FailKind::TooLarge, code)
                     }
                     RDKafkaErrorCode::Fatal => {
+                        // The producer died: the record waits in the FIFO for its successor
+                        // (see `rebuild_after_fatal`) instead of being lost with it.
                         self.producer
                             .context()
                             .check_fatal
                             .store(true, Ordering::Relaxed);
-                        Offer::Refused(rec, FailKind::SinkError, code)
+                        Offer::QueueFull(rec)
                     }
                     _ => Offer::Refused(rec, FailKind::SinkError, code),
                 }
@@ -820,8 +869,12 @@ impl KafkaSink {
         let mut resolved = 0;
         while let Some(w) = self.fifo.pop_front() {
             if w.started.elapsed() >= self.settings.delivery_timeout {
-                self.count_failure(FailKind::Timeout, Some(RDKafkaErrorCode::QueueFull));
-                self.fail_waiting(w, FailKind::Timeout, done);
+                if self.returns(FailKind::Timeout) {
+                    self.give_back(w, FailKind::Timeout, RDKafkaErrorCode::QueueFull);
+                } else {
+                    self.count_failure(FailKind::Timeout, Some(RDKafkaErrorCode::QueueFull));
+                    self.fail_waiting(w, FailKind::Timeout, done);
+                }
                 resolved += 1;
                 continue;
             }
@@ -851,22 +904,19 @@ impl KafkaSink {
                 continue;
             }
             if let (true, Some(out)) = (d.pulled, self.pulled.as_mut()) {
-                // Taken back by `pull_back_queued`: no longer ours to ack. The value is intact.
-                self.unacked_records = self.unacked_records.saturating_sub(1);
-                self.unacked_bytes = self.unacked_bytes.saturating_sub(f.buf.len());
-                out.push(Record {
-                    conn: f.conn,
-                    key: f.key,
-                    number: f.number,
-                    is_final: f.is_final,
-                    value: f.buf,
-                });
+                // Taken back by `reclaim`: still counted in `unacked`, the value intact.
+                out.push(f.into_waiting());
                 continue;
             }
             let outcome = match d.err {
                 None => Outcome::Committed,
                 Some(code) => {
                     let kind = self.fail_kind(code);
+                    if self.returns(kind) {
+                        self.give_back(f.into_waiting(), kind, code);
+                        n += 1;
+                        continue;
+                    }
                     self.count_failure(kind, Some(code));
                     Outcome::Failed(kind)
                 }
@@ -1017,35 +1067,107 @@ impl KafkaSink {
         }
     }
 
-    /// After a fatal librdkafka error the producer accepts nothing more: fail what it holds
-    /// (SinkError) and replace it with a new one; FIFO records go to the new producer.
+    /// With a spool behind, a failure of `kind` hands the record back instead of losing it:
+    /// every failure but the record's own fault (too large) and shutdown.
+    fn returns(&self, kind: FailKind) -> bool {
+        self.returned.is_some()
+            && !self.closing
+            && matches!(kind, FailKind::Timeout | FailKind::SinkError)
+    }
+
+    /// Hands a failed record back for the spool (see [`KafkaSink::return_failures`]).
+    fn give_back(&mut self, w: Waiting, kind: FailKind, code: RDKafkaErrorCode) {
+        self.unacked_records = self.unacked_records.saturating_sub(1);
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(w.rec.value.len());
+        self.counters.returned += 1;
+        let now = Instant::now();
+        match self.return_warn_last {
+            Some(t) if now.duration_since(t) < WARN_INTERVAL => {}
+            _ => {
+                self.return_warn_last = Some(now);
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    error = %code,
+                    returned = self.counters.returned,
+                    "kafka did not take a record; it goes to the spool instead"
+                );
+            }
+        }
+        if let Some(r) = self.returned.as_mut() {
+            r.push(w.rec);
+        }
+    }
+
+    /// Takes back every record librdkafka holds, values intact, and replaces the producer
+    /// with a new one. The old producer is purged (queued and in flight) and dropped: it
+    /// never talks to a broker again, so neither its purge nor its time-outs can make it bump
+    /// its epoch or re-initialise its producer id at a broker that would fence it (tansu
+    /// answers such an InitProducerId with PRODUCER_FENCED, which is fatal in librdkafka);
+    /// the new producer gets a producer id of its own when it first connects. Once the old
+    /// producer is dropped nothing reads the values in the slab, so every record whose purge
+    /// report did not arrive is taken back too. Returns the records in per-key record order,
+    /// still counted in `unacked`, or `None` (nothing changed) when no new producer can be
+    /// made. One log line with `cause`; counted in [`KafkaCounters::rebuilds`].
+    fn reclaim(&mut self, cause: &str, done: &mut dyn FnMut(Ack, Vec<u8>)) -> Option<Vec<Waiting>> {
+        let fresh = match create_producer(&self.client_config, self.token.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, cause, "cannot create a new kafka producer");
+                return None;
+            }
+        };
+        self.producer
+            .context()
+            .keep_purged
+            .store(true, Ordering::Relaxed);
+        self.pulled = Some(Vec::new());
+        self.purge_and_collect(PULL_BACK_COLLECT, done);
+        let mut back = self.pulled.take().unwrap_or_default();
+        // Dropping the old producer purges and destroys it; its late reports go to its own,
+        // discarded context.
+        self.producer = fresh;
+        for (i, slot) in self.slab.iter_mut().enumerate() {
+            if let Some(f) = slot.take() {
+                self.free.push(i);
+                if !f.resolved {
+                    back.push(f.into_waiting());
+                }
+            }
+        }
+        back.sort_by(|a, b| {
+            a.rec
+                .key
+                .cmp(&b.rec.key)
+                .then(a.rec.number.cmp(&b.rec.number))
+        });
+        self.counters.rebuilds += 1;
+        tracing::warn!(
+            cause,
+            records = back.len(),
+            restarts = self.counters.rebuilds,
+            "kafka producer replaced by a new one"
+        );
+        Some(back)
+    }
+
+    /// After a fatal librdkafka error the producer accepts nothing more: replace it and
+    /// produce everything it held again through the new one, in per-connection order, ahead
+    /// of the FIFO (whose records are newer). Nothing is lost because a producer died.
     fn rebuild_after_fatal(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
         if matches!(self.last_rebuild, Some(t) if t.elapsed() < FATAL_REBUILD_INTERVAL) {
             return 0;
         }
         self.last_rebuild = Some(Instant::now());
-        let reason = self.fatal.as_deref().unwrap_or("unknown");
-        tracing::error!(reason, "kafka producer hit a fatal error; rebuilding it");
-        let before = self.unacked_records;
-        self.purge_all(FailKind::SinkError, done);
-        match create_producer(&self.client_config, self.token.clone()) {
-            Ok(p) => {
-                // Dropping the old producer purges, flushes and destroys it (its reports go to
-                // its own, discarded context: every record it held is resolved already). After
-                // that nothing reads the values of the records it held: release their slots.
-                self.producer = p;
-                for (i, slot) in self.slab.iter_mut().enumerate() {
-                    if slot.as_ref().is_some_and(|f| f.resolved) {
-                        *slot = None;
-                        self.free.push(i);
-                    }
-                }
-                self.counters.rebuilds += 1;
-                self.fatal = None;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot rebuild the kafka producer"),
+        let reason = self.fatal.clone().unwrap_or_else(|| "unknown".into());
+        tracing::error!(reason, "kafka producer hit a fatal error");
+        let Some(back) = self.reclaim("fatal producer error", done) else {
+            return 0;
+        };
+        self.fatal = None;
+        for w in back.into_iter().rev() {
+            self.fifo.push_front(w);
         }
-        before.saturating_sub(self.unacked_records)
+        self.drain_fifo(done)
     }
 }
 
@@ -1559,14 +1681,85 @@ mod tests {
             sink.poll(Duration::from_millis(20), &mut |a, _| acks.push(a));
         }
         assert_eq!(sink.counters().rebuilds, 1);
-        assert_eq!(acks.len(), 2, "{acks:?}");
-        assert_eq!(acks[1].outcome, Outcome::Failed(FailKind::SinkError));
-        assert_eq!(sink.unacked(), (0, 0));
+        // Record 2 did not die with the producer: the new one holds it.
+        assert_eq!(acks.len(), 1, "{acks:?}");
+        assert_eq!(sink.unacked().0, 1);
         m.broker_up(1).unwrap();
         send(&mut sink, rec(1, 3, value(1, 3)), &mut acks);
         poll_until(&mut sink, &mut acks, 3, Duration::from_secs(8));
-        assert_eq!(acks.len(), 3);
-        assert_eq!(acks[2].outcome, Outcome::Committed);
+        let got: Vec<(u32, Outcome)> = acks.iter().map(|a| (a.number, a.outcome)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Outcome::Committed),
+                (2, Outcome::Committed),
+                (3, Outcome::Committed)
+            ]
+        );
+        assert_eq!(sink.unacked(), (0, 0));
+        assert_eq!(sink.counters().failed, [0; 5]);
+    }
+
+    #[test]
+    fn records_sent_to_a_dead_producer_wait_for_its_successor() {
+        let m = mock(1);
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        let reason = std::ffi::CString::new("test fatal").unwrap();
+        // SAFETY: a valid client handle and NUL-terminated reason; test-only librdkafka API.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                sink.producer.client().native_ptr(),
+                RespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        // The producer is dead before `poll` noticed: these must not fail with it.
+        for n in 1..=3 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        assert!(acks.is_empty(), "{acks:?}");
+        poll_until(&mut sink, &mut acks, 3, Duration::from_secs(8));
+        let got: Vec<(u32, Outcome)> = acks.iter().map(|a| (a.number, a.outcome)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Outcome::Committed),
+                (2, Outcome::Committed),
+                (3, Outcome::Committed)
+            ]
+        );
+        assert_eq!(sink.counters().rebuilds, 1);
+    }
+
+    #[test]
+    fn with_a_spool_behind_failures_come_back_instead_of_being_lost() {
+        let m = mock(1);
+        let mut s = settings();
+        s.delivery_timeout = Duration::from_millis(300);
+        let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), s, None).unwrap();
+        sink.return_failures();
+        m.broker_down(1).unwrap();
+        let mut acks = Vec::new();
+        for n in 1..=3 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        let mut back = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while back.len() < 3 && Instant::now() < deadline {
+            sink.poll(Duration::from_millis(20), &mut |a, _| acks.push(a));
+            sink.take_returned(&mut back);
+        }
+        assert!(acks.is_empty(), "nothing acked as lost: {acks:?}");
+        let got: Vec<(u32, Vec<u8>)> = back.into_iter().map(|r| (r.number, r.value)).collect();
+        assert_eq!(
+            got,
+            (1..=3).map(|n| (n, value(1, n))).collect::<Vec<_>>(),
+            "intact, in order"
+        );
+        assert_eq!(sink.unacked(), (0, 0));
+        assert_eq!(sink.counters().returned, 3);
+        assert_eq!(sink.counters().failed, [0; 5]);
     }
 
     #[test]

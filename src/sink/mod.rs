@@ -48,6 +48,10 @@ pub struct SinkStats {
     pub spool_records_dropped: AtomicU64,
     /// Kafka sink: 1 while a broker is reachable (with a spool, records go there while 0).
     pub kafka_connected: AtomicU64,
+    /// Kafka producer replaced by a new one (`KafkaCounters::rebuilds`).
+    pub kafka_producer_restarts: AtomicU64,
+    /// Records Kafka failed that went to the spool instead (`KafkaCounters::returned`).
+    pub kafka_records_returned: AtomicU64,
 }
 
 impl Default for SinkStats {
@@ -67,6 +71,8 @@ impl Default for SinkStats {
             spool_corrupt_skipped: AtomicU64::new(0),
             spool_records_dropped: AtomicU64::new(0),
             kafka_connected: AtomicU64::new(0),
+            kafka_producer_restarts: AtomicU64::new(0),
+            kafka_records_returned: AtomicU64::new(0),
         }
     }
 }
@@ -176,6 +182,13 @@ impl SinkThread {
         let Backend::Kafka(k) = &mut self.backend else {
             return;
         };
+        let c = k.counters();
+        self.stats
+            .kafka_producer_restarts
+            .store(c.rebuilds, Ordering::Relaxed);
+        self.stats
+            .kafka_records_returned
+            .store(c.returned, Ordering::Relaxed);
         k.take_commit_durations(&mut self.durations);
         if self.durations.is_empty() {
             return;
@@ -436,6 +449,8 @@ struct SpoolLink {
     warn: crate::stats::RateLimit,
     /// Kafka was reachable at the last check (see `SinkThread::pull_back_on_outage`).
     kafka_was_healthy: bool,
+    /// Reused to take the records Kafka handed back (see `spool_returned`).
+    returned: Vec<Record>,
 }
 
 impl SpoolLink {
@@ -526,6 +541,50 @@ fn spool_take_acks(acks: &mut [Vec<Ack>], bufs: &mut [Vec<Vec<u8>>], sp: &mut sp
     }
 }
 
+/// Appends records taken back from Kafka to the spool, in the given order (per-connection
+/// record order), to be acknowledged by the next `commit_batch`. A drained spool entry among
+/// them is still in the spool: its drain attempt is marked failed, so it is sent again later.
+fn spool_taken_back(
+    records: impl IntoIterator<Item = Record>,
+    link: &mut SpoolLink,
+    acks: &mut [Vec<Ack>],
+    bufs: &mut [Vec<Vec<u8>>],
+    stats: &SinkStats,
+    first_err: &mut Option<spool::SpoolError>,
+) {
+    for r in records {
+        if r.conn.worker == SPOOL_DRAIN_WORKER {
+            let ack = Ack {
+                conn: r.conn,
+                number: r.number,
+                is_final: r.is_final,
+                outcome: Outcome::Failed(FailKind::Timeout),
+            };
+            resolve(acks, bufs, stats, ack, r.value);
+            continue;
+        }
+        link.append(r, acks, bufs, stats, first_err);
+    }
+    spool_take_acks(acks, bufs, &mut link.spool);
+}
+
+/// Spools the records Kafka handed back since the last call (`KafkaSink::take_returned`).
+fn spool_returned(
+    k: &mut kafka::KafkaSink,
+    link: &mut SpoolLink,
+    acks: &mut [Vec<Ack>],
+    bufs: &mut [Vec<Vec<u8>>],
+    stats: &SinkStats,
+    first_err: &mut Option<spool::SpoolError>,
+) {
+    let mut back = std::mem::take(&mut link.returned);
+    k.take_returned(&mut back);
+    if !back.is_empty() {
+        spool_taken_back(back.drain(..), link, acks, bufs, stats, first_err);
+    }
+    link.returned = back;
+}
+
 fn spool_publish(stats: &SinkStats, sp: &spool::Spool) {
     let c = sp.counters();
     stats.spool_bytes.store(sp.bytes(), Ordering::Relaxed);
@@ -557,6 +616,10 @@ impl SinkThread {
         max_record_bytes: usize,
     ) -> Self {
         spool_publish(&self.stats, &spool);
+        if let Backend::Kafka(k) = &mut self.backend {
+            // Records Kafka fails come back to be spooled instead of being lost.
+            k.return_failures();
+        }
         self.spool = Some(Box::new(SpoolLink {
             spool,
             batch: Vec::new(),
@@ -564,6 +627,7 @@ impl SinkThread {
             max_record: max_record_bytes,
             warn: crate::stats::RateLimit::new(Duration::from_secs(10)),
             kafka_was_healthy: false,
+            returned: Vec::new(),
         }));
         self
     }
@@ -586,8 +650,10 @@ impl SinkThread {
             self.deliver_all();
             return;
         };
-        let healthy = k.healthy();
+        // Records Kafka failed since the last turn are older than this batch: spool them first.
         let mut first_err: Option<spool::SpoolError> = None;
+        spool_returned(k, link, acks, bufs, stats, &mut first_err);
+        let healthy = k.healthy();
         for r in records.drain(..) {
             let kafka_full = k.unacked().1.saturating_add(r.value.len()) > link.kafka_max_unacked;
             if healthy && !kafka_full && !link.spool.holds_key(&r.key) {
@@ -598,6 +664,9 @@ impl SinkThread {
         }
         link.commit_batch(acks, bufs, stats, first_err);
         k.poll(Duration::ZERO, &mut |a, b| resolve(acks, bufs, stats, a, b));
+        let mut first_err = None;
+        spool_returned(k, link, acks, bufs, stats, &mut first_err);
+        link.commit_batch(acks, bufs, stats, first_err);
         spool_publish(stats, &link.spool);
         self.deliver_all();
         if let Some(inbox) = self.inboxes.get(w) {
@@ -621,6 +690,9 @@ impl SinkThread {
             return;
         };
         let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+        let mut first_err = None;
+        spool_returned(k, link, acks, bufs, stats, &mut first_err);
+        link.commit_batch(acks, bufs, stats, first_err);
         spool_take_acks(acks, bufs, &mut link.spool);
         if k.healthy() {
             let (mut n, mut bytes) = (0usize, 0usize);
@@ -683,21 +755,9 @@ impl SinkThread {
             "kafka unreachable: the records librdkafka held are moved to the spool"
         );
         let mut first_err: Option<spool::SpoolError> = None;
-        for r in pulled {
-            if r.conn.worker == SPOOL_DRAIN_WORKER {
-                // Still in the spool: mark its drain attempt failed so it is retried.
-                let ack = Ack {
-                    conn: r.conn,
-                    number: r.number,
-                    is_final: r.is_final,
-                    outcome: Outcome::Failed(FailKind::Timeout),
-                };
-                resolve(acks, bufs, stats, ack, r.value);
-                continue;
-            }
-            link.append(r, acks, bufs, stats, &mut first_err);
-        }
-        spool_take_acks(acks, bufs, &mut link.spool);
+        // Records Kafka failed just before are older still.
+        spool_returned(k, link, acks, bufs, stats, &mut first_err);
+        spool_taken_back(pulled, link, acks, bufs, stats, &mut first_err);
         link.commit_batch(acks, bufs, stats, first_err);
         spool_publish(stats, &link.spool);
         self.deliver_all();
@@ -706,6 +766,14 @@ impl SinkThread {
     /// At shutdown, after Kafka was closed: the drained entries' last outcomes, then the
     /// spool records its drain position; what Kafka did not acknowledge stays for next time.
     fn spool_close(&mut self) {
+        if let (Backend::Kafka(k), Some(link)) = (&mut self.backend, self.spool.as_deref_mut()) {
+            // What Kafka did not take before it closed goes to the spool, for next time.
+            let mut first_err = None;
+            let (acks, bufs, stats) = (&mut self.acks, &mut self.bufs, &self.stats);
+            spool_returned(k, link, acks, bufs, stats, &mut first_err);
+            link.commit_batch(acks, bufs, stats, first_err);
+        }
+        self.deliver_all();
         let Some(link) = self.spool.as_deref_mut() else {
             return;
         };

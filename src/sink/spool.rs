@@ -63,8 +63,10 @@
 //!   so a connection's records reach Kafka in order.
 //! - Entries are handed out by [`Spool::next_drain`] in log order; after a failure nothing
 //!   new is handed out until every in-flight entry is resolved, then (after a short pause) the
-//!   failed ones are handed out again, in log order, before anything newer. An entry Kafka
-//!   refuses for good (too large, or the same error 16 times) is dropped, counted and logged.
+//!   failed ones are handed out again, in log order, before anything newer (the pause doubles
+//!   with each failed round, up to 16×). Only an entry Kafka refuses for its own sake (too
+//!   large) is dropped, counted and logged; a broker, transport or producer error never drops
+//!   an entry, however often it repeats.
 //! - Nothing here panics on file contents: every length is checked against the file.
 
 use std::collections::{HashMap, VecDeque};
@@ -112,10 +114,10 @@ const VALUE_POOL_MAX: usize = 256;
 /// Default pause before re-sending drained entries that failed (500 ms): long enough that an
 /// error Kafka returns at once does not become a tight loop, short next to an outage.
 const DRAIN_RETRY_BACKOFF: Duration = Duration::from_millis(500);
-/// A drained entry Kafka fails with an error of its own (not a time-out or shutdown) this many
-/// times is dropped (counted, logged): the broker refuses it, and keeping it would stop
-/// everything behind it in the log for good. 16 rules out passing errors.
-const MAX_DRAIN_ERRORS: u32 = 16;
+/// Each further failed round without a single acknowledgement doubles the pause, up to
+/// 2^4 × the base (8 s with the default): a broker that keeps failing everything is asked
+/// less often, and one acknowledgement brings the pause back to the base.
+const MAX_RETRY_DOUBLINGS: u32 = 4;
 /// Least time between two warnings about spooled records Kafka refused for good (s).
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -679,8 +681,6 @@ struct Slot {
     key: Option<Arc<str>>,
     bytes: usize,
     state: SlotState,
-    /// Times Kafka failed it with an error of its own (see `MAX_DRAIN_ERRORS`).
-    errors: u32,
 }
 
 /// A position in the log: segment sequence number and byte offset.
@@ -715,6 +715,8 @@ pub struct Spool {
     pending_bytes: usize,
     /// Some entry failed: hand out nothing new until nothing is pending, then replay.
     hold: bool,
+    /// Failed drain rounds since the last acknowledgement (doubles the retry pause).
+    failed_rounds: u32,
     /// After a failure: send nothing (again) before this.
     retry_at: Option<Instant>,
     /// While replaying failed entries: the next index of `inflight` to look at.
@@ -854,6 +856,7 @@ impl Spool {
             pending: 0,
             pending_bytes: 0,
             hold: false,
+            failed_rounds: 0,
             retry_at: None,
             replay: None,
             reader: None,
@@ -1176,7 +1179,6 @@ impl Spool {
                         key: counted.then(|| entry.key.clone()),
                         bytes,
                         state: SlotState::Pending,
-                        errors: 0,
                     });
                     self.pending += 1;
                     self.pending_bytes += bytes;
@@ -1268,12 +1270,13 @@ impl Spool {
             Outcome::Committed => {
                 slot.state = SlotState::Done;
                 self.counters.drained += 1;
+                self.failed_rounds = 0;
             }
             Outcome::Failed(kind) => {
-                if kind == FailKind::SinkError {
-                    slot.errors += 1;
-                }
-                if kind == FailKind::TooLarge || slot.errors >= MAX_DRAIN_ERRORS {
+                // Only an error about the record itself drops it. Anything else — a broker,
+                // transport or producer-state error, a time-out, one we do not know — says
+                // nothing about the record: it stays, and is sent again after a pause.
+                if kind == FailKind::TooLarge {
                     slot.state = SlotState::Done;
                     self.counters.dropped += 1;
                     let now = Instant::now();
@@ -1312,7 +1315,12 @@ impl Spool {
             // order, before anything newer.
             self.hold = false;
             self.replay = Some(0);
-            self.retry_at = Some(Instant::now() + self.settings.retry_backoff);
+            let pause = self
+                .settings
+                .retry_backoff
+                .saturating_mul(1 << self.failed_rounds.min(MAX_RETRY_DOUBLINGS));
+            self.failed_rounds = self.failed_rounds.saturating_add(1);
+            self.retry_at = Some(Instant::now() + pause);
         }
         self.forget_done();
     }
@@ -1865,19 +1873,32 @@ mod tests {
         assert!(sp.next_drain().is_none());
         assert_eq!(sp.counters().dropped, 1);
         assert!(!sp.holds_key("k"));
-        // An error Kafka keeps returning: retried, then dropped so the log moves on.
-        sp.append(&key("p"), 1, false, b"poison").unwrap();
+        // An error that is not the record's own, however often: never dropped, retried in
+        // order until Kafka takes it (a fenced or dead producer, a broker that keeps failing).
+        sp.append(&key("p"), 1, false, b"unlucky").unwrap();
         sp.append(&key("p"), 2, false, b"fine").unwrap();
         sp.commit().unwrap();
-        for _ in 0..MAX_DRAIN_ERRORS {
+        for kind in (0..40).map(|i| {
+            if i % 2 == 0 {
+                FailKind::SinkError
+            } else {
+                FailKind::Timeout
+            }
+        }) {
             let e = sp.next_drain().unwrap();
             assert_eq!(e.number, 1);
-            sp.drain_ack(e.id, Outcome::Failed(FailKind::SinkError));
+            sp.drain_ack(e.id, Outcome::Failed(kind));
         }
-        let e = sp.next_drain().unwrap();
-        assert_eq!(e.number, 2, "the poison record was dropped");
-        sp.drain_ack(e.id, Outcome::Committed);
-        assert_eq!(sp.counters().dropped, 2);
+        let got: Vec<u32> = drain_all(&mut sp, Outcome::Committed)
+            .into_iter()
+            .map(|g| g.1)
+            .collect();
+        assert_eq!(got, vec![1, 2], "kept, in order");
+        assert_eq!(
+            sp.counters().dropped,
+            1,
+            "only the too-large record was dropped"
+        );
         sp.maintain();
         assert!(sp.is_empty());
     }
