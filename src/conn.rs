@@ -43,6 +43,8 @@ use crate::worker::{ConnState, Ctx, StopReason};
 const RESP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n";
 const RESP_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest head too large\r\n";
+const RESP_417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nconnection: close\r\n\r\nonly Expect: 100-continue is supported\n";
+const RESP_501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: 48\r\nconnection: close\r\n\r\nonly Transfer-Encoding: chunked alone is handled\n";
 const RESP_502: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\nbad gateway: destination unreachable\n";
 const RESP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\ncapture unavailable, retry\r\n";
 
@@ -65,6 +67,13 @@ const IDLE_READ_BYTES_UPSTREAM: usize = 1024;
 /// messages stay large enough to amortise per-message cost. Records stay valid for the
 /// Replayer: they end between observations, at a request boundary.
 const RECORD_SOFT_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Most time the body of an `Expect: 100-continue` request waits for the destination's
+/// answer to its head (3 s). Elasticsearch/OpenSearch answer the head at once: 100 Continue,
+/// or a final 413/417, after which Netty reads whatever follows as new requests — so the body
+/// is not forwarded before the answer (a final one means it never is). An origin that never
+/// sends 100 costs its clients this much once per such request; curl waits 1 s itself.
+const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Full 64 KiB reads in a row after which a direction switches to a streaming buffer
 /// (`worker::STREAM_BUF_BYTES`): two, so a 64 KiB response (one full read and a short one)
@@ -143,6 +152,8 @@ enum C2uEnd {
     UpstreamWriteError,
     /// Answer the client with this synthetic response, then close.
     Respond(&'static [u8]),
+    /// A connection-ending request was forwarded: nothing more goes upstream.
+    ConnectionEnding,
 }
 
 /// How the upstream→client direction ended.
@@ -151,8 +162,19 @@ enum U2cEnd {
     UpstreamError,
     ClientWriteError,
     Stopped,
-    /// A 502 was written to the client already.
-    Answered502,
+}
+
+/// Where an `Expect: 100-continue` request's body is (see [`EXPECT_CONTINUE_WAIT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// No request waits for the destination's answer to its head.
+    Open,
+    /// The body waits: the destination has not answered the head yet.
+    Waiting,
+    /// The destination sent 100 Continue (or another interim response): forward the body.
+    Continued,
+    /// The destination sent a final response first: the body is never forwarded.
+    Answered,
 }
 
 /// Per-exchange state shared by the two directions (beyond `ConnState`).
@@ -170,6 +192,52 @@ struct Exchange {
     /// went upstream (a held request: when it was released). Popped at the response's first
     /// byte into `WorkerStats::upstream_response_us`.
     sent_at: RefCell<VecDeque<std::time::Instant>>,
+    /// The request being read has a body that is not complete yet.
+    body_open: Cell<bool>,
+    /// c2u ended with a synthetic answer (400, 431, 501, 417, 503): the destination closing
+    /// its side afterwards is our doing, not a destination error.
+    answering: Cell<bool>,
+    gate: Cell<Gate>,
+    gate_waker: Cell<Option<std::task::Waker>>,
+}
+
+impl Exchange {
+    /// The destination answered the oldest outstanding request: if that is the request whose
+    /// body is still being read, the rest of the body must not be forwarded (Netty would read
+    /// it as new requests). Returns true when it cut the body (the caller stops c2u).
+    fn on_response_head(&self, st: &ConnState, interim: bool) -> bool {
+        if self.gate.get() == Gate::Waiting {
+            self.gate.set(if interim {
+                Gate::Continued
+            } else {
+                Gate::Answered
+            });
+            if let Some(w) = self.gate_waker.take() {
+                w.wake();
+            }
+            // The waiting c2u direction acts on the answer itself.
+            return false;
+        }
+        !interim && self.body_open.get() && st.outstanding.get() == 1
+    }
+
+    /// Waits until the destination answered the head of an `Expect: 100-continue` request
+    /// (or [`EXPECT_CONTINUE_WAIT`] passed): true when the body may be forwarded.
+    async fn wait_continue(&self) -> bool {
+        let fut = std::future::poll_fn(|cx| match self.gate.get() {
+            Gate::Waiting => {
+                self.gate_waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+            g => std::task::Poll::Ready(g),
+        });
+        let g = monoio::time::timeout(EXPECT_CONTINUE_WAIT, fut)
+            .await
+            .unwrap_or(Gate::Continued);
+        self.gate.set(Gate::Open);
+        self.gate_waker.set(None);
+        g != Gate::Answered
+    }
 }
 
 /// Serves one accepted client connection until both directions end. With client-facing
@@ -232,6 +300,10 @@ where
         c2u_done: Cell::new(false),
         resp_started: Cell::new(false),
         sent_at: RefCell::new(VecDeque::with_capacity(4)),
+        body_open: Cell::new(false),
+        answering: Cell::new(false),
+        gate: Cell::new(Gate::Open),
+        gate_waker: Cell::new(None),
     };
     let (c_end, (u_end, cw)) = monoio::join!(
         client_to_upstream(ctx, st, &x, cr, uw, limits),
@@ -242,14 +314,14 @@ where
         (C2uEnd::Stopped(StopReason::IdleTimeout | StopReason::HeadTimeout), _) => {
             Counter::ConnClosedTimeout
         }
-        (C2uEnd::ClientEof, _) => Counter::ConnClosedClient,
+        (C2uEnd::ClientEof | C2uEnd::ConnectionEnding, _) => Counter::ConnClosedClient,
         (_, U2cEnd::UpstreamEof) => Counter::ConnClosedUpstream,
         _ => Counter::ConnClosedError,
     };
     ctx.stats.inc(close_counter);
     let mut cw = cw;
     if let (C2uEnd::Respond(resp), Some(cw)) = (c_end, cw.as_mut()) {
-        if !matches!(u_end, U2cEnd::ClientWriteError | U2cEnd::Answered502) {
+        if !matches!(u_end, U2cEnd::ClientWriteError) {
             let h = st.u2c_handle();
             let _ = cw.send_all(resp, h).await;
         }
@@ -324,6 +396,8 @@ struct ReqState {
     get_head: bool,
     /// Reads of the current request were already written to the capture.
     reads_written: bool,
+    /// The request ends the connection (`Connection: close`, HTTP/1.0 without keep-alive).
+    closing: bool,
 }
 
 async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
@@ -410,7 +484,15 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                         FrameError::HeadTooLarge => {
                             (RESP_431, Counter::HeadTooLarge, "request head too large")
                         }
-                        _ => (RESP_400, Counter::Malformed, "malformed request"),
+                        FrameError::NotImplemented(_) => {
+                            (RESP_501, Counter::NotImplemented, "request refused")
+                        }
+                        FrameError::ExpectationFailed => {
+                            (RESP_417, Counter::ExpectationFailed, "request refused")
+                        }
+                        FrameError::Malformed(_) => {
+                            (RESP_400, Counter::Malformed, "malformed request")
+                        }
                     };
                     ctx.stats.inc(counter);
                     if !rq.suppressed {
@@ -442,6 +524,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
             };
             pos += step.consumed;
             let mut after_head: Option<(usize, Vec<u8>)> = None;
+            let mut gate = false;
             match step.event {
                 None => break,
                 Some(Event::HeadComplete(head)) => {
@@ -456,6 +539,16 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                         after_head = Some((head_start, out));
                     }
                     rq.head_done = true;
+                    rq.closing = head.connection_close;
+                    let has_body = !matches!(
+                        head.body,
+                        crate::http1::BodyKind::None | crate::http1::BodyKind::ContentLength(0)
+                    );
+                    x.body_open.set(has_body);
+                    if has_body && head.expect_continue {
+                        x.gate.set(Gate::Waiting);
+                        gate = true;
+                    }
                     st.head_started.set(None);
                     rq.mutating = head.method.is_mutating();
                     rq.get_head = matches!(
@@ -489,9 +582,11 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                     headers_len,
                 }) => {
                     ctx.stats.inc(Counter::Requests);
+                    x.body_open.set(false);
                     let this_start = req_start;
                     req_start = pos;
                     let mut hold = false;
+                    let closing = rq.closing;
                     if rq.mutating {
                         ctx.stats.inc(Counter::RequestsMutating);
                     } else if rq.get_head {
@@ -562,6 +657,20 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                             }
                         }
                     }
+                    if closing {
+                        // RFC 9112 §9.6: nothing after a connection-ending request is run by
+                        // the destination, so nothing after it is forwarded or captured.
+                        let (r, b) =
+                            flush_up(&mut uw, st, &mut pending_head, &mut head_buf, buf, fwd, pos)
+                                .await;
+                        buf = b;
+                        if r.is_err() {
+                            break 'conn C2uEnd::UpstreamWriteError;
+                        }
+                        let rest = data_len.saturating_sub(pos);
+                        ctx.stats.add(Counter::BytesAfterClose, rest as u64);
+                        break 'conn C2uEnd::ConnectionEnding;
+                    }
                 }
                 Some(Event::Http2Preface) => {
                     ctx.stats.inc(Counter::Http2Passthrough);
@@ -592,6 +701,28 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                 }
                 pending_head = Some(new_head);
                 fwd = pos;
+            }
+            if gate {
+                // `Expect: 100-continue`: the head goes now, the body once the destination
+                // said so (a final answer first means it never goes). Captured first, as
+                // every read is before its bytes are forwarded.
+                if seg < pos && !rq.suppressed {
+                    let part = buf.get(seg..pos).unwrap_or(&[]);
+                    ctx.with_capture(st, |b, e| b.read(ts, part, e));
+                    rq.reads_written = capturing;
+                    seg = pos;
+                }
+                let (r, b) =
+                    flush_up(&mut uw, st, &mut pending_head, &mut head_buf, buf, fwd, pos).await;
+                buf = b;
+                if r.is_err() {
+                    break 'conn C2uEnd::UpstreamWriteError;
+                }
+                fwd = pos;
+                if !x.wait_continue().await {
+                    body_not_forwarded(ctx, st);
+                    break 'conn C2uEnd::Stopped(StopReason::PeerDone);
+                }
             }
         }
         // The tail belongs to a request in progress.
@@ -628,6 +759,24 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
             }
         }
     };
+    if matches!(end, C2uEnd::ConnectionEnding) {
+        // Keep reading (and dropping) what the client still sends until the responses are
+        // out: closing with unread bytes would reset the connection under the response.
+        x.c2u_done.set(true);
+        if st.outstanding.get() == 0 {
+            st.stop_u2c(StopReason::PeerDone);
+        }
+        buf = bufs.choose(ctx, buf, true, false);
+        while st.c2u_stop.get().is_none() {
+            buf.clear();
+            let (res, b) = cr.recv(buf, st.c2u_handle()).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => ctx.stats.add(Counter::BytesAfterClose, n as u64),
+                _ => break,
+            }
+        }
+    }
     ctx.put_io_buf(buf);
     match &end {
         C2uEnd::ClientEof => {
@@ -644,6 +793,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
         C2uEnd::Stopped(StopReason::IdleTimeout) => ctx.stats.inc(Counter::IdleTimeout),
         _ => {}
     }
+    x.answering.set(matches!(end, C2uEnd::Respond(_)));
     x.c2u_done.set(true);
     let abort = matches!(
         end,
@@ -694,6 +844,13 @@ async fn write_up<UW: StreamWrite>(
     from: usize,
     to: usize,
 ) -> (std::io::Result<()>, Vec<u8>) {
+    if st.c2u_stop.get().is_some() {
+        // E.g. the destination answered before the body was complete: not one more byte.
+        return (
+            Err(std::io::Error::from(std::io::ErrorKind::Interrupted)),
+            buf,
+        );
+    }
     let end = to.min(buf.len());
     let start = from.min(end);
     let (r, slice) = uw.send_all(buf.slice(start..end), st.c2u_handle()).await;
@@ -737,37 +894,32 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
                     // destination's side, whose FIN can beat the cancellation of this read.
                     break U2cEnd::Stopped;
                 }
-                if st.outstanding.get() > 0 && !x.resp_started.get() {
-                    // The destination closed without answering a forwarded request.
+                if x.answering.get() {
+                    // We are answering the client ourselves and closed the destination's
+                    // connection under its request: its close is the consequence.
+                    break U2cEnd::Stopped;
+                }
+                if unanswered(st, x) > 0 {
+                    // The destination closed without answering every forwarded request. No
+                    // made-up answer (the request may have run, and a client reading a
+                    // close-delimited response would take it as part of it): the client's
+                    // connection is closed, and the capture says what went unanswered.
                     ctx.stats.inc(Counter::UpstreamReset);
-                    let ts = Timestamp::now();
-                    ctx.with_capture(st, |b, e| {
-                        b.connection_exception(
-                            ts,
-                            "destination closed the connection before answering",
-                            e,
-                        )
-                    });
-                    let _ = cw.send_all(RESP_502, st.u2c_handle()).await;
-                    break U2cEnd::Answered502;
+                    unanswered_at_close(ctx, st, x, "destination closed the connection");
                 }
                 break U2cEnd::UpstreamEof;
             }
             Ok(n) => n,
             Err(e) => {
-                if st.u2c_stop.get().is_some() {
+                if st.u2c_stop.get().is_some() || x.answering.get() {
                     break U2cEnd::Stopped;
                 }
                 ctx.stats.inc(Counter::UpstreamReset);
-                let ts = Timestamp::now();
                 let mut m = String::with_capacity(64);
                 m.push_str("destination connection failed: ");
                 m.push_str(&e.to_string());
-                ctx.with_capture(st, |b, e| b.connection_exception(ts, &m, e));
-                if st.outstanding.get() > 0 && !x.resp_started.get() {
-                    let _ = cw.send_all(RESP_502, st.u2c_handle()).await;
-                    break U2cEnd::Answered502;
-                }
+                // One note: what failed, and what it left unanswered.
+                unanswered_at_close(ctx, st, x, &m);
                 break U2cEnd::UpstreamError;
             }
         };
@@ -836,7 +988,14 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
                         x.opaque.set(true);
                         pos = data_len;
                     }
-                    Some(REvent::HeadComplete { .. }) => {}
+                    Some(REvent::HeadComplete { interim, .. }) => {
+                        if x.on_response_head(st, interim) && !x.c2u_done.get() {
+                            // Answered before its body was complete: the rest of the body
+                            // is not forwarded, and the connection ends after this response.
+                            body_not_forwarded(ctx, st);
+                            st.stop_c2u(StopReason::PeerDone);
+                        }
+                    }
                     None => break,
                 }
             }
@@ -878,12 +1037,49 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
         }
     };
     ctx.put_io_buf(buf);
-    // The destination is gone (or we stop): the client side ends too.
-    if !x.c2u_done.get() {
-        st.stop_c2u(StopReason::PeerDone);
-    }
+    // The destination is gone (or we stop): the client side ends too (also when it only
+    // lingers after a connection-ending request).
+    st.stop_c2u(StopReason::PeerDone);
     drop(ur);
     (end, Some(cw))
+}
+
+/// Counts and notes in the capture a request body (or its rest) that was not forwarded
+/// because the destination answered first.
+fn body_not_forwarded(ctx: &Ctx, st: &ConnState) {
+    ctx.stats.inc(Counter::BodyNotForwarded);
+    let ts = Timestamp::now();
+    ctx.with_capture(st, |b, e| {
+        b.connection_exception(
+            ts,
+            "destination answered before the request body was complete; the rest of the body was not forwarded and the connection was closed",
+            e,
+        )
+    });
+}
+
+/// Forwarded requests whose response has not started (a started one that breaks off is
+/// reported as such by the caller).
+fn unanswered(st: &ConnState, x: &Exchange) -> usize {
+    st.outstanding
+        .get()
+        .saturating_sub(usize::from(x.resp_started.get()))
+}
+
+/// Notes in the capture what ended the destination connection (`what`) and how many forwarded
+/// requests it left unanswered (counted).
+fn unanswered_at_close(ctx: &Ctx, st: &ConnState, x: &Exchange, what: &str) {
+    let n = unanswered(st, x);
+    ctx.stats.add(Counter::UnansweredAtClose, n as u64);
+    let ts = Timestamp::now();
+    let mut m = String::with_capacity(what.len() + 48);
+    m.push_str(what);
+    if n > 0 {
+        m.push_str(" with ");
+        m.push_str(&n.to_string());
+        m.push_str(" forwarded request(s) unanswered");
+    }
+    ctx.with_capture(st, |b, e| b.connection_exception(ts, &m, e));
 }
 
 fn current_response_captured(x: &Exchange) -> bool {

@@ -57,6 +57,11 @@ counters! {
     UpstreamMalformed => "upstreamMalformedResponses", "responses the framer rejected";
     ClientErrors => "clientErrors", "client I/O errors (resets)";
     Malformed => "malformedRequests", "requests answered 400";
+    NotImplemented => "requestsNotImplemented", "requests answered 501 (a Transfer-Encoding other than exactly chunked)";
+    ExpectationFailed => "requestsExpectationFailed", "requests answered 417 (an Expect other than 100-continue)";
+    BytesAfterClose => "bytesIgnoredAfterClose", "client bytes after a connection-ending request (neither forwarded nor captured)";
+    BodyNotForwarded => "requestBodiesNotForwarded", "request bodies (or their rest) not forwarded because the destination answered first; connection closed";
+    UnansweredAtClose => "requestsUnansweredAtClose", "forwarded requests the destination closed or failed without answering (marked in the capture; the client connection is closed)";
     HeadTooLarge => "requestHeadTooLarge", "requests answered 431";
     HeadTimeout => "requestHeadTimeouts", "requests answered 408 (slow head)";
     IdleTimeout => "clientIdleTimeouts", "connections closed as idle";

@@ -73,6 +73,13 @@ pub enum FrameError {
     /// The bytes are not HTTP/1.x as this framer accepts it; the text says what was wrong.
     #[error("malformed HTTP/1.x message: {0}")]
     Malformed(&'static str),
+    /// A request framing feature the proxy does not forward because the source's HTTP stack
+    /// may frame it differently (a transfer coding other than exactly `chunked`): 501.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    /// An `Expect` other than `100-continue` (RFC 9110 §10.1.1): 417.
+    #[error("expectation not supported: only 100-continue is")]
+    ExpectationFailed,
 }
 
 /// How a message's body is delimited (requests: from the head alone).
@@ -160,21 +167,34 @@ struct TransferCoding {
     chunked_last: bool,
     /// `chunked` is listed more than once or not last.
     chunked_misplaced: bool,
+    /// Transfer-Encoding fields seen (saturating).
+    fields: u8,
+    /// Codings listed over all fields (saturating).
+    codings: u8,
 }
 
 impl TransferCoding {
     fn add(&mut self, value: &[u8]) {
         self.present = true;
+        self.fields = self.fields.saturating_add(1);
         for coding in value.split(|&b| b == b',').map(trim_ows) {
             if coding.is_empty() {
                 continue;
             }
+            self.codings = self.codings.saturating_add(1);
             if self.chunked_last {
                 // Something follows an earlier `chunked`.
                 self.chunked_misplaced = true;
             }
             self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
         }
+    }
+
+    /// Exactly one field holding exactly one coding, `chunked` (any case): the only request
+    /// transfer coding every version of the source's Netty and RFC 9112 frame alike (Netty
+    /// 4.1.4x frames `gzip, chunked` as a request without a body).
+    fn is_exactly_chunked(&self) -> bool {
+        self.fields == 1 && self.codings == 1 && self.chunked_last
     }
 }
 
@@ -304,16 +324,150 @@ enum Chunk {
     /// After chunk data, expecting its CRLF (or bare LF).
     DataEnd { saw_cr: bool },
     /// In the trailer section after the last chunk.
-    Trailers { scan: LineScan, bytes: usize },
+    Trailers { check: TrailerCheck, bytes: usize },
 }
 
+/// Where a chunk-size line is, in RFC 9112 §7.1's grammar:
+/// `chunk-size [ chunk-ext ] CRLF`, `chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS
+/// ext-val ] )`, `ext-val = token / quoted-string`. Anything else fails the message: Netty
+/// reads the size up to the first `;` or whitespace and ignores the rest of the line, so
+/// `0 /x HTTP/1.1` is a last chunk to it; where the two readings could differ the proxy does
+/// not forward (a bare LF line end is accepted, as both Netty and we read it alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SizePhase {
     Digits,
-    /// After `;` or whitespace: chunk extensions, skipped up to the line end.
-    Ext,
+    /// Whitespace after the size: only more whitespace or `;` may follow.
+    SizeBws,
+    /// After `;`: optional whitespace, then an extension name.
+    ExtBws,
+    ExtName,
+    /// Whitespace after a name: `=` or `;` must follow.
+    AfterName,
+    /// After `=`: optional whitespace, then a token or a quoted string.
+    ValBws,
+    ValToken,
+    Quoted,
+    /// After a backslash inside a quoted string.
+    QuotedPair,
+    /// Right after a closing quote: the line may end here.
+    AfterQuote,
+    /// Whitespace after a value: only more whitespace or `;` may follow.
+    AfterValBws,
     /// After a CR: only LF may follow.
     Cr,
+}
+
+/// RFC 9110 `tchar`: the bytes a token (header name, extension name) may consist of.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// One step of a chunk-size line after its first byte: the next phase, `Ok(None)` at the LF
+/// that ends the line. `b` is never the first digit (handled by the caller).
+fn size_line_step(phase: SizePhase, b: u8) -> Result<Option<SizePhase>, FrameError> {
+    use SizePhase::*;
+    let ws = b == b' ' || b == b'\t';
+    let next = match (phase, b) {
+        (Cr, b'\n') => return Ok(None),
+        (Cr, _) => return Err(FrameError::Malformed("CR without LF in chunk-size line")),
+        (Digits | ExtName | ValToken | AfterQuote, b'\n') => return Ok(None),
+        (Digits | ExtName | ValToken | AfterQuote, b'\r') => Cr,
+        (Digits | SizeBws, _) if ws => SizeBws,
+        (Digits | SizeBws | ExtName | AfterName | ValToken | AfterQuote | AfterValBws, b';') => {
+            ExtBws
+        }
+        (ExtBws, _) if ws => ExtBws,
+        (ExtBws | ExtName, _) if is_tchar(b) => ExtName,
+        (ExtName | AfterName, _) if ws => AfterName,
+        (ExtName | AfterName, b'=') => ValBws,
+        (ValBws, _) if ws => ValBws,
+        (ValBws, b'"') => Quoted,
+        (ValBws | ValToken, _) if is_tchar(b) => ValToken,
+        (ValToken | AfterQuote | AfterValBws, _) if ws => AfterValBws,
+        (Quoted, b'"') => AfterQuote,
+        (Quoted, b'\\') => QuotedPair,
+        // qdtext: HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+        (Quoted, 0x09 | 0x20 | 0x21 | 0x23..=0x5B | 0x5D..=0x7E | 0x80..=0xFF) => Quoted,
+        (QuotedPair, 0x09 | 0x20..=0x7E | 0x80..=0xFF) => Quoted,
+        (Digits, _) => return Err(FrameError::Malformed("invalid chunk size")),
+        _ => return Err(FrameError::Malformed("invalid chunk extension")),
+    };
+    Ok(Some(next))
+}
+
+/// Checks a chunked body's trailer section line by line (RFC 9112 §7.1.2, field lines as
+/// RFC 9112 §5): `name ":" value`, a `tchar` name, a value of visible characters, spaces and
+/// tabs; no obs-fold; and none of the framing fields (Content-Length, Transfer-Encoding,
+/// Trailer), which the source's Netty silently drops and a strict origin may refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TrailerCheck {
+    phase: TrailerPhase,
+    /// The current field name, lower-cased, as far as it fits (longer names are not framing
+    /// fields).
+    name: [u8; TRAILER_NAME_KEPT],
+    name_len: usize,
+}
+
+/// Bytes of a trailer field name kept for the framing-field check: the longest such name,
+/// `transfer-encoding`, has 17.
+const TRAILER_NAME_KEPT: usize = 17;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrailerPhase {
+    LineStart,
+    Name,
+    Value,
+    /// CR inside a field line: LF must follow.
+    ValueCr,
+    /// CR at a line start: LF must follow, and ends the section.
+    EndCr,
+}
+
+impl TrailerCheck {
+    const START: TrailerCheck = TrailerCheck {
+        phase: TrailerPhase::LineStart,
+        name: [0; TRAILER_NAME_KEPT],
+        name_len: 0,
+    };
+
+    /// Scans `input`; returns the index just past the section's final LF, or `None` when
+    /// `input` ran out first (state kept for the next call).
+    fn scan(&mut self, input: &[u8]) -> Result<Option<usize>, FrameError> {
+        use TrailerPhase::*;
+        for (i, &b) in input.iter().enumerate() {
+            self.phase = match (self.phase, b) {
+                (LineStart, b'\n') | (EndCr, b'\n') => return Ok(Some(i + 1)),
+                (LineStart, b'\r') => EndCr,
+                (LineStart, b' ' | b'\t') => {
+                    return Err(FrameError::Malformed("obs-fold in trailer section"))
+                }
+                (LineStart | Name, _) if is_tchar(b) => {
+                    if self.phase == LineStart {
+                        self.name_len = 0;
+                    }
+                    if let Some(slot) = self.name.get_mut(self.name_len) {
+                        *slot = b.to_ascii_lowercase();
+                    }
+                    self.name_len = self.name_len.saturating_add(1);
+                    Name
+                }
+                (Name, b':') => {
+                    let name = self.name.get(..self.name_len).unwrap_or_default();
+                    if self.name_len <= TRAILER_NAME_KEPT
+                        && matches!(name, b"content-length" | b"transfer-encoding" | b"trailer")
+                    {
+                        return Err(FrameError::Malformed("framing field in trailer section"));
+                    }
+                    Value
+                }
+                (Value, b'\r') => ValueCr,
+                (Value | ValueCr, b'\n') => LineStart,
+                (Value, 0x09 | 0x20..=0x7E | 0x80..=0xFF) => Value,
+                _ => return Err(FrameError::Malformed("invalid trailer field line")),
+            };
+        }
+        Ok(None)
+    }
 }
 
 impl Chunk {
@@ -380,28 +534,24 @@ fn advance_chunked(
                     if *line_len > limits.max_chunk_line_bytes {
                         return Err(FrameError::Malformed("chunk-size line too long"));
                     }
-                    match (*phase, b) {
-                        (_, b'\n') => {
+                    if *phase == SizePhase::Digits && b.is_ascii_hexdigit() {
+                        let d = char::from(b).to_digit(16).unwrap_or(0);
+                        *size = size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(u64::from(d)))
+                            .ok_or(FrameError::Malformed("chunk size overflows"))?;
+                        *digits = digits.saturating_add(1);
+                        continue;
+                    }
+                    if *digits == 0 {
+                        return Err(FrameError::Malformed("missing chunk size"));
+                    }
+                    match size_line_step(*phase, b)? {
+                        Some(next) => *phase = next,
+                        None => {
                             line_done = true;
                             break;
                         }
-                        (SizePhase::Cr, _) => {
-                            return Err(FrameError::Malformed("CR without LF in chunk-size line"))
-                        }
-                        (SizePhase::Digits, _) if b.is_ascii_hexdigit() => {
-                            let d = char::from(b).to_digit(16).unwrap_or(0);
-                            *size = size
-                                .checked_mul(16)
-                                .and_then(|s| s.checked_add(u64::from(d)))
-                                .ok_or(FrameError::Malformed("chunk size overflows"))?;
-                            *digits = digits.saturating_add(1);
-                        }
-                        (SizePhase::Digits, b';' | b' ' | b'\t') => *phase = SizePhase::Ext,
-                        (SizePhase::Digits | SizePhase::Ext, b'\r') => *phase = SizePhase::Cr,
-                        (SizePhase::Digits, _) => {
-                            return Err(FrameError::Malformed("invalid chunk size"))
-                        }
-                        (SizePhase::Ext, _) => {}
                     }
                 }
                 if !line_done {
@@ -412,7 +562,7 @@ fn advance_chunked(
                 }
                 *chunk = if *size == 0 {
                     Chunk::Trailers {
-                        scan: LineScan::default(),
+                        check: TrailerCheck::START,
                         bytes: 0,
                     }
                 } else {
@@ -440,10 +590,10 @@ fn advance_chunked(
                 }
                 Some(_) => return Err(FrameError::Malformed("chunk data not followed by CRLF")),
             },
-            Chunk::Trailers { scan, bytes } => {
+            Chunk::Trailers { check, bytes } => {
                 let room = limits.max_trailer_bytes.saturating_sub(*bytes);
                 let window = rest.get(..rest.len().min(room)).unwrap_or_default();
-                match scan.find_section_end(window) {
+                match check.scan(window)? {
                     Some(n) => return Ok((pos + n, true)),
                     None if rest.len() > room => {
                         return Err(FrameError::Malformed("trailer section too large"))

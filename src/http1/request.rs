@@ -14,8 +14,11 @@ use super::{
 };
 
 /// The start of the HTTP/2 prior-knowledge preface as far as it looks like an HTTP/1 head
-/// (RFC 9113 §3.4); the rest of the preface, `SM\r\n\r\n`, is left to the opaque stream.
+/// (RFC 9113 §3.4).
 const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+/// The whole 24-byte preface. Only this, as the very first bytes of a connection, turns it
+/// into an opaque HTTP/2 stream; `PRI * HTTP/2.0` anywhere else is a malformed request.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Request method. Methods are case-sensitive; anything not listed is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,6 +241,9 @@ enum State {
     NoBody,
     /// Inside the body.
     Body(Body),
+    /// After the 18-byte preface head at connection start: this many bytes of the preface's
+    /// tail `SM\r\n\r\n` matched so far.
+    PrefaceTail(u8),
     /// After the HTTP/2 preface or `set_opaque`: no more framing.
     Opaque,
     Failed(FrameError),
@@ -261,14 +267,18 @@ pub struct RequestFramer {
     meta: ReqMeta,
     /// Header ranges of the current head (capacity kept).
     ranges: Vec<HeaderRange>,
+    /// Nothing has been consumed yet: the HTTP/2 preface is only recognised here.
+    at_start: bool,
+    /// The split head in `accum` began at connection start (may still be the preface).
+    head_at_start: bool,
 }
 
 impl RequestFramer {
-    /// `limits.max_head_bytes` is raised to at least the 18-byte HTTP/2 preface head, so the
+    /// `limits.max_head_bytes` is raised to at least the 24-byte HTTP/2 preface, so the
     /// preface is recognised (and a head that only starts like it is judged) the same way
     /// whether it arrives in one read or split (found by the `request_framer` fuzz target).
     pub fn new(mut limits: FramerLimits) -> Self {
-        limits.max_head_bytes = limits.max_head_bytes.max(H2_PREFACE_HEAD.len());
+        limits.max_head_bytes = limits.max_head_bytes.max(H2_PREFACE.len());
         let mut config = httparse::ParserConfig::default();
         // Netty (the Java proxy's parser) splits the request line on any run of spaces.
         config.allow_multiple_spaces_in_request_line_delimiters(true);
@@ -279,6 +289,8 @@ impl RequestFramer {
             accum: HeadAccum::default(),
             meta: ReqMeta::EMPTY,
             ranges: Vec::new(),
+            at_start: true,
+            head_at_start: false,
         }
     }
 
@@ -292,7 +304,11 @@ impl RequestFramer {
     ///
     /// After an error the framer stays failed and returns the same error.
     pub fn advance<'a>(&'a mut self, input: &'a [u8]) -> Result<Step<'a>, FrameError> {
-        let (consumed, found) = match self.advance_inner(input) {
+        let res = self.advance_inner(input);
+        if !input.is_empty() {
+            self.at_start = false;
+        }
+        let (consumed, found) = match res {
             Ok(r) => r,
             Err(e) => {
                 self.state = State::Failed(e);
@@ -322,7 +338,10 @@ impl RequestFramer {
 
     /// True between a request's first byte (not counting leading empty lines) and its end.
     pub fn in_message(&self) -> bool {
-        matches!(self.state, State::Head | State::NoBody | State::Body(_))
+        matches!(
+            self.state,
+            State::Head | State::NoBody | State::Body(_) | State::PrefaceTail(_)
+        )
     }
 
     /// At a request boundary with nothing partial buffered (false once opaque or failed: the
@@ -373,6 +392,22 @@ impl RequestFramer {
             match self.state {
                 State::Failed(e) => return Err(e),
                 State::Opaque => return Ok((input.len(), Found::Nothing)),
+                State::PrefaceTail(matched) => {
+                    let tail = H2_PREFACE.get(H2_PREFACE_HEAD.len()..).unwrap_or_default();
+                    let want = tail.get(usize::from(matched)..).unwrap_or_default();
+                    let n = want.len().min(rest.len());
+                    if rest.get(..n) != want.get(..n) {
+                        return Err(FrameError::Malformed("incomplete HTTP/2 preface"));
+                    }
+                    pos += n;
+                    if n == want.len() {
+                        self.state = State::Opaque;
+                        return Ok((pos, Found::Http2Preface));
+                    }
+                    // `n` < the 6-byte tail, so it fits in u8.
+                    self.state = State::PrefaceTail(matched.saturating_add(n as u8));
+                    return Ok((input.len(), Found::Nothing));
+                }
                 State::NoBody => {
                     self.state = State::Idle;
                     return Ok((pos, Found::MessageComplete));
@@ -388,6 +423,7 @@ impl RequestFramer {
                     return Ok((input.len(), Found::Nothing));
                 }
                 State::Idle => {
+                    let at_start = self.at_start && pos == 0;
                     let skip = leading_empty_lines(rest);
                     pos += skip;
                     let rest = rest.get(skip..).unwrap_or_default();
@@ -404,11 +440,15 @@ impl RequestFramer {
                             pos += len;
                             return Ok((pos, self.head_parsed(meta, start, false)));
                         }
-                        Parsed::Invalid(_) if rest.starts_with(H2_PREFACE_HEAD) => {
-                            self.state = State::Opaque;
-                            return Ok((pos + H2_PREFACE_HEAD.len(), Found::Http2Preface));
+                        Parsed::Invalid(_)
+                            if at_start && skip == 0 && rest.starts_with(H2_PREFACE_HEAD) =>
+                        {
+                            pos += H2_PREFACE_HEAD.len();
+                            self.state = State::PrefaceTail(0);
+                            continue;
                         }
-                        Parsed::Invalid(_) if H2_PREFACE_HEAD.starts_with(rest) => {}
+                        Parsed::Invalid(_)
+                            if at_start && skip == 0 && H2_PREFACE_HEAD.starts_with(rest) => {}
                         Parsed::Invalid(e) => return Err(httparse_error(e)),
                         Parsed::Partial if rest.len() > window.len() => {
                             return Err(FrameError::HeadTooLarge)
@@ -416,6 +456,7 @@ impl RequestFramer {
                         Parsed::Partial => {}
                     }
                     // Split head: collect its bytes until the empty line arrives.
+                    self.head_at_start = at_start && skip == 0;
                     self.accum.start();
                     self.state = State::Head;
                 }
@@ -435,9 +476,11 @@ impl RequestFramer {
                         }
                         return Ok((input.len(), Found::Nothing));
                     }
-                    if self.accum.buf == H2_PREFACE_HEAD {
-                        self.state = State::Opaque;
-                        return Ok((pos, Found::Http2Preface));
+                    if self.head_at_start && self.accum.buf == H2_PREFACE_HEAD {
+                        // Only reachable from a split head that began at connection start
+                        // (elsewhere the start line fails at once, see `check_start_line`).
+                        self.state = State::PrefaceTail(0);
+                        continue;
                     }
                     match parse_request(&self.config, &self.accum.buf, &mut self.ranges)? {
                         Parsed::Complete { len, meta } if len == self.accum.buf.len() => {
@@ -455,7 +498,7 @@ impl RequestFramer {
     /// for the rest of the head (one extra parse of the bytes so far, once per split head).
     fn check_start_line(&mut self) -> Result<(), FrameError> {
         let buf = &self.accum.buf;
-        if H2_PREFACE_HEAD.starts_with(buf) {
+        if self.head_at_start && H2_PREFACE_HEAD.starts_with(buf) {
             return Ok(());
         }
         match parse_request(&self.config, buf, &mut self.ranges)? {
@@ -469,7 +512,7 @@ impl RequestFramer {
     /// [`FrameError::HeadTooLarge`] — the same verdict as for the head in one call.
     fn too_large_verdict(&mut self) -> FrameError {
         let buf = &self.accum.buf;
-        if H2_PREFACE_HEAD.starts_with(buf) {
+        if self.head_at_start && H2_PREFACE_HEAD.starts_with(buf) {
             return FrameError::HeadTooLarge;
         }
         match parse_request(&self.config, buf, &mut self.ranges) {
@@ -587,6 +630,7 @@ fn parse_request_with<'b>(
     let mut content_length = None;
     let mut te = TransferCoding::default();
     let mut expect_continue = false;
+    let mut expect_other = false;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut conn_upgrade = false;
@@ -608,7 +652,13 @@ fn parse_request_with<'b>(
                 conn_keep_alive |= has_token(value, b"keep-alive");
                 conn_upgrade |= has_token(value, b"upgrade");
             }
-            Known::Expect => expect_continue |= value.eq_ignore_ascii_case(b"100-continue"),
+            Known::Expect => {
+                if value.eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                } else {
+                    expect_other = true;
+                }
+            }
             Known::Upgrade => has_upgrade = true,
             Known::Other => {}
         }
@@ -620,18 +670,27 @@ fn parse_request_with<'b>(
                 "both Content-Length and Transfer-Encoding",
             ))
         }
-        (true, None) if !te.chunked_last || te.chunked_misplaced => {
+        (true, None) if version_minor == 0 => {
+            // RFC 9112 §6.1: faulty framing; Netty would frame it, a strict origin would not.
             return Err(FrameError::Malformed(
-                "Transfer-Encoding does not end with chunked",
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        (true, None) if !te.is_exactly_chunked() => {
+            return Err(FrameError::NotImplemented(
+                "Transfer-Encoding other than exactly chunked",
             ))
         }
         (true, None) => BodyKind::Chunked,
         (false, Some(n)) => BodyKind::ContentLength(n),
         (false, None) => BodyKind::None,
     };
+    if expect_other {
+        return Err(FrameError::ExpectationFailed);
+    }
     let (first_line_len, headers_len) = parsed_line_lengths(head, ranges);
     let connection_close = if version_minor == 0 {
-        !conn_keep_alive || body == BodyKind::Chunked
+        !conn_keep_alive
     } else {
         conn_close
     };
@@ -966,9 +1025,106 @@ mod tests {
             ]
         );
         assert_eq!(head_of(&evs[0].1).4, BodyKind::Chunked);
-        // Upper-case hex, bare LF everywhere, "gzip, chunked" coding list.
-        let lf = b"POST / HTTP/1.1\nTransfer-Encoding: gzip, chunked\n\n1F\n0123456789012345678901234567890\n0\n\n";
+        // Upper-case hex, bare LF everywhere, `Chunked` in any case.
+        let lf = b"POST / HTTP/1.1\nTransfer-Encoding: Chunked\n\n1F\n0123456789012345678901234567890\n0\n\n";
         assert_eq!(offsets(&agree(d(), lf))[1], (lf.len(), "msg"));
+        // Extensions in the full grammar: BWS around `;` and `=`, quoted values with pairs.
+        let ext = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 ; a = b ;c;d=\"x\\\"; y\"\r\nz\r\n0;e=\"\"\r\n\r\n";
+        assert_eq!(offsets(&agree(d(), ext))[1], (ext.len(), "msg"));
+    }
+
+    #[test]
+    fn chunk_lines_outside_the_grammar_are_refused() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for line in [
+            &b"0 /x HTTP/1.1\r\n"[..], // issue 13: Netty reads a last chunk, then a request
+            b"5 \r\n",                 // whitespace without an extension
+            b"5;\r\n",                 // `;` without a name
+            b"5;a=\r\n",               // `=` without a value
+            b"5;a=b c\r\n",            // junk after a value
+            b"5;a=\"open\r\n",         // unterminated quoted string
+            b"5;a\x01\r\n",            // control byte
+            b" 5\r\n",                 // leading whitespace
+            b"5\r\r\n",                // CR without LF
+            b"0x5\r\n",                // not hex
+        ] {
+            let input = [&head[..], line, b"hello\r\n0\r\n\r\n"].concat();
+            assert!(
+                matches!(malformed(&input), FrameError::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_outside_the_grammar_are_refused() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+        for trailer in [
+            &b"Content-Length: 55\r\n\r\n"[..],
+            b"transfer-encoding: chunked\r\n\r\n",
+            b"Trailer: x\r\n\r\n",
+            b"X-A: 1\r\n folded\r\n\r\n",
+            b"X A: 1\r\n\r\n",
+            b": empty name\r\n\r\n",
+            b"X-A: a\x00b\r\n\r\n",
+            b"X-A: 1\rX\r\n\r\n",
+            b"no colon\r\n\r\n",
+        ] {
+            let input = [&head[..], trailer].concat();
+            assert!(
+                matches!(malformed(&input), FrameError::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(trailer)
+            );
+        }
+        // A long name that merely starts like a framing field is fine.
+        let ok = [&head[..], b"Content-Length-Hint: 5\r\nX-B:\r\n\r\n"].concat();
+        assert_eq!(offsets(&agree(d(), &ok))[1], (ok.len(), "msg"));
+    }
+
+    #[test]
+    fn transfer_codings_other_than_exactly_chunked_are_not_implemented() {
+        for te in [
+            &b"Transfer-Encoding: gzip, chunked\r\n"[..],
+            b"Transfer-Encoding: chunked, chunked\r\n",
+            b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: chunked, gzip\r\n",
+            b"Transfer-Encoding: xchunked\r\n",
+            b"Transfer-Encoding: identity\r\n",
+        ] {
+            let input = [
+                &b"POST /te HTTP/1.1\r\nHost: o\r\n"[..],
+                te,
+                b"\r\n0\r\n\r\n",
+            ]
+            .concat();
+            assert!(
+                matches!(malformed(&input), FrameError::NotImplemented(_)),
+                "{:?}",
+                String::from_utf8_lossy(te)
+            );
+        }
+        // HTTP/1.0 has no chunked framing to agree on.
+        assert!(matches!(
+            malformed(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            FrameError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn expectations_other_than_100_continue_fail() {
+        assert_eq!(
+            malformed(b"POST / HTTP/1.1\r\nExpect: x-anything\r\nContent-Length: 1\r\n\r\nx"),
+            FrameError::ExpectationFailed
+        );
+        assert_eq!(
+            malformed(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx"),
+            FrameError::ExpectationFailed
+        );
+        let ok = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(offsets(&agree(d(), ok))[1], (ok.len(), "msg"));
     }
 
     #[test]
@@ -1114,11 +1270,11 @@ mod tests {
         // A final coding other than chunked.
         assert!(matches!(
             malformed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
-            FrameError::Malformed(_)
+            FrameError::NotImplemented(_)
         ));
         assert!(matches!(
             malformed(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            FrameError::Malformed(_)
+            FrameError::NotImplemented(_)
         ));
     }
 
@@ -1240,7 +1396,33 @@ mod tests {
     fn http2_preface() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00";
         let evs = agree(d(), preface);
-        assert_eq!(evs, vec![(18, Ev::H2)]);
+        assert_eq!(evs, vec![(24, Ev::H2)]);
+        // Only the whole 24-byte preface, and only as the connection's first bytes.
+        assert!(matches!(
+            malformed(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
+            FrameError::Malformed(_)
+        ));
+        assert!(matches!(
+            malformed(b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            FrameError::Malformed(_)
+        ));
+        let later = b"GET / HTTP/1.1\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let evs = agree(d(), later);
+        assert!(
+            matches!(
+                evs.last(),
+                Some((ERR_AT, Ev::Err(FrameError::Malformed(_))))
+            ),
+            "{evs:?}"
+        );
+        // Split at the start: still the preface.
+        let mut f = RequestFramer::new(d());
+        assert!(f.advance(b"PRI * HT").unwrap().event.is_none());
+        assert!(f.advance(b"TP/2.0\r\n\r\nS").unwrap().event.is_none());
+        assert!(matches!(
+            f.advance(b"M\r\n\r\n").unwrap().event,
+            Some(Event::Http2Preface)
+        ));
         // Anything else with an HTTP/2 version is malformed.
         assert!(matches!(
             malformed(b"GET / HTTP/2.0\r\n\r\n"),

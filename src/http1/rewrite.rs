@@ -38,10 +38,7 @@ pub struct HeadRewriter {
     out: Vec<u8>,
 }
 
-/// RFC 9110 `tchar`: the bytes a header name may consist of.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+use super::is_tchar;
 
 /// Validates one `--setHeader` entry: a `tchar` name other than the framing headers, and a
 /// value any strict HTTP/1 parser accepts (RFC 9110 §5.5: HTAB, SP, VCHAR, obs-text; no other
