@@ -169,6 +169,9 @@ pub struct Config {
     pub client_idle_timeout: Option<Duration>,
     /// `--request-head-timeout`: most time from a request's first byte to its complete head.
     pub request_head_timeout: Option<Duration>,
+    /// `--request-body-timeout`: most time without a byte from the client while a request
+    /// is in progress.
+    pub request_body_timeout: Option<Duration>,
     /// `--tcp-keepalive`: idle time before TCP keepalive probes, both sides. `None` = off.
     pub tcp_keepalive: Option<Duration>,
     /// `--drain-timeout` (ours): on SIGTERM, most time to let in-flight exchanges finish.
@@ -215,8 +218,9 @@ impl Config {
             kafka_ack_timeout: Duration::from_secs(10),
             capture_failure_policy: FailurePolicy::Forward,
             max_connections: None,
-            client_idle_timeout: None,
+            client_idle_timeout: Some(Duration::from_secs(600)),
             request_head_timeout: Some(Duration::from_secs(30)),
+            request_body_timeout: Some(Duration::from_secs(60)),
             tcp_keepalive: Some(Duration::from_secs(60)),
             drain_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,

@@ -103,10 +103,13 @@ impl ReadBufs {
 
     /// The buffer for the next read: small while `idle` (pooled ones go back to their pool),
     /// 64 KiB otherwise, or a streaming one after [`STREAM_AFTER_FULL_READS`] full reads
-    /// (`last_full`: the previous read filled its buffer).
+    /// (`last_full`: the previous read filled its buffer). Inside a message too, a peer that
+    /// trickles (the last read brought less than a small buffer holds) reads into the small
+    /// buffer: a slow or stuck peer never pins a pooled one while its read waits.
     fn choose(&mut self, ctx: &Ctx, current: Vec<u8>, idle: bool, last_full: bool) -> Vec<u8> {
         let cap = current.capacity();
-        if idle {
+        let trickle = !last_full && current.len() < self.small_bytes;
+        if idle || (trickle && self.lease.is_none()) {
             self.full_reads = 0;
             if cap < crate::worker::IO_BUF_BYTES {
                 return current;
@@ -120,6 +123,7 @@ impl ReadBufs {
             return small;
         }
         if cap < crate::worker::IO_BUF_BYTES {
+            // The small buffer filled: bytes are flowing, take a pooled one.
             self.small = current;
             self.full_reads = 0;
             return ctx.take_io_buf();
@@ -311,9 +315,12 @@ where
     );
     let close_counter = match (&c_end, &u_end) {
         (C2uEnd::Stopped(StopReason::Drain), _) => Counter::ConnClosedDrain,
-        (C2uEnd::Stopped(StopReason::IdleTimeout | StopReason::HeadTimeout), _) => {
-            Counter::ConnClosedTimeout
-        }
+        (
+            C2uEnd::Stopped(
+                StopReason::IdleTimeout | StopReason::HeadTimeout | StopReason::BodyTimeout,
+            ),
+            _,
+        ) => Counter::ConnClosedTimeout,
         (C2uEnd::ClientEof | C2uEnd::ConnectionEnding, _) => Counter::ConnClosedClient,
         (_, U2cEnd::UpstreamEof) => Counter::ConnClosedUpstream,
         _ => Counter::ConnClosedError,
@@ -447,7 +454,9 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
             }
         };
         let ts = Timestamp::now();
-        st.last_activity.set(ctx.now_ms());
+        let now_ms = ctx.now_ms();
+        st.last_activity.set(now_ms);
+        st.last_client_read.set(now_ms);
         ctx.stats.add(Counter::BytesRead, n as u64);
         let data_len = n.min(buf.len());
 
@@ -791,13 +800,22 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
             });
         }
         C2uEnd::Stopped(StopReason::IdleTimeout) => ctx.stats.inc(Counter::IdleTimeout),
+        C2uEnd::Stopped(StopReason::BodyTimeout) => {
+            ctx.stats.inc(Counter::BodyTimeout);
+            let ts = Timestamp::now();
+            ctx.with_capture(st, |b, e| {
+                b.connection_exception(ts, "request body timeout: the client stopped sending", e)
+            });
+        }
         _ => {}
     }
     x.answering.set(matches!(end, C2uEnd::Respond(_)));
     x.c2u_done.set(true);
     let abort = matches!(
         end,
-        C2uEnd::ClientError | C2uEnd::Stopped(StopReason::Abort)
+        C2uEnd::ClientError
+            | C2uEnd::Stopped(StopReason::Abort)
+            | C2uEnd::Stopped(StopReason::BodyTimeout)
     );
     if abort || st.outstanding.get() == 0 {
         st.stop_u2c(StopReason::PeerDone);
@@ -805,6 +823,13 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
     drop(uw);
     match end {
         C2uEnd::Stopped(StopReason::HeadTimeout) if st.outstanding.get() == 0 => {
+            C2uEnd::Respond(RESP_408)
+        }
+        // The request in progress is the only one outstanding and nothing of its answer
+        // came: 408 (the destination's half of it is cut with this connection).
+        C2uEnd::Stopped(StopReason::BodyTimeout)
+            if st.outstanding.get() <= 1 && !x.resp_started.get() =>
+        {
             C2uEnd::Respond(RESP_408)
         }
         other => other,

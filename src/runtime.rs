@@ -596,6 +596,7 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         failure_policy: cfg.capture_failure_policy,
         client_idle_timeout: cfg.client_idle_timeout,
         request_head_timeout: cfg.request_head_timeout,
+        request_body_timeout: cfg.request_body_timeout,
         tcp_keepalive: cfg.tcp_keepalive,
         drain_timeout: cfg.drain_timeout,
         max_connections_per_worker: cfg.max_connections.map(|m| m.div_ceil(nworkers).max(1)),
@@ -680,6 +681,7 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
                     sink: sink_stats.clone(),
                     draining: draining.clone(),
                     node_id: node_id.clone(),
+                    stats: Default::default(),
                 },
             )
             .map_err(|source| StartError::Listen { addr, source })?,

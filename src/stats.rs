@@ -28,6 +28,7 @@ macro_rules! counters {
 
 counters! {
     ConnAccepted => "connectionsAccepted", "client connections accepted";
+    AcceptErrors => "acceptErrors", "failed accepts (e.g. at the open-files limit; warned at most every 10 s per worker)";
     ConnClosed => "connectionsClosed", "client connections closed (any reason)";
     ConnClosedClient => "connectionsClosedByClient", "connections the client ended (FIN)";
     ConnClosedUpstream => "connectionsClosedByUpstream", "connections the destination ended";
@@ -64,6 +65,7 @@ counters! {
     UnansweredAtClose => "requestsUnansweredAtClose", "forwarded requests the destination closed or failed without answering (marked in the capture; the client connection is closed)";
     HeadTooLarge => "requestHeadTooLarge", "requests answered 431";
     HeadTimeout => "requestHeadTimeouts", "requests answered 408 (slow head)";
+    BodyTimeout => "requestBodyTimeouts", "connections closed (408 when nothing was answered yet) after --request-body-timeout without a byte inside a request";
     IdleTimeout => "clientIdleTimeouts", "connections closed as idle";
     Http2Passthrough => "http2Passthrough", "connections that sent the HTTP/2 preface (forwarded, not captured)";
     SinkBackpressure => "sinkBackpressureWaits", "times a connection paused reading because the sink queue was full";

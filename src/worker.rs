@@ -43,6 +43,7 @@ pub struct Settings {
     pub failure_policy: FailurePolicy,
     pub client_idle_timeout: Option<Duration>,
     pub request_head_timeout: Option<Duration>,
+    pub request_body_timeout: Option<Duration>,
     pub tcp_keepalive: Option<Duration>,
     pub drain_timeout: Duration,
     /// Per-worker share of `--max-connections`.
@@ -105,6 +106,11 @@ pub const BATCH_MAX_BYTES: usize = 256 * 1024;
 const BATCH_LINGER: Duration = Duration::from_micros(1000);
 /// Sweeper period (ms): granularity of the time-based flush and of timeouts.
 const SWEEP_MS: u64 = 100;
+/// Connections by which a worker's active count must have fallen from its peak (and to at
+/// most half of it) before the sweeper returns freed memory to the OS: 256 connections are
+/// ~1 MiB of buffers at the least, and a collection is a walk of the heap, so it runs only
+/// after real bursts, not on ordinary churn.
+const MEMORY_RETURN_MIN_DROP: usize = 256;
 /// Longest a closed connection's final record waits for the acks of its earlier records (ms).
 /// Every record is acknowledged within the sink's delivery deadline (Kafka:
 /// `runtime::KAFKA_DELIVERY_TIMEOUT`, seconds; files: at once); this is only a safety net
@@ -151,6 +157,8 @@ pub enum StopReason {
     Drain,
     IdleTimeout,
     HeadTimeout,
+    /// No byte from the client for `--request-body-timeout` inside a request.
+    BodyTimeout,
     Abort,
     /// The other direction ended; this one should finish.
     PeerDone,
@@ -164,6 +172,8 @@ pub struct ConnState {
     /// Tick (ms) of the oldest unflushed observation, if any.
     pub unflushed_since: Cell<Option<u64>>,
     pub last_activity: Cell<u64>,
+    /// Tick of the last read from the client (for `--request-body-timeout`).
+    pub last_client_read: Cell<u64>,
     /// Tick when the current request's first byte arrived while its head is incomplete.
     pub head_started: Cell<Option<u64>>,
     /// The request side is between requests.
@@ -302,6 +312,8 @@ pub struct Ctx {
     tick: Cell<u64>,
     pub draining: Cell<bool>,
     active: Cell<usize>,
+    /// Highest `active` since memory was last returned (see `return_memory_after_bursts`).
+    active_peak: Cell<usize>,
     /// Connections are being aborted: close without lingering.
     aborting: Cell<bool>,
     conn_seq: Cell<u64>,
@@ -349,6 +361,7 @@ impl Ctx {
             tick: Cell::new(0),
             draining: Cell::new(false),
             active: Cell::new(0),
+            active_peak: Cell::new(0),
             aborting: Cell::new(false),
             conn_seq: Cell::new(0),
             conn_closed: Signal::default(),
@@ -432,6 +445,7 @@ impl Ctx {
             capture: RefCell::new(capture),
             unflushed_since: Cell::new(None),
             last_activity: Cell::new(now),
+            last_client_read: Cell::new(now),
             head_started: Cell::new(None),
             req_idle: Cell::new(true),
             outstanding: Cell::new(0),
@@ -680,13 +694,30 @@ impl Ctx {
         }
     }
 
+    /// After a burst of connections has ended, hands this thread's freed allocator pages back
+    /// to the OS (`mi_collect`): without it the memory of thousands of closed connections
+    /// stayed resident (issue 13). Runs on the sweeper's tick, on this worker's thread.
+    fn return_memory_after_bursts(&self) {
+        let active = self.active();
+        let peak = self.active_peak.get().max(active);
+        if peak.saturating_sub(active) >= MEMORY_RETURN_MIN_DROP && active <= peak / 2 {
+            // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+            self.active_peak.set(active);
+        } else {
+            self.active_peak.set(peak);
+        }
+    }
+
     /// The sweeper's per-tick work.
     fn sweep(&self) {
+        self.return_memory_after_bursts();
         let now = self.refresh_now();
         let s = &self.settings;
         let flush_ms = s.flush_interval.as_millis() as u64;
         let idle_ms = s.client_idle_timeout.map(|d| d.as_millis() as u64);
         let head_ms = s.request_head_timeout.map(|d| d.as_millis() as u64);
+        let body_ms = s.request_body_timeout.map(|d| d.as_millis() as u64);
         let draining = self.draining.get();
         let n = self.slots.borrow().len();
         for i in 0..n {
@@ -713,6 +744,16 @@ impl Ctx {
             if let (Some(limit), Some(started)) = (head_ms, st.head_started.get()) {
                 if now.saturating_sub(started) >= limit {
                     st.stop_c2u(StopReason::HeadTimeout);
+                    continue;
+                }
+            }
+            if let Some(limit) = body_ms {
+                // Inside a request (not held: a held request waits on Kafka, not the client).
+                if !st.req_idle.get()
+                    && st.hold.get().is_none()
+                    && now.saturating_sub(st.last_client_read.get()) >= limit
+                {
+                    st.stop_c2u(StopReason::BodyTimeout);
                     continue;
                 }
             }
@@ -888,7 +929,15 @@ async fn sweeper(ctx: Rc<Ctx>) {
     }
 }
 
+/// Pause after a failed accept (ms): at the open-files limit (EMFILE) every accept fails at
+/// once, so the loop must not spin; 10 ms keeps a recovered listener prompt.
+const ACCEPT_RETRY_MS: u64 = 10;
+/// Least time between two "accept failed" warnings of one worker (s); the rest are counted in
+/// `acceptErrors_total` (at the open-files limit they came ~90 times a second).
+const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 async fn accept_loop(ctx: Rc<Ctx>, listener: monoio::net::TcpListener) {
+    let mut warn = crate::stats::RateLimit::new(ACCEPT_WARN_INTERVAL);
     loop {
         if ctx.draining.get() {
             return;
@@ -909,8 +958,11 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: monoio::net::TcpListener) {
                     return;
                 }
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, worker = ctx.id, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                ctx.stats.inc(Counter::AcceptErrors);
+                if let Some(suppressed) = warn.allow() {
+                    tracing::warn!(error = %e, worker = ctx.id, suppressed, "accept failed");
+                }
+                monoio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
             }
         }
     }

@@ -297,3 +297,38 @@ fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Issue 13 case 5: a client stuck in the middle of a body does not pin the connection for
+/// ever: after `--request-body-timeout` without a byte it gets 408 and the close, the
+/// destination's connection is cut (so it never runs a half request), the capture says why.
+#[test]
+fn a_client_stuck_mid_body_times_out() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(origin.addr(), |cfg| {
+        cfg.request_body_timeout = Some(Duration::from_millis(300))
+    });
+    let mut c = proxy.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: o\r\nContent-Length: 10\r\n\r\nabc");
+    let t0 = std::time::Instant::now();
+    let r = c.read_response(false);
+    assert_eq!(r.status, 408);
+    assert!(c.closed_by_peer());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(proxy.handle().counter(Counter::BodyTimeout), 1);
+    assert_eq!(proxy.handle().counter(Counter::UpstreamReset), 0);
+    let trace = proxy.stop();
+    assert_eq!(origin.request_count(), 0);
+    let conn = trace.single();
+    conn.check();
+    assert!(
+        conn.exceptions()
+            .iter()
+            .any(|e| e.contains("request body timeout")),
+        "{}",
+        conn.dump()
+    );
+}
