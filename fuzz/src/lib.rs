@@ -1381,7 +1381,11 @@ const TCHARS: &[u8] =
 fn token_from(src: &mut ByteSource<'_>) -> Vec<u8> {
     let len = 1 + src.below(8);
     let t: Vec<u8> = (0..len).map(|_| src.pick(TCHARS)).collect();
-    if t.eq_ignore_ascii_case(b"content-length") || t.eq_ignore_ascii_case(b"transfer-encoding") {
+    if t.eq_ignore_ascii_case(b"content-length")
+        || t.eq_ignore_ascii_case(b"transfer-encoding")
+        || t.eq_ignore_ascii_case(b"trailer")
+        || t.eq_ignore_ascii_case(b"expect")
+    {
         return b"X-T".to_vec();
     }
     t
@@ -1403,7 +1407,12 @@ fn header_from(src: &mut ByteSource<'_>) -> (Vec<u8>, Vec<u8>) {
     } else {
         token_from(src)
     };
-    (name, value_from(src))
+    let value = value_from(src);
+    // The framer refuses every other expectation (417).
+    if name.eq_ignore_ascii_case(b"expect") {
+        return (name, b"100-continue".to_vec());
+    }
+    (name, value)
 }
 
 fn request_from(src: &mut ByteSource<'_>) -> GenRequest {
@@ -1448,10 +1457,16 @@ fn request_from(src: &mut ByteSource<'_>) -> GenRequest {
             trailers: (0..src.below(3)).map(|_| header_from(src)).collect(),
         },
     };
+    // HTTP/1.0 has no chunked framing (RFC 9112 §6.1): the framer refuses it.
+    let version_minor = if matches!(body, GenBody::Chunked { .. }) {
+        1
+    } else {
+        flags & 1
+    };
     GenRequest {
         method,
         target,
-        version_minor: flags & 1,
+        version_minor,
         crlf: flags & 2 == 0,
         leading: usize::from((flags >> 2) % 4).saturating_sub(1),
         headers,
