@@ -453,7 +453,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                 break C2uEnd::ClientError;
             }
         };
-        let ts = Timestamp::now();
+        let mut ts = Timestamp::now();
         let now_ms = ctx.now_ms();
         st.last_activity.set(now_ms);
         st.last_client_read.set(now_ms);
@@ -732,6 +732,9 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                     body_not_forwarded(ctx, st);
                     break 'conn C2uEnd::Stopped(StopReason::PeerDone);
                 }
+                // The rest of this read is captured after the destination's 100 Continue
+                // (a write observation by now): its timestamp must not go back before it.
+                ts = Timestamp::now();
             }
         }
         // The tail belongs to a request in progress.

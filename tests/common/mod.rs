@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod binary;
 pub mod kafka;
+pub mod replayer;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
