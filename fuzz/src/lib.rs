@@ -144,11 +144,13 @@ pub fn limits_from(mode: u8, head: u16, chunk_line: u16, trailer: u16) -> Framer
             max_head_bytes: 1 + usize::from(head % 512),
             max_chunk_line_bytes: 1 + usize::from(chunk_line % 64),
             max_trailer_bytes: 1 + usize::from(trailer % 256),
+            ..FramerLimits::default()
         },
         _ => FramerLimits {
             max_head_bytes: 1 + usize::from(head % 40),
             max_chunk_line_bytes: 1 + usize::from(chunk_line % 8),
             max_trailer_bytes: 1 + usize::from(trailer % 16),
+            ..FramerLimits::default()
         },
     }
 }
@@ -1401,6 +1403,18 @@ fn value_from(src: &mut ByteSource<'_>) -> Vec<u8> {
     trim_ows(&v).to_vec()
 }
 
+/// Exactly one `Host` field first (the framer requires it of HTTP/1.1 requests and refuses a
+/// second one), the generated ones after it.
+pub fn with_one_host(headers: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    std::iter::once((b"Host".to_vec(), b"origin.test".to_vec()))
+        .chain(
+            headers
+                .into_iter()
+                .filter(|(n, _)| !n.eq_ignore_ascii_case(b"host")),
+        )
+        .collect()
+}
+
 fn header_from(src: &mut ByteSource<'_>) -> (Vec<u8>, Vec<u8>) {
     let name = if src.bool() {
         src.pick(PIPELINE_NAMES).to_vec()
@@ -1454,7 +1468,11 @@ fn request_from(src: &mut ByteSource<'_>) -> GenRequest {
         _ => GenBody::Chunked {
             sizes: (0..src.below(5)).map(|_| 1 + src.below(300)).collect(),
             ext: src.bool(),
-            trailers: (0..src.below(3)).map(|_| header_from(src)).collect(),
+            // No Host in trailers (refused, as the framing fields are).
+            trailers: (0..src.below(3))
+                .map(|_| header_from(src))
+                .filter(|(n, _)| !n.eq_ignore_ascii_case(b"host"))
+                .collect(),
         },
     };
     // HTTP/1.0 has no chunked framing (RFC 9112 §6.1): the framer refuses it.
@@ -1467,9 +1485,10 @@ fn request_from(src: &mut ByteSource<'_>) -> GenRequest {
         method,
         target,
         version_minor,
-        crlf: flags & 2 == 0,
-        leading: usize::from((flags >> 2) % 4).saturating_sub(1),
-        headers,
+        // CRLF only, no empty lines before the request line: the framer refuses the rest.
+        crlf: true,
+        leading: 0,
+        headers: with_one_host(headers),
         body,
     }
 }

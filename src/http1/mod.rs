@@ -38,6 +38,20 @@ pub struct FramerLimits {
     pub max_chunk_line_bytes: usize,
     /// Most bytes of a chunked body's trailer section, the final empty line included.
     pub max_trailer_bytes: usize,
+    /// Requests: most bytes of the request line, without its line ending — the source's
+    /// `http.max_initial_line_length` (Netty's `maxInitialLineLength`). Over it:
+    /// [`FrameError::HeadTooLarge`] (the source would answer 400 and run nothing).
+    pub max_request_line_bytes: usize,
+    /// Requests: most bytes of all header lines together, without line endings — the
+    /// source's `http.max_header_size` (Netty's `maxHeaderSize`, counted the same way).
+    pub max_header_bytes: usize,
+    /// Requests: an HTTP/1.1 request must carry exactly one Host field, and no request more
+    /// than one (RFC 9112 §3.2: a server answers 400). Off only in framer unit tests.
+    pub require_host: bool,
+    /// Only CRLF ends a line (heads, chunk-size lines, chunk data, trailers). Requests: Netty
+    /// from 4.1.139 (OpenSearch 2.19, 3.x) refuses a bare LF, older ones accept it, so the
+    /// proxy refuses it. Responses: bare LF is accepted (set by the response framer).
+    pub crlf_only: bool,
 }
 
 impl FramerLimits {
@@ -51,6 +65,11 @@ impl FramerLimits {
     /// 64 KiB: the same budget as a head. Trailers are never buffered (only scanned), so the
     /// limit only stops an endless trailer section.
     pub const DEFAULT_MAX_TRAILER_BYTES: usize = 64 * 1024;
+    /// 4 KiB: `http.max_initial_line_length`'s default in Elasticsearch 7.10 and OpenSearch
+    /// 1.x–3.x (their Netty decoder is built with it).
+    pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 4 * 1024;
+    /// 8 KiB: `http.max_header_size`'s default in Elasticsearch 7.10 and OpenSearch 1.x–3.x.
+    pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 }
 
 impl Default for FramerLimits {
@@ -59,6 +78,10 @@ impl Default for FramerLimits {
             max_head_bytes: Self::DEFAULT_MAX_HEAD_BYTES,
             max_chunk_line_bytes: Self::DEFAULT_MAX_CHUNK_LINE_BYTES,
             max_trailer_bytes: Self::DEFAULT_MAX_TRAILER_BYTES,
+            max_request_line_bytes: Self::DEFAULT_MAX_REQUEST_LINE_BYTES,
+            max_header_bytes: Self::DEFAULT_MAX_HEADER_BYTES,
+            require_host: true,
+            crlf_only: true,
         }
     }
 }
@@ -364,11 +387,16 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 
 /// One step of a chunk-size line after its first byte: the next phase, `Ok(None)` at the LF
 /// that ends the line. `b` is never the first digit (handled by the caller).
-fn size_line_step(phase: SizePhase, b: u8) -> Result<Option<SizePhase>, FrameError> {
+fn size_line_step(
+    phase: SizePhase,
+    b: u8,
+    crlf_only: bool,
+) -> Result<Option<SizePhase>, FrameError> {
     use SizePhase::*;
     let ws = b == b' ' || b == b'\t';
     let next = match (phase, b) {
         (Cr, b'\n') => return Ok(None),
+        (_, b'\n') if crlf_only => return Err(FrameError::Malformed("bare LF in chunk-size line")),
         (Cr, _) => return Err(FrameError::Malformed("CR without LF in chunk-size line")),
         (Digits | ExtName | ValToken | AfterQuote, b'\n') => return Ok(None),
         (Digits | ExtName | ValToken | AfterQuote, b'\r') => Cr,
@@ -432,10 +460,13 @@ impl TrailerCheck {
 
     /// Scans `input`; returns the index just past the section's final LF, or `None` when
     /// `input` ran out first (state kept for the next call).
-    fn scan(&mut self, input: &[u8]) -> Result<Option<usize>, FrameError> {
+    fn scan(&mut self, input: &[u8], crlf_only: bool) -> Result<Option<usize>, FrameError> {
         use TrailerPhase::*;
         for (i, &b) in input.iter().enumerate() {
             self.phase = match (self.phase, b) {
+                (LineStart | Value, b'\n') if crlf_only => {
+                    return Err(FrameError::Malformed("bare LF in trailer section"))
+                }
                 (LineStart, b'\n') | (EndCr, b'\n') => return Ok(Some(i + 1)),
                 (LineStart, b'\r') => EndCr,
                 (LineStart, b' ' | b'\t') => {
@@ -454,7 +485,10 @@ impl TrailerCheck {
                 (Name, b':') => {
                     let name = self.name.get(..self.name_len).unwrap_or_default();
                     if self.name_len <= TRAILER_NAME_KEPT
-                        && matches!(name, b"content-length" | b"transfer-encoding" | b"trailer")
+                        && matches!(
+                            name,
+                            b"content-length" | b"transfer-encoding" | b"trailer" | b"host"
+                        )
                     {
                         return Err(FrameError::Malformed("framing field in trailer section"));
                     }
@@ -546,7 +580,7 @@ fn advance_chunked(
                     if *digits == 0 {
                         return Err(FrameError::Malformed("missing chunk size"));
                     }
-                    match size_line_step(*phase, b)? {
+                    match size_line_step(*phase, b, limits.crlf_only)? {
                         Some(next) => *phase = next,
                         None => {
                             line_done = true;
@@ -584,7 +618,7 @@ fn advance_chunked(
                     *saw_cr = true;
                     pos += 1;
                 }
-                Some(b'\n') => {
+                Some(b'\n') if *saw_cr || !limits.crlf_only => {
                     pos += 1;
                     *chunk = Chunk::START;
                 }
@@ -593,7 +627,7 @@ fn advance_chunked(
             Chunk::Trailers { check, bytes } => {
                 let room = limits.max_trailer_bytes.saturating_sub(*bytes);
                 let window = rest.get(..rest.len().min(room)).unwrap_or_default();
-                match check.scan(window)? {
+                match check.scan(window, limits.crlf_only)? {
                     Some(n) => return Ok((pos + n, true)),
                     None if rest.len() > room => {
                         return Err(FrameError::Malformed("trailer section too large"))
@@ -647,6 +681,7 @@ fn heap_header_slots<'b>(raw: &[u8]) -> Vec<HeaderSlot<'b>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
     ContentLength,
+    Host,
     TransferEncoding,
     Connection,
     Expect,
@@ -658,6 +693,7 @@ fn known_header(name: &[u8]) -> Known {
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     match name.len() {
         14 if is(b"content-length") => Known::ContentLength,
+        4 if is(b"host") => Known::Host,
         17 if is(b"transfer-encoding") => Known::TransferEncoding,
         10 if is(b"connection") => Known::Connection,
         6 if is(b"expect") => Known::Expect,

@@ -279,9 +279,9 @@ impl RequestFramer {
     /// whether it arrives in one read or split (found by the `request_framer` fuzz target).
     pub fn new(mut limits: FramerLimits) -> Self {
         limits.max_head_bytes = limits.max_head_bytes.max(H2_PREFACE.len());
-        let mut config = httparse::ParserConfig::default();
-        // Netty (the Java proxy's parser) splits the request line on any run of spaces.
-        config.allow_multiple_spaces_in_request_line_delimiters(true);
+        // httparse's defaults: single spaces in the request line (Netty splits on any run of
+        // them, RFC 9112 does not: refused, as everything the two read differently).
+        let config = httparse::ParserConfig::default();
         RequestFramer {
             limits,
             config,
@@ -425,6 +425,12 @@ impl RequestFramer {
                 State::Idle => {
                     let at_start = self.at_start && pos == 0;
                     let skip = leading_empty_lines(rest);
+                    if skip > 0 {
+                        // RFC 9112 §2.2 lets a server skip them; Netty 4.1.49 (Elasticsearch
+                        // 7.10) refuses the request they precede when its request line arrives
+                        // split across reads — how the bytes are split is not ours to know.
+                        return Err(FrameError::Malformed("empty line before a request line"));
+                    }
                     pos += skip;
                     let rest = rest.get(skip..).unwrap_or_default();
                     if rest.is_empty() {
@@ -434,7 +440,7 @@ impl RequestFramer {
                     let window = rest
                         .get(..rest.len().min(self.limits.max_head_bytes))
                         .unwrap_or_default();
-                    match parse_request(&self.config, window, &mut self.ranges)? {
+                    match parse_request(&self.config, &self.limits, window, &mut self.ranges)? {
                         Parsed::Complete { len, meta } => {
                             let start = pos;
                             pos += len;
@@ -482,7 +488,12 @@ impl RequestFramer {
                         self.state = State::PrefaceTail(0);
                         continue;
                     }
-                    match parse_request(&self.config, &self.accum.buf, &mut self.ranges)? {
+                    match parse_request(
+                        &self.config,
+                        &self.limits,
+                        &self.accum.buf,
+                        &mut self.ranges,
+                    )? {
                         Parsed::Complete { len, meta } if len == self.accum.buf.len() => {
                             return Ok((pos, self.head_parsed(meta, 0, true)));
                         }
@@ -501,7 +512,7 @@ impl RequestFramer {
         if self.head_at_start && H2_PREFACE_HEAD.starts_with(buf) {
             return Ok(());
         }
-        match parse_request(&self.config, buf, &mut self.ranges)? {
+        match parse_request(&self.config, &self.limits, buf, &mut self.ranges)? {
             Parsed::Invalid(e) => Err(httparse_error(e)),
             _ => Ok(()),
         }
@@ -515,7 +526,7 @@ impl RequestFramer {
         if self.head_at_start && H2_PREFACE_HEAD.starts_with(buf) {
             return FrameError::HeadTooLarge;
         }
-        match parse_request(&self.config, buf, &mut self.ranges) {
+        match parse_request(&self.config, &self.limits, buf, &mut self.ranges) {
             Err(e) => e,
             Ok(Parsed::Invalid(e)) => httparse_error(e),
             Ok(_) => FrameError::HeadTooLarge,
@@ -594,21 +605,31 @@ fn parsed_line_lengths(head: &[u8], ranges: &[HeaderRange]) -> (u32, u32) {
 /// errors (framing headers) are `Err`; syntax errors are `Parsed::Invalid`.
 fn parse_request(
     config: &httparse::ParserConfig,
+    limits: &FramerLimits,
     raw: &[u8],
     ranges: &mut Vec<HeaderRange>,
 ) -> Result<Parsed<ReqMeta>, FrameError> {
     let mut slots = [const { HeaderSlot::uninit() }; INLINE_HEADER_SLOTS];
-    match parse_request_with(config, raw, &mut slots, ranges) {
+    match parse_request_with(config, limits, raw, &mut slots, ranges) {
         Ok(Parsed::Invalid(httparse::Error::TooManyHeaders)) => {
             let mut heap = heap_header_slots(raw);
-            parse_request_with(config, raw, &mut heap, ranges)
+            parse_request_with(config, limits, raw, &mut heap, ranges)
         }
         other => other,
     }
 }
 
+/// A LF not preceded by CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.first() == Some(&b'\n')
+        || head
+            .windows(2)
+            .any(|w| matches!(w, [a, b'\n'] if *a != b'\r'))
+}
+
 fn parse_request_with<'b>(
     config: &httparse::ParserConfig,
+    limits: &FramerLimits,
     raw: &'b [u8],
     slots: &mut [HeaderSlot<'b>],
     ranges: &mut Vec<HeaderRange>,
@@ -635,6 +656,10 @@ fn parse_request_with<'b>(
     let mut conn_keep_alive = false;
     let mut conn_upgrade = false;
     let mut has_upgrade = false;
+    let mut hosts = 0usize;
+    if limits.crlf_only && has_bare_lf(head) {
+        return Err(FrameError::Malformed("bare LF in the request head"));
+    }
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim_ows(h.value);
@@ -644,8 +669,14 @@ fn parse_request_with<'b>(
         });
         match known_header(name) {
             Known::ContentLength => {
-                content_length = Some(merge_content_length(content_length, value)?)
+                // Netty refuses a repeated field and a list even of equal values (RFC 9110
+                // §8.6 lets a recipient accept them): refused, like every disagreement.
+                if content_length.is_some() || value.contains(&b',') {
+                    return Err(FrameError::Malformed("more than one Content-Length"));
+                }
+                content_length = Some(merge_content_length(None, value)?)
             }
+            Known::Host => hosts += 1,
             Known::TransferEncoding => te.add(value),
             Known::Connection => {
                 conn_close |= has_token(value, b"close");
@@ -688,7 +719,17 @@ fn parse_request_with<'b>(
     if expect_other {
         return Err(FrameError::ExpectationFailed);
     }
+    if limits.require_host && (hosts > 1 || (version_minor == 1 && hosts == 0)) {
+        return Err(FrameError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host field",
+        ));
+    }
     let (first_line_len, headers_len) = parsed_line_lengths(head, ranges);
+    if first_line_len as usize > limits.max_request_line_bytes
+        || headers_len as usize > limits.max_header_bytes
+    {
+        return Err(FrameError::HeadTooLarge);
+    }
     let connection_close = if version_minor == 0 {
         !conn_keep_alive
     } else {
@@ -842,8 +883,13 @@ mod tests {
         whole
     }
 
+    /// The defaults, but heads without Host (most cases here are about other things;
+    /// `host_is_required` tests the rule).
     fn d() -> FramerLimits {
-        FramerLimits::default()
+        FramerLimits {
+            require_host: false,
+            ..FramerLimits::default()
+        }
     }
 
     fn offsets(evs: &[(usize, Ev)]) -> Vec<(usize, &'static str)> {
@@ -906,8 +952,9 @@ mod tests {
         let req = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\r\n";
         let evs = agree(d(), req);
         assert_eq!(evs[1].1, Ev::Msg { fl: 14, hl: 37 });
+        // A bare LF ends no line of a request (Netty >= 4.1.139 refuses it).
         let lf = b"GET / HTTP/1.1\nHost: a\nContent-Type: application/json\n\n";
-        assert_eq!(agree(d(), lf)[1].1, Ev::Msg { fl: 14, hl: 37 });
+        assert!(matches!(malformed(lf), FrameError::Malformed(_)));
         // No headers at all.
         assert_eq!(
             agree(d(), b"GET /x HTTP/1.0\r\n\r\n")[1].1,
@@ -1004,9 +1051,13 @@ mod tests {
             offsets(&agree(d(), zero)),
             vec![(zero.len(), "head"), (zero.len(), "msg")]
         );
-        // Identical duplicates are accepted.
-        let dup = b"PUT /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab";
-        assert_eq!(offsets(&agree(d(), dup))[1], (dup.len(), "msg"));
+        // Identical duplicates and lists are refused (Netty refuses them; RFC 9110 allows).
+        for dup in [
+            &b"PUT /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab"[..],
+            b"PUT /x HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nab",
+        ] {
+            assert!(matches!(malformed(dup), FrameError::Malformed(_)));
+        }
     }
 
     #[test]
@@ -1025,9 +1076,18 @@ mod tests {
             ]
         );
         assert_eq!(head_of(&evs[0].1).4, BodyKind::Chunked);
-        // Upper-case hex, bare LF everywhere, `Chunked` in any case.
-        let lf = b"POST / HTTP/1.1\nTransfer-Encoding: Chunked\n\n1F\n0123456789012345678901234567890\n0\n\n";
-        assert_eq!(offsets(&agree(d(), lf))[1], (lf.len(), "msg"));
+        // Upper-case hex, `Chunked` in any case.
+        let upper = b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n1F\r\n0123456789012345678901234567890\r\n0\r\n\r\n";
+        assert_eq!(offsets(&agree(d(), upper))[1], (upper.len(), "msg"));
+        // A bare LF anywhere in the body's framing is refused.
+        for lf in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n",
+        ] {
+            assert!(matches!(malformed(lf), FrameError::Malformed(_)));
+        }
         // Extensions in the full grammar: BWS around `;` and `=`, quoted values with pairs.
         let ext = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 ; a = b ;c;d=\"x\\\"; y\"\r\nz\r\n0;e=\"\"\r\n\r\n";
         assert_eq!(offsets(&agree(d(), ext))[1], (ext.len(), "msg"));
@@ -1146,16 +1206,69 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_request() {
+    fn bare_lf_request_is_refused() {
+        for req in [
+            &b"POST /x HTTP/1.1\nHost: a\nContent-Length: 2\n\nok"[..],
+            b"POST /x HTTP/1.1\r\nHost: a\nContent-Length: 2\r\n\r\nok",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\nok",
+        ] {
+            assert!(matches!(malformed(req), FrameError::Malformed(_)));
+        }
+        // Responses keep accepting it (see `response.rs`).
+        let lax = FramerLimits {
+            crlf_only: false,
+            ..d()
+        };
         let req = b"POST /x HTTP/1.1\nHost: a\nContent-Length: 2\n\nok";
-        let evs = agree(d(), req);
         assert_eq!(
-            offsets(&evs),
+            offsets(&agree(lax, req)),
             vec![(req.len() - 2, "head"), (req.len(), "msg")]
         );
+    }
+
+    #[test]
+    fn host_is_required_exactly_once() {
+        let strict = FramerLimits::default();
+        let ok = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(offsets(&agree(strict, ok))[1], (ok.len(), "msg"));
+        let http10 = b"GET / HTTP/1.0\r\n\r\n";
+        assert_eq!(offsets(&agree(strict, http10))[1], (http10.len(), "msg"));
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    agree(strict, bad).last(),
+                    Some((ERR_AT, Ev::Err(FrameError::Malformed(_))))
+                ),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn request_line_and_header_limits_are_the_sources() {
+        // Netty counts the request line and the header lines without their line endings.
+        let line = |n: usize| format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(n));
+        let at_limit = line(FramerLimits::DEFAULT_MAX_REQUEST_LINE_BYTES - 14);
+        assert_eq!(offsets(&agree(d(), at_limit.as_bytes()))[1].1, "msg");
+        let over = line(FramerLimits::DEFAULT_MAX_REQUEST_LINE_BYTES - 13);
         assert_eq!(
-            head_of(&evs[0].1),
-            ("POST", "/x", 16, 24, BodyKind::ContentLength(2))
+            agree(d(), over.as_bytes()),
+            vec![(ERR_AT, Ev::Err(FrameError::HeadTooLarge))]
+        );
+        // Headers: "X: " + value, summed.
+        let headers =
+            |n: usize| format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "v".repeat(n));
+        let at_limit = headers(FramerLimits::DEFAULT_MAX_HEADER_BYTES - 7 - 3);
+        assert_eq!(offsets(&agree(d(), at_limit.as_bytes()))[1].1, "msg");
+        let over = headers(FramerLimits::DEFAULT_MAX_HEADER_BYTES - 7 - 2);
+        assert_eq!(
+            agree(d(), over.as_bytes()),
+            vec![(ERR_AT, Ev::Err(FrameError::HeadTooLarge))]
         );
     }
 
@@ -1179,12 +1292,7 @@ mod tests {
             agree(small, &[&big[..big.len() - 2], b"Y: 1"].concat()),
             vec![(ERR_AT, Ev::Err(FrameError::HeadTooLarge))]
         );
-        // Leading empty lines do not count.
-        let lead = [&b"\r\n\r\n"[..], ok].concat();
-        assert_eq!(
-            offsets(&agree(small, &lead)),
-            vec![(44, "head"), (44, "msg")]
-        );
+
         // The default limit: 64 KiB.
         let huge = format!(
             "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
@@ -1376,20 +1484,22 @@ mod tests {
     }
 
     #[test]
-    fn leading_empty_lines() {
-        let req = b"\r\n\r\n\nGET / HTTP/1.1\r\n\r\n";
-        let evs = agree(d(), req);
-        assert_eq!(offsets(&evs), vec![(req.len(), "head"), (req.len(), "msg")]);
-        assert_eq!(evs[1].1, Ev::Msg { fl: 14, hl: 0 });
-        // Between requests (a client that sends CRLF after a body).
+    fn leading_empty_lines_are_refused() {
+        // Netty 4.1.49 (Elasticsearch 7.10) refuses the request they precede when its request
+        // line arrives split: how TCP splits it decides, so the proxy refuses them always.
+        assert!(matches!(
+            malformed(b"\r\n\r\n\nGET / HTTP/1.1\r\n\r\n"),
+            FrameError::Malformed(_)
+        ));
+        // Between requests (a client that sends CRLF after a body): the first one is framed,
+        // the empty line is refused.
         let two = b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\r\nGET / HTTP/1.1\r\n\r\n";
         let evs = agree(d(), two);
-        assert_eq!(offsets(&evs)[3], (two.len(), "msg"));
-        assert_eq!(evs[2].0, two.len());
-        // Only empty lines: not in a message, nothing buffered.
-        let mut f = RequestFramer::new(d());
-        assert_eq!(f.advance(b"\r\n\r\n").unwrap().consumed, 4);
-        assert!(!f.in_message() && f.is_idle());
+        assert_eq!(offsets(&evs)[1], (two.len() - 20, "msg"));
+        assert!(matches!(
+            evs.last(),
+            Some((ERR_AT, Ev::Err(FrameError::Malformed(_))))
+        ));
     }
 
     #[test]
@@ -1513,7 +1623,11 @@ mod tests {
         let req = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(60_000));
         let bytes: Vec<&[u8]> = req.as_bytes().chunks(1).collect();
         let started = std::time::Instant::now();
-        let evs = run(d(), &bytes);
+        let long_lines = FramerLimits {
+            max_request_line_bytes: 64 * 1024,
+            ..d()
+        };
+        let evs = run(long_lines, &bytes);
         assert_eq!(offsets(&evs), vec![(req.len(), "head"), (req.len(), "msg")]);
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
@@ -1625,11 +1739,12 @@ mod tests {
             prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,10}", "[ -~]{0,20}"), 0..4),
             body,
         )
-            .prop_map(|(method, target, crlf, leading, headers, body)| GenReq {
+            // CRLF only, no leading empty lines: the framer refuses the rest.
+            .prop_map(|(method, target, _crlf, _leading, headers, body)| GenReq {
                 method,
                 target,
-                crlf,
-                leading,
+                crlf: true,
+                leading: 0,
                 // Keep framing headers out of the random ones.
                 headers: headers
                     .into_iter()

@@ -103,7 +103,9 @@ pub struct ResponseFramer {
 }
 
 impl ResponseFramer {
-    pub fn new(limits: FramerLimits) -> Self {
+    pub fn new(mut limits: FramerLimits) -> Self {
+        // A response's bytes go to the client unchanged: a bare LF ends a line here.
+        limits.crlf_only = false;
         let mut config = httparse::ParserConfig::default();
         // Be as lenient with the destination as its clients are likely to be: the bytes go
         // to the client unchanged, the framer only needs the framing headers.
