@@ -359,6 +359,10 @@ pub struct KafkaSink {
     /// Collects the records [`KafkaSink::reclaim`] takes back while it serves the purge
     /// reports.
     pulled: Option<Vec<Waiting>>,
+    /// Records that failed because of the producer's own state at the broker (see
+    /// [`producer_state_error`]), still counted in `unacked`: produced again, in order,
+    /// through a replacement producer by [`KafkaSink::rebuild_producer`].
+    again: Vec<Waiting>,
     /// With a spool behind this sink ([`KafkaSink::return_failures`]): records librdkafka
     /// failed for a reason that is not the record's own (time-out, broker or producer state)
     /// wait here, intact, for [`KafkaSink::take_returned`] instead of being acked as lost.
@@ -461,6 +465,24 @@ pub fn producer_config(
     Ok(c)
 }
 
+/// Errors about the producer's own state at the broker (its id, epoch or sequence), which say
+/// nothing about the record: a replacement producer produces it again. librdkafka raises
+/// some of them as fatal, reports others per record ("unable to retry without risking
+/// duplication/reordering"), e.g. UNKNOWN_PRODUCER_ID from a broker restarted without its
+/// state.
+fn producer_state_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::GaplessGuarantee
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
 /// `now + d`, saturating far in the future instead of overflowing.
 fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
@@ -561,6 +583,7 @@ impl KafkaSink {
             fatal: None,
             closed: false,
             pulled: None,
+            again: Vec::new(),
             returned: None,
             warn_last: None,
             warn_suppressed: 0,
@@ -633,7 +656,7 @@ impl KafkaSink {
                 }
             }
             if self.fatal.is_some() {
-                resolved += self.rebuild_after_fatal(done);
+                resolved += self.rebuild_producer(done);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if resolved > 0 || remaining.is_zero() {
@@ -728,6 +751,10 @@ impl KafkaSink {
         }
         if self.unacked_records > 0 {
             self.closing = true;
+            // Waiting for a replacement producer that will not come now: older than the FIFO.
+            for w in std::mem::take(&mut self.again).into_iter().rev() {
+                self.fifo.push_front(w);
+            }
             self.purge_all(FailKind::Shutdown, done);
         }
         self.closed = true;
@@ -910,6 +937,16 @@ impl KafkaSink {
             }
             let outcome = match d.err {
                 None => Outcome::Committed,
+                Some(code) if producer_state_error(code) && !self.closing => {
+                    // Not the record's fault, nor the broker's: the producer's id or sequence
+                    // is unknown to the broker (a restarted in-memory broker, an expired
+                    // producer id). A new producer produces it again; nothing is lost.
+                    if self.fatal.is_none() {
+                        self.fatal = Some(format!("{code} from the broker"));
+                    }
+                    self.again.push(f.into_waiting());
+                    continue;
+                }
                 Some(code) => {
                     let kind = self.fail_kind(code);
                     if self.returns(kind) {
@@ -1123,9 +1160,12 @@ impl KafkaSink {
         self.pulled = Some(Vec::new());
         self.purge_and_collect(PULL_BACK_COLLECT, done);
         let mut back = self.pulled.take().unwrap_or_default();
+        // Records the old producer's state failed are produced again too.
+        back.append(&mut self.again);
         // Dropping the old producer purges and destroys it; its late reports go to its own,
-        // discarded context.
+        // discarded context. The new one starts without the old one's fatal state.
         self.producer = fresh;
+        self.fatal = None;
         for (i, slot) in self.slab.iter_mut().enumerate() {
             if let Some(f) = slot.take() {
                 self.free.push(i);
@@ -1150,20 +1190,22 @@ impl KafkaSink {
         Some(back)
     }
 
-    /// After a fatal librdkafka error the producer accepts nothing more: replace it and
-    /// produce everything it held again through the new one, in per-connection order, ahead
-    /// of the FIFO (whose records are newer). Nothing is lost because a producer died.
-    fn rebuild_after_fatal(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
+    /// After a fatal librdkafka error (the producer accepts nothing more), or records failed
+    /// for the producer's own state at the broker: replace the producer and produce
+    /// everything it held — and those records — again through the new one, in
+    /// per-connection order, ahead of the FIFO (whose records are newer). Nothing is lost
+    /// because a producer died; each record keeps its delivery deadline.
+    fn rebuild_producer(&mut self, done: &mut dyn FnMut(Ack, Vec<u8>)) -> usize {
         if matches!(self.last_rebuild, Some(t) if t.elapsed() < FATAL_REBUILD_INTERVAL) {
             return 0;
         }
         self.last_rebuild = Some(Instant::now());
         let reason = self.fatal.clone().unwrap_or_else(|| "unknown".into());
-        tracing::error!(reason, "kafka producer hit a fatal error");
-        let Some(back) = self.reclaim("fatal producer error", done) else {
+        tracing::error!(reason, "kafka producer unusable");
+        let cause = "producer unusable (fatal error or unknown producer state)";
+        let Some(back) = self.reclaim(cause, done) else {
             return 0;
         };
-        self.fatal = None;
         for w in back.into_iter().rev() {
             self.fifo.push_front(w);
         }
@@ -1498,6 +1540,33 @@ mod tests {
             (1..=10).map(|n| value(1, n)).collect::<Vec<_>>(),
             "no duplicates"
         );
+    }
+
+    /// A broker that no longer knows the producer answers UNKNOWN_PRODUCER_ID: no record is
+    /// lost, in order. (The mock answers so that librdkafka recovers by itself; the path where
+    /// it gives up — tansu restarted without its state — and the producer is replaced runs in
+    /// tests/kafka_real_faults.rs, row "broker killed and restarted", against tansu.)
+    #[test]
+    fn unknown_producer_id_replaces_the_producer_and_loses_nothing() {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let mut acks = Vec::new();
+        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
+        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
+        m.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 2],
+        );
+        for n in 2..=6 {
+            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        }
+        poll_until(&mut sink, &mut acks, 6, Duration::from_secs(15));
+        assert_committed_in_order(&acks, &[1], 6);
+        assert_eq!(sink.counters().failed, [0; 5]);
+        let got = consume(&bs, 1, 6, Duration::from_secs(10));
+        let vals: Vec<Vec<u8>> = got.into_iter().map(|g| g.value).collect();
+        assert_eq!(vals, (1..=6).map(|n| value(1, n)).collect::<Vec<_>>());
     }
 
     #[test]

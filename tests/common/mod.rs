@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod binary;
+pub mod forwarder;
 pub mod kafka;
 pub mod replayer;
 
