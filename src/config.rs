@@ -1,11 +1,13 @@
 //! Validated, typed configuration. Built once at start-up by `cli` (from flags, the
 //! environment and inline JSON); the data path only reads these values and never parses.
+//! Also owns every flag's default value (the `DEFAULT_*` constants at the end), so `cli` and
+//! tests read the same ones.
 //!
 //! May depend on: nothing on the data path (regex for compiled suppression rules).
 //! Invariant: every `Config` that exists has passed validation — addresses resolved, regexes
 //! compiled, files readable, mutually exclusive options resolved into enums.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -199,7 +201,8 @@ impl Config {
     }
 
     /// A configuration for tests and benches: forward to `destination`, listen on
-    /// 127.0.0.1:0, one worker, given sink, everything else at its default.
+    /// 127.0.0.1:0, one worker, no admin endpoint, given sink, everything else at its default
+    /// (the `DEFAULT_*` constants below, which the flags also use).
     pub fn for_test(destination: SocketAddr, sink: SinkConfig) -> Config {
         Config {
             destination: Destination {
@@ -210,38 +213,90 @@ impl Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             sink,
             max_traffic_buffer_size: DEFAULT_MAX_TRAFFIC_BUFFER_SIZE,
+            // Not DEFAULT_NUM_THREADS (one per CPU): tests want one worker.
             num_threads: 1,
             cpu_list: None,
-            io_driver: IoDriver::Auto,
+            io_driver: DEFAULT_IO_DRIVER,
+            // Not DEFAULT_ADMIN_LISTEN: parallel tests cannot share its port.
             admin_listen: None,
-            capture_flush_interval: Duration::from_secs(5),
-            kafka_ack_timeout: Duration::from_secs(10),
-            capture_failure_policy: FailurePolicy::Forward,
+            capture_flush_interval: DEFAULT_CAPTURE_FLUSH_INTERVAL,
+            kafka_ack_timeout: DEFAULT_KAFKA_ACK_TIMEOUT,
+            capture_failure_policy: DEFAULT_CAPTURE_FAILURE_POLICY,
             max_connections: None,
-            client_idle_timeout: Some(Duration::from_secs(600)),
-            request_head_timeout: Some(Duration::from_secs(30)),
-            request_body_timeout: Some(Duration::from_secs(60)),
-            tcp_keepalive: Some(Duration::from_secs(60)),
-            drain_timeout: Duration::from_secs(30),
-            log_format: LogFormat::Text,
+            client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
+            request_head_timeout: Some(DEFAULT_REQUEST_HEAD_TIMEOUT),
+            request_body_timeout: Some(DEFAULT_REQUEST_BODY_TIMEOUT),
+            tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            log_format: DEFAULT_LOG_FORMAT,
             suppress: SuppressConfig::default(),
             set_headers: Vec::new(),
             server_tls: None,
             insecure_destination: false,
             destination_ca_file: None,
-            destination_pool_size: 0,
-            destination_pool_timeout: Duration::from_secs(30),
+            destination_pool_size: DEFAULT_DESTINATION_CONNECTION_POOL_SIZE,
+            destination_pool_timeout: DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
             spool_dir: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 }
 
-/// Default `--spool-max-bytes`: 1 GiB, about 100 s of capture at 10 MB/s — longer than a
-/// typical broker failover — while small next to the disks proxies run on.
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-
 /// Bytes reserved for the Kafka record envelope (the Java proxy's `KAFKA_MESSAGE_OVERHEAD_BYTES`).
 pub const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 500;
-/// Java default of `--maxTrafficBufferSize` (1 MiB).
+
+// ---------------------------------------------------------------------------------------------
+// Flag defaults: the one table. Each is named `DEFAULT_` + the flag's environment name
+// without `CAPTURE_PROXY_`: `--tcp-keepalive` → `CAPTURE_PROXY_TCP_KEEPALIVE` →
+// `DEFAULT_TCP_KEEPALIVE`. The flag table (`cli/defs.rs`) shows each in `--help`,
+// `cli/build.rs` falls back to it when the flag is unset, and `Config::for_test` starts from
+// it. Flags whose unset state is "off" or "none" (a bool, an `Option`) have no constant:
+// unset is that state.
+// ---------------------------------------------------------------------------------------------
+
+/// `--kafkaTopic` (Java default).
+pub const DEFAULT_KAFKA_TOPIC: &str = "logging-traffic-topic";
+/// `--kafkaClientId` (Java default).
+pub const DEFAULT_KAFKA_CLIENT_ID: &str = "HttpCaptureProxyProducer";
+/// `--maxTrafficBufferSize` (Java default, 1 MiB).
 pub const DEFAULT_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024 * 1024;
+/// `--numThreads`: 0 = one worker per allowed CPU.
+pub const DEFAULT_NUM_THREADS: usize = 0;
+/// `--destinationConnectionPoolSize`: no pre-connected sockets (Java default).
+pub const DEFAULT_DESTINATION_CONNECTION_POOL_SIZE: usize = 0;
+/// `--destinationConnectionPoolTimeout` (Java `PT30S`).
+pub const DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--trace-file-max-bytes`: 256 MiB (see `FileSinkConfig::max_file_bytes`).
+pub const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// `--io-driver`: io_uring, falling back to epoll.
+pub const DEFAULT_IO_DRIVER: IoDriver = IoDriver::Auto;
+/// `--admin-listen`: loopback only, so metrics are not exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9901);
+/// `--capture-flush-interval` (cli.md).
+pub const DEFAULT_CAPTURE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// `--kafka-ack-timeout`: the Java producer's `delivery.timeout.ms` (10 s).
+pub const DEFAULT_KAFKA_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--capture-failure-policy`: a lost capture never blocks traffic.
+pub const DEFAULT_CAPTURE_FAILURE_POLICY: FailurePolicy = FailurePolicy::Forward;
+/// `--spool-max-bytes`: 1 GiB, about 100 s of capture at 10 MB/s — longer than a typical
+/// broker failover — while small next to the disks proxies run on.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// `--client-idle-timeout`: 10 minutes between requests. Above the idle timeouts of the load
+/// balancers in front (ALB 60 s by default, NLB 350 s), so the balancer, not the proxy, closes
+/// an idle connection it might reuse; frees the connections of clients that vanished without
+/// a FIN.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `--request-head-timeout` (cli.md).
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--request-body-timeout`: 60 s without a byte in the middle of a request (head or body)
+/// ends the connection (408). Long enough for any client that is still sending (a stalled TCP
+/// flow retransmits within seconds), short enough that a client stuck mid-body cannot pin its
+/// buffers for long (issue 13: 5 000 of them held 410 MB).
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// `--tcp-keepalive`: well under the 350 s after which load balancers drop idle flows.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// `--drain-timeout` on SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--log-format`.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
