@@ -174,6 +174,11 @@ pub struct Config {
     /// `--request-body-timeout`: most time without a byte from the client while a request
     /// is in progress.
     pub request_body_timeout: Option<Duration>,
+    /// `--source-max-initial-line-length`: the source's `http.max_initial_line_length`
+    /// (bytes); longer request lines are refused (431) rather than forwarded.
+    pub source_max_initial_line_length: u64,
+    /// `--source-max-header-size`: the source's `http.max_header_size` (bytes).
+    pub source_max_header_size: u64,
     /// `--tcp-keepalive`: idle time before TCP keepalive probes, both sides. `None` = off.
     pub tcp_keepalive: Option<Duration>,
     /// `--drain-timeout` (ours): on SIGTERM, most time to let in-flight exchanges finish.
@@ -226,6 +231,8 @@ impl Config {
             client_idle_timeout: Some(DEFAULT_CLIENT_IDLE_TIMEOUT),
             request_head_timeout: Some(DEFAULT_REQUEST_HEAD_TIMEOUT),
             request_body_timeout: Some(DEFAULT_REQUEST_BODY_TIMEOUT),
+            source_max_initial_line_length: DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH,
+            source_max_header_size: DEFAULT_SOURCE_MAX_HEADER_SIZE,
             tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log_format: DEFAULT_LOG_FORMAT,
@@ -294,6 +301,12 @@ pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// flow retransmits within seconds), short enough that a client stuck mid-body cannot pin its
 /// buffers for long (issue 13: 5 000 of them held 410 MB).
 pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--source-max-initial-line-length`: 4 KiB, Elasticsearch's and OpenSearch's
+/// `http.max_initial_line_length` default (their Netty decoder's limit).
+pub const DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH: u64 = 4 * 1024;
+/// Default `--source-max-header-size`: 8 KiB, Elasticsearch's and OpenSearch's
+/// `http.max_header_size` default.
+pub const DEFAULT_SOURCE_MAX_HEADER_SIZE: u64 = 8 * 1024;
 /// `--tcp-keepalive`: well under the 350 s after which load balancers drop idle flows.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// `--drain-timeout` on SIGTERM.

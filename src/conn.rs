@@ -344,6 +344,8 @@ where
 fn framer_limits(ctx: &Ctx) -> FramerLimits {
     FramerLimits {
         max_head_bytes: ctx.settings.max_head_bytes,
+        max_request_line_bytes: ctx.settings.max_request_line_bytes,
+        max_header_bytes: ctx.settings.max_header_bytes,
         ..FramerLimits::default()
     }
 }

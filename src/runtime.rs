@@ -601,6 +601,9 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         drain_timeout: cfg.drain_timeout,
         max_connections_per_worker: cfg.max_connections.map(|m| m.div_ceil(nworkers).max(1)),
         max_head_bytes: MAX_HEAD_BYTES,
+        max_request_line_bytes: usize::try_from(cfg.source_max_initial_line_length)
+            .unwrap_or(usize::MAX),
+        max_header_bytes: usize::try_from(cfg.source_max_header_size).unwrap_or(usize::MAX),
         rewriter,
         server_tls: server_tls.clone(),
         destination_tls,

@@ -49,6 +49,10 @@ pub struct Settings {
     /// Per-worker share of `--max-connections`.
     pub max_connections_per_worker: Option<usize>,
     pub max_head_bytes: usize,
+    /// `--source-max-initial-line-length` (bytes).
+    pub max_request_line_bytes: usize,
+    /// `--source-max-header-size` (bytes).
+    pub max_header_bytes: usize,
     /// `--setHeader`: the validated rewriter (cloned per connection); `None` when unused.
     pub rewriter: Option<crate::http1::HeadRewriter>,
     /// Client-facing TLS (reloadable); `None` for plain HTTP.

@@ -34,8 +34,9 @@ use crate::config::{
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT, DEFAULT_KAFKA_CLIENT_ID,
     DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SPOOL_MAX_BYTES,
-    DEFAULT_TCP_KEEPALIVE, DEFAULT_TRACE_FILE_MAX_BYTES,
+    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
+    DEFAULT_TRACE_FILE_MAX_BYTES,
 };
 
 /// Smallest `--maxTrafficBufferSize`: a TrafficStream must hold more than the 500-byte Kafka
@@ -421,6 +422,22 @@ pub(super) fn build_config(
         Ok(n)
     })?;
     let spool_dir = c.path(Flag::SpoolDir, check_dir)?;
+    // Within the head buffer's bound (64 KiB, `runtime::MAX_HEAD_BYTES`), at least 64 bytes.
+    let source_limit = |t: &str| {
+        parse_size(t).and_then(|n| {
+            if (64..=60 * 1024).contains(&n) {
+                Ok(n)
+            } else {
+                Err("must be from 64 bytes to 60KiB".to_string())
+            }
+        })
+    };
+    let source_max_initial_line_length = c
+        .typed(Flag::SourceMaxInitialLineLength, source_limit)?
+        .unwrap_or(DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH);
+    let source_max_header_size = c
+        .typed(Flag::SourceMaxHeaderSize, source_limit)?
+        .unwrap_or(DEFAULT_SOURCE_MAX_HEADER_SIZE);
     let spool_max_bytes = c
         .typed(Flag::SpoolMaxBytes, |t| {
             parse_size(t).and_then(|n| {
@@ -487,6 +504,8 @@ pub(super) fn build_config(
         destination_pool_timeout,
         spool_dir,
         spool_max_bytes,
+        source_max_initial_line_length,
+        source_max_header_size,
     })
 }
 

@@ -22,8 +22,9 @@ use crate::config::{
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT, DEFAULT_KAFKA_CLIENT_ID,
     DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SPOOL_MAX_BYTES,
-    DEFAULT_TCP_KEEPALIVE, DEFAULT_TRACE_FILE_MAX_BYTES,
+    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
+    DEFAULT_TRACE_FILE_MAX_BYTES,
 };
 
 /// Prefix of every environment variable we read (the Java `EnvVarParameterPuller` prefix).
@@ -77,6 +78,8 @@ pub(super) enum Flag {
     ClientIdleTimeout,
     RequestHeadTimeout,
     RequestBodyTimeout,
+    SourceMaxInitialLineLength,
+    SourceMaxHeaderSize,
     TcpKeepalive,
     DrainTimeout,
     TraceFileMaxBytes,
@@ -348,6 +351,12 @@ pub(super) static FLAGS: &[FlagSpec] = &[
     ours(Flag::RequestBodyTimeout, "request-body-timeout", V, "DURATION",
         D::Duration(DEFAULT_REQUEST_BODY_TIMEOUT),
         "most time without a byte from the client inside a request; 0 = off"),
+    ours(Flag::SourceMaxInitialLineLength, "source-max-initial-line-length", V, "SIZE",
+        D::Size(DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH),
+        "the source's http.max_initial_line_length: longer request lines are refused (431)"),
+    ours(Flag::SourceMaxHeaderSize, "source-max-header-size", V, "SIZE",
+        D::Size(DEFAULT_SOURCE_MAX_HEADER_SIZE),
+        "the source's http.max_header_size: larger header sections are refused (431)"),
     ours(Flag::TcpKeepalive, "tcp-keepalive", V, "DURATION", D::Duration(DEFAULT_TCP_KEEPALIVE),
         "TCP keepalive idle time on both sides; 0 = off"),
     ours(Flag::DrainTimeout, "drain-timeout", V, "DURATION", D::Duration(DEFAULT_DRAIN_TIMEOUT),
@@ -442,7 +451,7 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(FLAGS.len(), 50);
+        assert_eq!(FLAGS.len(), 52);
         for (i, s) in FLAGS.iter().enumerate() {
             assert_eq!(index_of(s.id), i, "{} appears twice", s.name);
             assert!(std::ptr::eq(lookup(s.name).unwrap(), s));

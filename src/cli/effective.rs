@@ -233,6 +233,10 @@ pub fn render_effective(cfg: &Config) -> String {
                     .map_or_else(|| unset(id), |p| p.display().to_string()),
             ),
             Flag::SpoolMaxBytes => out.flag(id, cfg.spool_max_bytes.to_string()),
+            Flag::SourceMaxInitialLineLength => {
+                out.flag(id, cfg.source_max_initial_line_length.to_string())
+            }
+            Flag::SourceMaxHeaderSize => out.flag(id, cfg.source_max_header_size.to_string()),
             Flag::MaxConnections => out.flag(
                 id,
                 cfg.max_connections
@@ -348,7 +352,7 @@ mod tests {
             }
             checked += 1;
         }
-        assert_eq!(checked, 26, "rows with a default");
+        assert_eq!(checked, 28, "rows with a default");
     }
 
     /// `Config::for_test` starts from the same defaults as the flags, except where it says so.

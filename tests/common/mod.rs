@@ -13,6 +13,7 @@ pub mod admin;
 pub mod binary;
 pub mod forwarder;
 pub mod kafka;
+pub mod origins;
 pub mod replayer;
 
 use std::collections::HashMap;
