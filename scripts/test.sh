@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests under io_uring, the systemd unit checks
-# (systemd-analyze verify/security), the integration tests again under the epoll driver, then
-# the Kafka end-to-end tests against a local tansu broker (started and stopped here;
-# installed on first use by scripts/kafka-local.sh).
+# (systemd-analyze verify/security), the integration tests again under the epoll driver, the
+# Kafka end-to-end tests against a local tansu broker, the Kafka fault matrix against real
+# brokers (Apache Kafka 4.4 from Maven Central and tansu; scripts/kafka-local.sh starts them),
+# the framing differential tests against the sources' real Netty (scripts/netty-origins.sh)
+# and the fuzz smoke. Brokers, Netty origins and their downloads are cached (~/.m2,
+# ~/.cache/capture-proxy, ~/.cargo/bin).
 # Installs what it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +58,18 @@ if ! scripts/kafka-local.sh status --port "$KAFKA_PORT" >/dev/null 2>&1; then
 fi
 KAFKA_BOOTSTRAP=$(scripts/kafka-local.sh start --port "$KAFKA_PORT")
 CAPTURE_PROXY_TEST_KAFKA="$KAFKA_BOOTSTRAP" cargo test --locked --test kafka_e2e -- --ignored 2>&1
+
+echo "== Kafka fault matrix against real brokers: Apache Kafka and tansu (tests/kafka_real_faults.rs)"
+# Each row starts its own broker through scripts/kafka-local.sh (Apache Kafka's jars are
+# resolved by Maven once and cached), behind a forwarder the test controls.
+CAPTURE_PROXY_TEST_KAFKA_IMPLS=tansu,apache \
+  cargo test --locked --test kafka_real_faults -- --ignored 2>&1
+
+echo "== framing parity with the sources' Netty (tests/framing_parity.rs)"
+# Builds (once, cached) the Netty origins at the versions Elasticsearch 7.10 and OpenSearch
+# 1.x-3.x ship, then compares captured with executed requests for every origin.
+scripts/netty-origins.sh build >/dev/null
+CAPTURE_PROXY_TEST_NETTY=1 cargo test --locked --test framing_parity 2>&1
 
 echo "== fuzz smoke: every cargo-fuzz target for a few seconds (scripts/fuzz.sh; long runs: fuzz/README.md)"
 # FUZZ_SMOKE_SECONDS=0 skips it (e.g. a quick local rerun).

@@ -1032,6 +1032,7 @@ pub fn print_summary(
                 "requests": r.requests,
                 "droppedRequests": r.dropped_requests,
                 "exceptions": r.exceptions,
+                "duplicateRecords": r.duplicate_records,
                 "readsBytes": r.reads_bytes,
                 "writesBytes": r.writes_bytes,
                 "errors": r.errors,
@@ -1059,6 +1060,14 @@ pub fn print_summary(
         r.requests, r.dropped_requests
     )?;
     writeln!(out, "exceptions: {}", r.exceptions)?;
+    if r.duplicate_records > 0 {
+        writeln!(
+            out,
+            "duplicate records (identical copies, e.g. re-sent after a broker failed before \
+             acknowledging): {}",
+            r.duplicate_records
+        )?;
+    }
     writeln!(
         out,
         "read bytes: {}, write bytes: {}",

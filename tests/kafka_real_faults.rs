@@ -150,9 +150,12 @@ const RESET_BOUND: Duration = Duration::from_secs(10);
 
 /// Most duplicates (records with the same connection id + record number appearing more than
 /// once) a row may show. The issue's goal is zero for refused connections and a hung broker;
-/// the others are held to zero too until the README documents a remaining case: a Produce
-/// whose response is lost is retried by librdkafka under idempotence, which the broker
-/// de-duplicates, so the proxy has no reason to write a record twice.
+/// a Produce whose response is lost is retried by librdkafka under idempotence, which the
+/// broker de-duplicates. The one remaining case (README "Kafka"): with the spool, a broker
+/// killed after writing a record and before answering — the record is taken back to the
+/// spool with a new producer id, so the restarted broker cannot de-duplicate it: at most the
+/// records of the produce requests in flight at the kill (≤ 5 per partition connection);
+/// measured 0–1. `inspect` reports such a copy as a warning (identical bytes), not a hole.
 fn dup_bound(fault: &Fault) -> u64 {
     match fault {
         Fault::Refused(_) => DUP_BOUND_REFUSED,
@@ -164,7 +167,7 @@ fn dup_bound(fault: &Fault) -> u64 {
 }
 const DUP_BOUND_REFUSED: u64 = 0;
 const DUP_BOUND_HUNG: u64 = 0;
-const DUP_BOUND_KILLED: u64 = 0;
+const DUP_BOUND_KILLED: u64 = 16;
 const DUP_BOUND_SLOW: u64 = 0;
 const DUP_BOUND_RESET: u64 = 0;
 
@@ -764,9 +767,16 @@ fn run_row(
         });
         return res;
     }
-    // Every record the proxy emitted is in the topic, or counted lost.
+    // Every record the proxy emitted is in the topic, or counted lost. When records timed out
+    // (loss allowed), a broker may have written one whose answer never came: counted lost,
+    // yet in the topic — librdkafka cannot know. Then only: nothing unaccounted for.
     let (emitted, uniq, lost) = (res.emitted, res.unique_records, res.lost);
-    res.check(uniq + lost == emitted, || {
+    let accounted = if loss_allowed && !row.spool {
+        uniq + lost >= emitted && uniq <= emitted
+    } else {
+        uniq + lost == emitted
+    };
+    res.check(accounted, || {
         format!(
             "captureRecords_total {emitted} != {uniq} distinct records in the topic + {lost} \
              lost ({} records unaccounted for)",

@@ -108,6 +108,8 @@ pub struct Report {
     pub writes_bytes: u64,
     /// `connectionException` observations.
     pub exceptions: u64,
+    /// Records seen a second time with identical bytes (not counted against completeness).
+    pub duplicate_records: u64,
     pub errors: u64,
     pub warnings: u64,
     pub notes: u64,
@@ -176,6 +178,22 @@ struct Conn {
     in_request: Option<bool>,
     seg: SegState,
     prev: Prev,
+    /// Fingerprint of each in-order record, by number - 1 (see [`fingerprint`]), so that a
+    /// record delivered twice is told apart from an out-of-order or conflicting one.
+    seen: Vec<u64>,
+}
+
+fn report_duplicate(cx: &mut Ctx<'_>) {
+    cx.report.duplicate_records = cx.report.duplicate_records.saturating_add(1);
+}
+
+/// A hash of the whole record (its re-encoded bytes).
+fn fingerprint(ts: &TrafficStream) -> u64 {
+    use prost::Message as _;
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ts.encode_to_vec().hash(&mut h);
+    h.finish()
 }
 
 impl Conn {
@@ -190,6 +208,7 @@ impl Conn {
             in_request: Some(false),
             seg: SegState::Closed,
             prev: Prev::Unknown,
+            seen: Vec::new(),
         }
     }
 
@@ -465,6 +484,20 @@ fn check_record(
                 }
                 conn.lose_continuity();
                 true
+            } else if usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| conn.seen.get(i))
+                .is_some_and(|f| *f == fingerprint(ts))
+            {
+                // The same record again, byte for byte: a broker wrote it, failed before
+                // acknowledging, and it was produced again. Nothing is missing; said, not
+                // counted against the connection.
+                cx.push(
+                    Warning,
+                    format_args!("record #{n} delivered twice (identical copies)"),
+                );
+                report_duplicate(cx);
+                false
             } else {
                 conn.numbering_ok = false;
                 cx.push(
@@ -480,6 +513,9 @@ fn check_record(
     };
     if in_order {
         if let Some(n) = number {
+            if usize::try_from(n - 1).is_ok_and(|i| i == conn.seen.len()) {
+                conn.seen.push(fingerprint(ts));
+            }
             conn.expected = n.saturating_add(1);
             if is_final {
                 conn.final_number = Some(n);
@@ -1028,11 +1064,30 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_record() {
+    fn identical_duplicate_is_a_warning_not_a_hole() {
+        // A broker that wrote a record and failed before acknowledging it: the record comes
+        // again, byte for byte. Nothing is missing.
         let mut recs = good();
         let dup = recs[1].clone();
         recs.insert(2, dup);
+        let r = run(&recs);
+        assert!(r.ok(), "{:#?}", r.problems);
+        find(&r, Severity::Warning, "record #2 delivered twice");
+        assert_eq!(r.duplicate_records, 1);
+        assert_eq!(r.incomplete_connections, 0);
+    }
+
+    #[test]
+    fn conflicting_record_with_a_seen_number_is_an_error() {
+        let mut recs = good();
+        let mut other = recs[1].clone();
+        // Same number, different contents (an observation less).
+        other.sub_stream.pop();
+        recs.insert(2, other);
         assert_error(&recs, "duplicate or out-of-order record (expected #3)");
+        let r = run(&recs);
+        assert_eq!(r.duplicate_records, 0);
+        assert_eq!(r.incomplete_connections, 1);
     }
 
     #[test]

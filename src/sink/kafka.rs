@@ -52,6 +52,14 @@ const COMPRESSION: &str = "lz4";
 /// up (for `/ready`). Once a second keeps readiness fresh; parsing one document a second is a
 /// negligible share of the sink core.
 const STATS_INTERVAL_MS: &str = "1000";
+/// `debug`: librdkafka's idempotent-producer state machine (`eos`). A broker restarted without
+/// its state (tansu keeps none) answers UNKNOWN_PRODUCER_ID; librdkafka then either raises a
+/// fatal error or bumps the epoch and retries, which such a broker never accepts, so the
+/// records silently ran into their deadline (the real-broker fault matrix lost 24 records of
+/// a 3.5 s outage). Its `UNKPID` debug line is the only sign; the sink replaces the producer
+/// on it. The `eos` lines come only with producer-id events (acquire, bump, drain), not per
+/// record, and go to `tracing::debug!` (off unless asked for).
+const DEBUG_CONTEXTS: &str = "eos";
 /// `reconnect.backoff.max.ms`: librdkafka's default lets the reconnect backoff to a broker grow
 /// to 10 s, so after an outage a partition leader may stay unreachable for seconds after the
 /// brokers are back, and held mutating requests run into `--kafka-ack-timeout`. 1 s caps that
@@ -171,6 +179,9 @@ struct Ctx {
     last_error: Mutex<Option<(RDKafkaErrorCode, Instant)>>,
     /// Set while [`KafkaSink::pull_back_queued`] purges: the purge reports keep key and value.
     keep_purged: AtomicBool,
+    /// A broker answered UNKNOWN_PRODUCER_ID (librdkafka's `UNKPID` debug line; see
+    /// [`DEBUG_CONTEXTS`]): the producer is replaced, as after a fatal error.
+    unknown_pid: AtomicBool,
 }
 
 impl Ctx {
@@ -182,6 +193,7 @@ impl Ctx {
             token,
             last_error: Mutex::new(None),
             keep_purged: AtomicBool::new(false),
+            unknown_pid: AtomicBool::new(false),
         }
     }
 }
@@ -197,6 +209,9 @@ impl ClientContext for Ctx {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        if fac == "UNKPID" {
+            self.unknown_pid.store(true, Ordering::Relaxed);
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -432,6 +447,10 @@ pub fn producer_config(
         .set("compression.type", COMPRESSION)
         .set("queue.buffering.max.kbytes", queue_kib.to_string())
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .set("debug", DEBUG_CONTEXTS)
+        // rdkafka derives the level from the `log` crate, which this binary does not set
+        // up: without this the `eos` debug lines never reach `Ctx::log`.
+        .set_log_level(RDKafkaLogLevel::Debug)
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     for (k, v) in &cfg.extra_properties {
         c.set(k, v);
@@ -654,6 +673,16 @@ impl KafkaSink {
                 if let Some((code, reason)) = self.producer.client().fatal_error() {
                     self.fatal = Some(format!("{code}: {reason}"));
                 }
+            }
+            if self
+                .producer
+                .context()
+                .unknown_pid
+                .swap(false, Ordering::Relaxed)
+                && self.fatal.is_none()
+            {
+                self.fatal =
+                    Some("a broker no longer knows the producer id (UNKNOWN_PRODUCER_ID)".into());
             }
             if self.fatal.is_some() {
                 resolved += self.rebuild_producer(done);
