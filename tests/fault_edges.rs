@@ -976,6 +976,93 @@ fn stuck_mid_body_memory_is_bounded_and_returned() {
     p.stop_ok(PROCESS_TIMEOUT);
 }
 
+/// Soft and hard open-files limit of the proxy process in the accept test: enough for its
+/// start-up descriptors (rings, listeners, admin, sink) and a few connections, so that the
+/// connections below run it out.
+const LOW_NOFILE: libc::rlim_t = 96;
+/// Connections opened against that limit (each takes two descriptors in the proxy).
+const OVER_NOFILE_CONNS: usize = 120;
+
+/// At the open-files limit every accept fails at once (EMFILE): the workers back off, count
+/// each failure (`acceptErrors_total`) and warn at most every 10 s each, instead of ~90 lines a
+/// second (issue 13); once descriptors are free again the proxy serves.
+#[test]
+fn accept_failures_at_the_open_files_limit_are_counted_and_warned_rarely() {
+    use std::os::unix::process::CommandExt as _;
+    let _g = serial();
+    let origin = ManyOrigin::start();
+    let mut cmd = proxy_command();
+    cmd.args([
+        "--destinationUri",
+        &format!("http://{}", origin.addr),
+        "--listenPort",
+        "0",
+        "--listen-address",
+        "127.0.0.1",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--numThreads",
+        "2",
+        "--noCapture",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: LOW_NOFILE,
+                rlim_max: LOW_NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let mut p = ProxyProcess::start_with_admin(cmd, PROCESS_TIMEOUT);
+    let warned = |p: &ProxyProcess| p.stderr().matches("accept failed").count();
+    assert_eq!(warned(&p), 0);
+    let mut conns = Vec::with_capacity(OVER_NOFILE_CONNS);
+    for _ in 0..OVER_NOFILE_CONNS {
+        // The kernel completes the handshake into the listen backlog either way.
+        conns.push(TcpStream::connect_timeout(&p.addr, MANY_IO_TIMEOUT).unwrap());
+    }
+    // Wait for the first warning, then give the workers 2 s more of failing accepts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while warned(&p) == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(warned(&p) > 0, "no accept failure: {}", p.stderr());
+    thread::sleep(Duration::from_secs(2));
+    let lines = warned(&p);
+    drop(conns);
+    // Descriptors are free again: the admin endpoint and the proxy serve.
+    let errors = wait_metric_above(p.admin(), "acceptErrors_total", 50);
+    eprintln!("accept failed: {errors} counted, {lines} warning line(s)");
+    assert!(
+        lines <= 2,
+        "one warning per worker per 10 s, got {lines}:\n{}",
+        p.stderr()
+    );
+    let mut s = TcpStream::connect_timeout(&p.addr, MANY_IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(MANY_IO_TIMEOUT)).unwrap();
+    many_exchange(&mut s).expect("served after the descriptors came back");
+    p.assert_running();
+}
+
+/// Polls `/metrics` until `name` exceeds `floor` (bounded), returning its last value.
+fn wait_metric_above(admin: SocketAddr, name: &str, floor: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = std::panic::catch_unwind(|| metric(admin, name)).unwrap_or(0);
+        if v > floor || Instant::now() >= deadline {
+            assert!(v > floor, "{name} = {v}, want > {floor}");
+            return v;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // 8. Memory under a slow Kafka
 // ----------------------------------------------------------------------------------------
