@@ -652,6 +652,11 @@ enum Mode {
 /// The real binary to `origin` in capture `mode` (a trace directory in `dir`), started on
 /// port 0 with an admin endpoint on port 0; waits for both `listening` lines.
 fn start_binary(origin: SocketAddr, mode: &Mode, dir: &Path) -> ProxyProcess {
+    ProxyProcess::start_with_admin(binary_command(origin, mode, dir), PROCESS_TIMEOUT)
+}
+
+/// The command line of [`start_binary`].
+fn binary_command(origin: SocketAddr, mode: &Mode, dir: &Path) -> std::process::Command {
     let mut cmd = proxy_command();
     cmd.args([
         "--destinationUri",
@@ -672,7 +677,7 @@ fn start_binary(origin: SocketAddr, mode: &Mode, dir: &Path) -> ProxyProcess {
         Mode::TraceDirectory => cmd.args(["--traceDirectory", dir.to_str().unwrap()]),
         Mode::Kafka(bootstrap) => cmd.args(["--kafkaConnection", bootstrap]),
     };
-    ProxyProcess::start_with_admin(cmd, PROCESS_TIMEOUT)
+    cmd
 }
 
 /// One GET on `s`, its answer checked byte for byte.
@@ -991,20 +996,8 @@ fn accept_failures_at_the_open_files_limit_are_counted_and_warned_rarely() {
     use std::os::unix::process::CommandExt as _;
     let _g = serial();
     let origin = ManyOrigin::start();
-    let mut cmd = proxy_command();
-    cmd.args([
-        "--destinationUri",
-        &format!("http://{}", origin.addr),
-        "--listenPort",
-        "0",
-        "--listen-address",
-        "127.0.0.1",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--numThreads",
-        "2",
-        "--noCapture",
-    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = binary_command(origin.addr, &Mode::NoCapture, dir.path());
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
