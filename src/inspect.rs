@@ -4,11 +4,12 @@
 //! offsets, until each partition's end (librdkafka's partition EOF)). For Kafka the summary is preceded by a
 //! per-partition table (records read, first/last offset, end offset).
 //!
-//! Depends on `capture::proto` (decoding), `capture::verify` (checks), `sink::file` (reading
-//! trace files), `sink::msk_iam` (OAUTHBEARER tokens for an MSK IAM property file), `cli`
+//! May depend on: `capture::proto` (decoding), `capture::verify` (checks), `sink::file`
+//! (reading trace files), `kafka` (the settings every client shares, MSK IAM tokens for an MSK
+//! IAM property file, librdkafka logging, the date helper), `config` (`KafkaAuth`), `cli`
 //! (`InspectArgs`, `load_kafka_properties`; for `run` / `KafkaInput::from_args` only),
-//! `rdkafka` (a `BaseConsumer`: explicit assignment, never commits), `prost`, `base64`,
-//! `serde_json`. Off the hot path: allocates freely.
+//! `rdkafka` (a `BaseConsumer`: explicit assignment, never commits; its settings live here),
+//! `prost`, `base64`, `serde_json`. Off the hot path: allocates freely.
 //!
 //! Invariants: never panics on any record content (previews escape and truncate bytes,
 //! timestamps out of range are printed raw); a record that does not decode is reported (as a
@@ -20,14 +21,14 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use prost::Message as _;
 use rdkafka::client::{ClientContext, OAuthToken};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
@@ -38,6 +39,9 @@ use crate::capture::proto::traffic_observation::Capture;
 use crate::capture::proto::traffic_stream::Index;
 use crate::capture::proto::{Timestamp, TrafficObservation, TrafficStream};
 use crate::capture::verify::{Problem, Report, Verifier};
+use crate::config::KafkaAuth;
+use crate::kafka::date::civil_from_days;
+use crate::kafka::{ClientSpec, TokenProvider};
 use crate::sink::file::{list_trace_files, read_trace_lines, TraceReadError};
 
 /// Bytes of read/write data shown in a text preview: enough for a request line and the
@@ -336,7 +340,7 @@ pub struct KafkaReport {
 /// Consumer callbacks: librdkafka logs to `tracing`, remembers the last error for messages,
 /// and supplies MSK IAM tokens when configured.
 struct InspectCtx {
-    token: Option<crate::sink::msk_iam::MskIamTokenProvider>,
+    token: Option<Arc<dyn TokenProvider>>,
     token_set: AtomicBool,
     /// The latest distinct client errors (at most `ERRORS_KEPT`), for error messages.
     last_errors: Mutex<Vec<String>>,
@@ -373,22 +377,12 @@ impl ClientContext for InspectCtx {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                // Connection failures are logged from librdkafka's threads while the reader
-                // blocks in a metadata request: keep the latest for the error message.
-                self.set_last_error(msg.to_owned());
-                tracing::error!(target: "librdkafka", fac, "{msg}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{msg}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
+        if crate::kafka::is_error(level) {
+            // Connection failures are logged from librdkafka's threads while the reader
+            // blocks in a metadata request: keep the latest for the error message.
+            self.set_last_error(msg.to_owned());
         }
+        crate::kafka::log(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -400,53 +394,43 @@ impl ClientContext for InspectCtx {
         &self,
         _oauthbearer_config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        let Some(p) = &self.token else {
-            return Err("no OAUTHBEARER token provider configured".into());
-        };
-        match p.token() {
-            Ok((token, lifetime_ms, principal_name)) => {
-                self.token_set.store(true, Ordering::Release);
-                Ok(OAuthToken {
-                    token,
-                    principal_name,
-                    lifetime_ms,
-                })
-            }
-            Err(e) => {
-                self.set_last_error(format!("MSK IAM token: {e}"));
-                Err(e.into())
-            }
-        }
+        let token = crate::kafka::oauth_token(self.token.as_deref(), |e| {
+            self.set_last_error(format!("MSK IAM token: {e}"))
+        })?;
+        self.token_set.store(true, Ordering::Release);
+        Ok(token)
     }
 }
 
 impl ConsumerContext for InspectCtx {}
 
-/// The consumer for `input`, created but not yet connected.
+/// The consumer for `input`, created but not yet connected: the consumer's own settings below,
+/// and what every client shares (`kafka::ClientSpec`: the property file's security settings,
+/// then MSK IAM's, override them).
 fn create_consumer(input: &KafkaInput) -> Result<BaseConsumer<InspectCtx>, InspectError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &input.brokers)
-        .set("group.id", INSPECT_GROUP_ID)
-        .set("client.id", INSPECT_CLIENT_ID)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        // A start offset already removed by retention reads from the oldest kept record.
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in &input.properties {
-        c.set(k, v);
-    }
-    let token = if input.msk_iam {
-        c.set("security.protocol", "sasl_ssl")
-            .set("sasl.mechanisms", "OAUTHBEARER");
-        let chain = crate::sink::msk_iam::CredentialChain::from_process_env();
-        Some(
-            crate::sink::msk_iam::MskIamTokenProvider::new(None, chain)
-                .map_err(|e| InspectError::KafkaClient(format!("msk-iam: {e}")))?,
-        )
+    let auth = if input.msk_iam {
+        KafkaAuth::MskIam
     } else {
-        None
+        KafkaAuth::None
     };
+    let token = crate::kafka::token_provider(&auth)
+        .map_err(|e| InspectError::KafkaClient(format!("msk-iam: {e}")))?;
+    let spec = ClientSpec {
+        brokers: &input.brokers,
+        client_id: INSPECT_CLIENT_ID,
+        properties: &input.properties,
+        auth: &auth,
+    };
+    let c = spec
+        .client_config(token.is_some(), |c| {
+            c.set("group.id", INSPECT_GROUP_ID)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true")
+                // A start offset already removed by retention reads from the oldest kept record.
+                .set("auto.offset.reset", "earliest");
+        })
+        .map_err(|e| InspectError::KafkaClient(e.to_string()))?;
     let ctx = InspectCtx {
         token,
         token_set: AtomicBool::new(false),
@@ -894,25 +878,6 @@ pub fn format_ts(ts: Option<Timestamp>) -> String {
         secs_of_day % 60,
         t.nanos
     )
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01, using 400-year
-/// eras of 146097 days (March-based years so leap days come last). Total for any i64 that
-/// `div_euclid(86400)` yields.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days.saturating_add(719_468); // days from 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = era
-        .saturating_mul(400)
-        .saturating_add(yoe)
-        .saturating_add(i64::from(month <= 2));
-    (year, month as u32, day as u32)
 }
 
 fn record_json(ts: &TrafficStream, source: &str) -> Value {
@@ -1447,6 +1412,7 @@ mod tests {
     // ---- Kafka input -------------------------------------------------------------------
 
     use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
+    use rdkafka::config::ClientConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
     use rdkafka::types::RDKafkaApiKey;

@@ -8,7 +8,8 @@
 //! Layout (see README "Design"): `cli` → `config` (validated once) → `runtime` (threads) →
 //! `worker` (per core) → `conn` (hot path) using the sans-IO `http1` framers and the
 //! `capture` record builder; records cross threads only through `handoff` to the single
-//! `sink` thread. `inspect` reads captures back and verifies them.
+//! `sink` thread. `inspect` reads captures back and verifies them. The Kafka producer and
+//! `inspect`'s consumer share one Kafka client module, `kafka` (settings, auth, logging).
 //!
 //! Start the whole proxy in-process with [`runtime::start`] (tests and benches do, on port 0).
 
@@ -20,6 +21,7 @@ pub mod conn;
 pub mod handoff;
 pub mod http1;
 pub mod inspect;
+pub mod kafka;
 pub mod notify;
 pub mod runtime;
 pub mod sink;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference tokens for src/sink/msk_iam.rs (its `reference_tokens_*` tests).
+"""Reference tokens for src/kafka/msk_iam.rs (its `reference_tokens_*` tests).
 
 Runs Amazon's MSK IAM SASL signer (PyPI `aws-msk-iam-sasl-signer-python`, tested with 1.0.2
 and botocore 1.44.8) with a frozen clock, fixed credentials and a fixed User-Agent, and prints

@@ -1,4 +1,5 @@
-//! Amazon MSK IAM authentication for the Kafka producer, carried over SASL/OAUTHBEARER.
+//! Amazon MSK IAM authentication for the Kafka clients (the producer and `inspect`'s
+//! consumer), carried over SASL/OAUTHBEARER.
 //!
 //! librdkafka has no `AWS_MSK_IAM` mechanism, so (like Amazon's MSK IAM SASL signer
 //! libraries) we hand librdkafka an OAUTHBEARER token that is the base64url (unpadded) encoding
@@ -8,9 +9,10 @@
 //! then the EC2 instance role through IMDSv2), region discovery, and the tiny blocking HTTP/1.1
 //! client used to talk to the instance metadata service.
 //!
-//! May depend on: std (blocking `TcpStream` I/O), `sha2`, `hmac`, `base64`, `serde_json`,
-//! `thiserror`, `tracing`. No async runtime: it runs on the sink thread (librdkafka's token
-//! refresh callback), never on a worker.
+//! May depend on: `super::date` (calendar arithmetic), std (blocking `TcpStream` I/O),
+//! `sha2`, `hmac`, `base64`, `serde_json`, `thiserror`, `tracing`. No async runtime: it runs
+//! on the thread that polls the client (librdkafka's token refresh callback: the sink thread,
+//! or `inspect`'s), never on a worker.
 //!
 //! Invariants: for the same inputs a token is byte-identical to the one Amazon's reference
 //! signer (`aws-msk-iam-sasl-signer-python`) produces; the only network peer is the configured
@@ -28,6 +30,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+use super::date::{civil_from_days, format_iso8601, parse_iso8601};
 
 /// SigV4 service name MSK IAM access control expects in the credential scope.
 const SIGNING_SERVICE: &str = "kafka-cluster";
@@ -337,113 +341,11 @@ fn amz_date_and_timestamp(epoch_secs: i64) -> (String, String) {
     (date, timestamp)
 }
 
-/// Proleptic Gregorian (year, month, day) for a count of days since 1970-01-01, using 400-year
-/// eras of 146097 days that start on March 1st (so the leap day ends a year).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468; // days from 0000-03-01 to 1970-01-01
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097); // [0, 146096]
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Days since 1970-01-01 for a proleptic Gregorian date (inverse of [`civil_from_days`]).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y.rem_euclid(400);
-    let month_index = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// Parses an ISO-8601 / RFC 3339 date-time such as `2024-03-01T12:34:56Z` (fractional
-/// seconds and `±HH:MM` offsets accepted) into Unix seconds.
-fn parse_iso8601(s: &str) -> Option<i64> {
-    let b = s.trim().as_bytes();
-    let num = |start: usize, len: usize| -> Option<i64> {
-        let digits = b.get(start..start.checked_add(len)?)?;
-        digits.iter().try_fold(0i64, |acc, &d| {
-            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
-        })
-    };
-    let sep = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-        return None;
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    // 60 is a leap second; like most parsers we fold it onto the next second.
-    if second > 60 {
-        return None;
-    }
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-    }
-    let offset_secs = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(&sign @ (b'+' | b'-')) => {
-            let oh = num(i + 1, 2)?;
-            let (om, end) = if b.get(i + 3) == Some(&b':') {
-                (num(i + 4, 2)?, i + 6)
-            } else {
-                (num(i + 3, 2)?, i + 5)
-            };
-            if end != b.len() || oh > 23 || om > 59 {
-                return None;
-            }
-            let off = oh * 3600 + om * 60;
-            if sign == b'+' {
-                off
-            } else {
-                -off
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs)
-}
-
 fn now_epoch_secs() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(_) => 0,
     }
-}
-
-/// ISO-8601 UTC rendering of a Unix time, for log messages.
-fn format_iso8601(epoch_secs: i64) -> String {
-    let (y, m, d) = civil_from_days(epoch_secs.div_euclid(86_400));
-    let s = epoch_secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1109,52 +1011,12 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_and_calendar() {
+    fn amz_timestamps() {
         assert_eq!(amz_date_and_timestamp(0).1, "19700101T000000Z");
         assert_eq!(amz_date_and_timestamp(-1).1, "19691231T235959Z");
         assert_eq!(amz_date_and_timestamp(951_782_400).1, "20000229T000000Z");
         assert_eq!(amz_date_and_timestamp(1_709_251_199).1, "20240229T235959Z");
         assert_eq!(amz_date_and_timestamp(1_956_441_601).1, "20311231T000001Z");
-        for days in (-800_000..800_000).step_by(97) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
-        }
-    }
-
-    #[test]
-    fn iso8601_parsing() {
-        assert_eq!(parse_iso8601("2024-03-01T12:34:56Z"), Some(1_709_296_496));
-        assert_eq!(
-            parse_iso8601("2024-03-01T12:34:56.789Z"),
-            Some(1_709_296_496)
-        );
-        assert_eq!(
-            parse_iso8601("2024-03-01T13:34:56+01:00"),
-            Some(1_709_296_496)
-        );
-        assert_eq!(
-            parse_iso8601("2024-03-01T11:04:56-0130"),
-            Some(1_709_296_496)
-        );
-        assert_eq!(
-            parse_iso8601(" 2024-02-29T23:59:59Z\n"),
-            Some(1_709_251_199)
-        );
-        for bad in [
-            "",
-            "2024-03-01",
-            "2024-03-01T12:34:56",
-            "2024-13-01T12:34:56Z",
-            "2024-03-01T12:34:5xZ",
-            "2024-03-01T12:34:56.Z",
-            "2024-03-01T12:34:56Zjunk",
-            "2024-03-01T12:34:56+01",
-            "2024/03/01T12:34:56Z",
-            "２０２４-03-01T12:34:56Z",
-        ] {
-            assert_eq!(parse_iso8601(bad), None, "{bad:?}");
-        }
-        assert_eq!(format_iso8601(1_709_296_496), "2024-03-01T12:34:56Z");
     }
 
     // ---- Reference tokens -------------------------------------------------------------------

@@ -2,9 +2,11 @@
 //! librdkafka (rdkafka `BaseProducer`, bundled librdkafka) and turns delivery reports into one
 //! [`Ack`] per record.
 //!
-//! May depend on: `rdkafka`, `config` (`KafkaConfig`, `KafkaAuth`), `handoff` (`Record`, `Ack`,
-//! `Outcome`, `FailKind`, `ConnRef`). Only this file touches rdkafka; it runs on the sink thread,
-//! never on a worker, and nothing in it blocks longer than the timeout its caller passes.
+//! May depend on: `kafka` (the settings every client shares, librdkafka logging, the
+//! OAUTHBEARER glue), `rdkafka`, `config` (`KafkaConfig`), `handoff` (`Record`, `Ack`,
+//! `Outcome`, `FailKind`, `ConnRef`). The producer's own settings live here. Of the sink, only
+//! this file touches rdkafka; it runs on the sink thread, never on a worker, and nothing in it
+//! blocks longer than the timeout its caller passes.
 //!
 //! Invariants:
 //! - Every record given to [`KafkaSink::send`] is resolved exactly once through `done` (at once
@@ -33,8 +35,11 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext, PurgeConfig};
 use rdkafka::statistics::Statistics;
 
-use crate::config::{KafkaAuth, KafkaConfig, KAFKA_MESSAGE_OVERHEAD_BYTES};
+use crate::config::{KafkaConfig, KAFKA_MESSAGE_OVERHEAD_BYTES};
 use crate::handoff::{Ack, ConnRef, FailKind, Outcome, Record};
+use crate::kafka::ClientSpec;
+// Re-exported for callers that still name it here (`runtime`); it lives in `kafka`.
+pub use crate::kafka::TokenProvider;
 
 /// `request.timeout.ms`: the Java proxy's hard-coded producer value (reference §1.3).
 const REQUEST_TIMEOUT_MS: u32 = 5000;
@@ -118,11 +123,13 @@ pub enum KafkaSinkError {
     Client(String),
 }
 
-/// Supplies SASL/OAUTHBEARER tokens (the MSK IAM signer implements it). Called on the sink
-/// thread, from inside [`KafkaSink::poll`], whenever librdkafka asks for a (new) token.
-pub trait TokenProvider: Send + Sync {
-    /// `(token, lifetime as milliseconds since the Unix epoch, principal name)`.
-    fn token(&self) -> Result<(String, i64, String), String>;
+impl From<crate::kafka::ConfigError> for KafkaSinkError {
+    fn from(e: crate::kafka::ConfigError) -> Self {
+        KafkaSinkError::Config {
+            key: e.key,
+            reason: e.reason,
+        }
+    }
 }
 
 /// Counters for metrics (cumulative since start).
@@ -212,17 +219,7 @@ impl ClientContext for Ctx {
         if fac == "UNKPID" {
             self.unknown_pid.store(true, Ordering::Relaxed);
         }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{msg}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
-        }
+        crate::kafka::log(level, fac, msg);
     }
 
     fn stats(&self, s: Statistics) {
@@ -255,20 +252,10 @@ impl ClientContext for Ctx {
         &self,
         _oauthbearer_config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        let Some(p) = &self.token else {
-            return Err("no OAUTHBEARER token provider configured".into());
-        };
-        match p.token() {
-            Ok((token, lifetime_ms, principal_name)) => Ok(OAuthToken {
-                token,
-                principal_name,
-                lifetime_ms,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka OAUTHBEARER token provider failed");
-                Err(e.into())
-            }
-        }
+        crate::kafka::oauth_token(
+            self.token.as_deref(),
+            |e| tracing::warn!(error = %e, "kafka OAUTHBEARER token provider failed"),
+        )
     }
 }
 
@@ -388,7 +375,9 @@ pub struct KafkaSink {
     return_warn_last: Option<Instant>,
 }
 
-/// The librdkafka configuration for `cfg` (pure: nothing is created or contacted).
+/// The librdkafka configuration for `cfg` (pure: nothing is created or contacted): the
+/// producer's own settings below, and what every client shares (`kafka::ClientSpec`: the
+/// property file's settings override the producer's, the auth type overrides both).
 /// `has_token` tells whether a [`TokenProvider`] is available (required for MSK IAM).
 pub fn producer_config(
     cfg: &KafkaConfig,
@@ -434,53 +423,29 @@ pub fn producer_config(
         .saturating_add(1)
         .min(i32::MAX as usize);
 
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("client.id", &cfg.client_id)
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.max.bytes", message_max.to_string())
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("request.timeout.ms", REQUEST_TIMEOUT_MS.to_string())
-        .set("linger.ms", LINGER_MS)
-        .set("compression.type", COMPRESSION)
-        .set("queue.buffering.max.kbytes", queue_kib.to_string())
-        .set("statistics.interval.ms", STATS_INTERVAL_MS)
-        .set("debug", DEBUG_CONTEXTS)
-        // rdkafka derives the level from the `log` crate, which this binary does not set
-        // up: without this the `eos` debug lines never reach `Ctx::log`.
-        .set_log_level(RDKafkaLogLevel::Debug)
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
-    for (k, v) in &cfg.extra_properties {
-        c.set(k, v);
-    }
-    match &cfg.auth {
-        KafkaAuth::None => {}
-        KafkaAuth::Ssl => {
-            c.set("security.protocol", "ssl");
-        }
-        KafkaAuth::ScramSha512 { username, password } => {
-            c.set("security.protocol", "sasl_ssl")
-                .set("sasl.mechanisms", "SCRAM-SHA-512");
-            if let Some(u) = username {
-                c.set("sasl.username", u);
-            }
-            if let Some(p) = password {
-                c.set("sasl.password", p);
-            }
-        }
-        KafkaAuth::MskIam => {
-            if !has_token {
-                return Err(config_err(
-                    "sasl.mechanisms",
-                    "msk-iam authentication needs an MSK IAM token provider, none was given".into(),
-                ));
-            }
-            c.set("security.protocol", "sasl_ssl")
-                .set("sasl.mechanisms", "OAUTHBEARER");
-        }
-    }
+    let spec = ClientSpec {
+        brokers: &cfg.brokers,
+        client_id: &cfg.client_id,
+        properties: &cfg.extra_properties,
+        auth: &cfg.auth,
+    };
+    let c = spec.client_config(has_token, |c| {
+        c.set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.max.bytes", message_max.to_string())
+            .set("message.timeout.ms", timeout_ms.to_string())
+            .set("request.timeout.ms", REQUEST_TIMEOUT_MS.to_string())
+            .set("linger.ms", LINGER_MS)
+            .set("compression.type", COMPRESSION)
+            .set("queue.buffering.max.kbytes", queue_kib.to_string())
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
+            .set("debug", DEBUG_CONTEXTS)
+            // rdkafka derives the level from the `log` crate, which this binary does not set
+            // up: without this the `eos` debug lines never reach `Ctx::log`.
+            .set_log_level(RDKafkaLogLevel::Debug)
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    })?;
     Ok(c)
 }
 
@@ -1245,6 +1210,7 @@ impl KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KafkaAuth;
     use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
@@ -1545,30 +1511,34 @@ mod tests {
         assert!(d[0] >= Duration::from_millis(40) && d[0] <= took, "{d:?}");
     }
 
-    #[test]
-    fn retriable_produce_errors_commit_once_in_order() {
+    /// Record 1 committed, then produce errors `errs` injected while records 2..=`n` go out:
+    /// every record must be committed once, in order, and be in the topic once.
+    fn commit_through_produce_errors(errs: &[RespErr], n: u32) -> KafkaSink {
         let m = mock(1);
         let bs = m.bootstrap_servers();
         let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
         let mut acks = Vec::new();
         send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
         poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
-        m.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
-        );
-        for n in 2..=10 {
-            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
+        m.request_errors(RDKafkaApiKey::Produce, errs);
+        for i in 2..=n {
+            send(&mut sink, rec(1, i, value(1, i)), &mut acks);
         }
-        poll_until(&mut sink, &mut acks, 10, Duration::from_secs(10));
-        assert_committed_in_order(&acks, &[1], 10);
-        let got = consume(&bs, 1, 10, Duration::from_secs(10));
+        poll_until(&mut sink, &mut acks, n as usize, Duration::from_secs(15));
+        assert_committed_in_order(&acks, &[1], n);
+        let got = consume(&bs, 1, n as usize, Duration::from_secs(10));
         let vals: Vec<Vec<u8>> = got.into_iter().map(|g| g.value).collect();
         assert_eq!(
             vals,
-            (1..=10).map(|n| value(1, n)).collect::<Vec<_>>(),
+            (1..=n).map(|i| value(1, i)).collect::<Vec<_>>(),
             "no duplicates"
         );
+        sink
+    }
+
+    #[test]
+    fn retriable_produce_errors_commit_once_in_order() {
+        commit_through_produce_errors(&[RespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4], 10);
     }
 
     /// A broker that no longer knows the producer answers UNKNOWN_PRODUCER_ID: no record is
@@ -1576,26 +1546,10 @@ mod tests {
     /// it gives up — tansu restarted without its state — and the producer is replaced runs in
     /// tests/kafka_real_faults.rs, row "broker killed and restarted", against tansu.)
     #[test]
-    fn unknown_producer_id_replaces_the_producer_and_loses_nothing() {
-        let m = mock(1);
-        let bs = m.bootstrap_servers();
-        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
-        let mut acks = Vec::new();
-        send(&mut sink, rec(1, 1, value(1, 1)), &mut acks);
-        poll_until(&mut sink, &mut acks, 1, Duration::from_secs(5));
-        m.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 2],
-        );
-        for n in 2..=6 {
-            send(&mut sink, rec(1, n, value(1, n)), &mut acks);
-        }
-        poll_until(&mut sink, &mut acks, 6, Duration::from_secs(15));
-        assert_committed_in_order(&acks, &[1], 6);
+    fn unknown_producer_id_loses_nothing() {
+        let sink =
+            commit_through_produce_errors(&[RespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 2], 6);
         assert_eq!(sink.counters().failed, [0; 5]);
-        let got = consume(&bs, 1, 6, Duration::from_secs(10));
-        let vals: Vec<Vec<u8>> = got.into_iter().map(|g| g.value).collect();
-        assert_eq!(vals, (1..=6).map(|n| value(1, n)).collect::<Vec<_>>());
     }
 
     #[test]

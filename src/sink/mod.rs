@@ -3,15 +3,17 @@
 //! `spool.rs` for records Kafka cannot take right now), and sends one ack per record back to
 //! the owning worker together with the emptied buffers.
 //!
-//! May depend on: `handoff`, `capture` types, the sink back-ends. Never runs on a worker.
+//! May depend on: `handoff`, `capture` types, the sink back-ends (which use `kafka`). Never
+//! runs on a worker.
 //!
 //! Invariant: every record received is acknowledged exactly once; on shutdown everything
 //! received before `SinkMsg::Shutdown` is committed (or failed) and the sink is synced.
 
 pub mod file;
 pub mod kafka;
-pub mod msk_iam;
 pub mod spool;
+// Moved to `kafka::msk_iam`; re-exported while `runtime` still names it here.
+pub use crate::kafka::msk_iam;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,12 +85,6 @@ pub enum Backend {
     Null,
     File(file::FileSink),
     Kafka(Box<kafka::KafkaSink>),
-}
-
-impl kafka::TokenProvider for msk_iam::MskIamTokenProvider {
-    fn token(&self) -> Result<(String, i64, String), String> {
-        msk_iam::MskIamTokenProvider::token(self)
-    }
 }
 
 /// How long the sink thread waits for a batch before doing periodic work. 50 ms keeps
