@@ -11,12 +11,18 @@
 //! closes is fine as long as the origin executed nothing the capture lacks. A bounded,
 //! seeded mutation fuzzer checks the same property against one Netty origin.
 //!
+//! One more origin is a real OpenSearch node (scripts/opensearch-node.sh, the release whose
+//! Netty the os-2.19.7 origin pins), started from Maven Central jars. It cannot log executed
+//! requests in full: its HTTP tracer gives each received request's method and target and
+//! whether the REST layer rejected it, so that test compares method and target only.
+//!
 //! Needs Java 11+ and Maven (Maven Central reachable on the first build; the builds are cached
 //! in ~/.cache/capture-proxy/netty-origin). Runs only with CAPTURE_PROXY_TEST_NETTY=1; otherwise
 //! each test prints that it was skipped and passes.
 //!
 //! Environment: CAPTURE_PROXY_FUZZ_SECS (fuzzer budget, default 20), CAPTURE_PROXY_FUZZ_SEED
-//! (default 13), CAPTURE_PROXY_FUZZ_ORIGIN (default es-7.10.2), CAPTURE_PROXY_PARITY_CASES
+//! (default 13), CAPTURE_PROXY_FUZZ_ORIGIN (default es-7.10.2; `opensearch-node` for the real
+//! node, compared on method and target), CAPTURE_PROXY_PARITY_CASES
 //! (comma-separated case names: run only those). `scripts/netty-origins.sh fuzz SECS [SEED]`
 //! runs the fuzzer longer.
 
@@ -329,6 +335,16 @@ fn parity_netty_os_3_9_0() {
     }
 }
 
+/// A real OpenSearch node (scripts/opensearch-node.sh; Maven Central jars, the server's own
+/// bootstrap and its transport-netty4 module), compared on method and target: its HTTP tracer
+/// is the log (see [`NodeOrigin`]).
+#[test]
+fn parity_opensearch_node() {
+    if enabled("parity_opensearch_node") {
+        run_corpus(Box::new(NodeOrigin::start()));
+    }
+}
+
 /// Every pinned release has its test above.
 #[test]
 fn every_pinned_netty_origin_has_a_test() {
@@ -521,7 +537,12 @@ fn fuzz_parity_netty() {
     let secs = env_num("CAPTURE_PROXY_FUZZ_SECS", 20);
     let seed = env_num("CAPTURE_PROXY_FUZZ_SEED", 13);
     let label = std::env::var("CAPTURE_PROXY_FUZZ_ORIGIN").unwrap_or_else(|_| "es-7.10.2".into());
-    let mut rig = Rig::new(Box::new(JavaOrigin::start(&label)));
+    let origin: Box<dyn TestOrigin> = if label == "opensearch-node" {
+        Box::new(NodeOrigin::start())
+    } else {
+        Box::new(JavaOrigin::start(&label))
+    };
+    let mut rig = Rig::new(origin);
     warm_up(&mut rig);
     let seeds = corpus();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

@@ -1439,15 +1439,8 @@ fn request_from(src: &mut ByteSource<'_>) -> GenRequest {
         5 => b"PATCH".to_vec(),
         6 => b"OPTIONS".to_vec(),
         7 => b"TRACE".to_vec(),
-        _ => {
-            let t = token_from(src);
-            // CONNECT and PRI change what the stream is; not here.
-            if t == b"CONNECT" || t == b"PRI" {
-                b"GET".to_vec()
-            } else {
-                t
-            }
-        }
+        // Only the methods the sources serve: the framer refuses the others (501).
+        _ => b"GET".to_vec(),
     };
     let tlen = src.below(24);
     let mut target = vec![b'/'];

@@ -390,6 +390,17 @@ pub trait TestOrigin: Send {
     fn name(&self) -> &str;
     fn addr(&self) -> SocketAddr;
     fn log_path(&self) -> &Path;
+    /// Called by the rig once the case's capture has settled, before it reads the log: an
+    /// origin that cannot log its connections' open and close waits here until it is idle and
+    /// brings its log up to date.
+    fn settle(&mut self, _deadline: Instant) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether the log knows only the request line's method and target (no version, header
+    /// fields or body): both sides are then compared on those two.
+    fn request_line_only(&self) -> bool {
+        false
+    }
 }
 
 /// Root of the repository (scripts/ lives there).
@@ -547,6 +558,213 @@ impl Drop for JavaOrigin {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real OpenSearch node (scripts/opensearch-node.sh: the server and its transport-netty4
+/// module from Maven Central, started by the server's own bootstrap), stopped on drop.
+///
+/// The node cannot log what it executed as the Netty origins do; its HTTP tracer
+/// (`org.opensearch.http.HttpTracer`) logs one line per request its REST layer received, with
+/// the exception when the request was bad (answered 400, nothing executed), and gives method
+/// and target only. [`TestOrigin::settle`] waits until the node has no HTTP connection open
+/// but the poll's own (`GET /_nodes/_local/stats/http`, not traced), then turns the new trace
+/// lines into the common log: `request` (or `rejected` with the error) with method and uri.
+pub struct NodeOrigin {
+    name: String,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    trace: PathBuf,
+    log: PathBuf,
+    /// Complete trace lines already turned into log lines.
+    trace_done: usize,
+    seq: u64,
+}
+
+/// Most time `scripts/opensearch-node.sh start` may take, resolving included (it bounds
+/// itself: Maven 600 s, start 180 s).
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(900);
+
+impl NodeOrigin {
+    pub fn start() -> NodeOrigin {
+        let script = repo_root().join("scripts/opensearch-node.sh");
+        let version = Command::new("bash")
+            .arg(&script)
+            .arg("version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .expect("run scripts/opensearch-node.sh version");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir.path())
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn opensearch-node.sh start");
+        let mut so = child.stdout.take().unwrap();
+        let mut se = child.stderr.take().unwrap();
+        let out_t = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = so.read_to_string(&mut s);
+            s
+        });
+        let err_t = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = se.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + NODE_START_TIMEOUT;
+        let status = loop {
+            match child.try_wait().expect("wait for opensearch-node.sh start") {
+                Some(st) => break Some(st),
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let out = out_t.join().unwrap_or_default();
+        let err = err_t.join().unwrap_or_default();
+        let port: Option<u16> = out.lines().last().and_then(|l| l.trim().parse().ok());
+        let port = match (status, port) {
+            (Some(st), Some(p)) if st.success() => p,
+            _ => {
+                let _ = Command::new("bash")
+                    .arg(&script)
+                    .arg("stop")
+                    .arg(dir.path())
+                    .status();
+                panic!("opensearch-node.sh start failed ({status:?}): {out}\n{err}");
+            }
+        };
+        eprint!("{err}");
+        let trace = dir.path().join("logs/http-trace.log");
+        let log = dir.path().join("origin.jsonl");
+        std::fs::write(&log, b"").expect("node origin log");
+        NodeOrigin {
+            name: format!("opensearch-node-{version}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            trace,
+            log,
+            trace_done: 0,
+            seq: 0,
+        }
+    }
+
+    /// The node's count of open HTTP connections (the poll's own included).
+    fn open_http_connections(&self) -> Result<u64, String> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        s.write_all(
+            b"GET /_nodes/_local/stats/http?filter_path=**.current_open HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n",
+        )
+        .map_err(|e| format!("write: {e}"))?;
+        let mut b = Vec::new();
+        let _ = s.read_to_end(&mut b);
+        let text = String::from_utf8_lossy(&b);
+        let at = text
+            .find("\"current_open\":")
+            .ok_or_else(|| format!("no current_open in {}", esc(&b, 300)))?;
+        let digits: String = text[at + 15..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits
+            .parse()
+            .map_err(|_| format!("bad current_open in {}", esc(&b, 300)))
+    }
+
+    /// Turns the trace lines written since the last call into log lines.
+    fn convert_trace(&mut self) {
+        let bytes = std::fs::read(&self.trace).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let complete = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
+        let lines: Vec<&str> = complete.lines().collect();
+        let mut out = String::new();
+        for l in lines.iter().skip(self.trace_done) {
+            if let Some(v) = self.trace_event(l) {
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+        }
+        self.trace_done = lines.len();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("node origin log");
+        f.write_all(out.as_bytes()).expect("write node origin log");
+    }
+
+    /// `[ID][OPAQUE_ID][METHOD][URI] received request from [CHANNEL]<TAB>EXCEPTION` as an event;
+    /// None for other lines (responses).
+    fn trace_event(&mut self, line: &str) -> Option<serde_json::Value> {
+        let (msg, error) = line.split_once('\t').unwrap_or((line, ""));
+        let head = &msg[..msg.rfind("] received request from [")? + 1];
+        // [ID][OPAQUE_ID][METHOD][URI]: the method is a token; the URI is the rest.
+        let mut rest = head;
+        for _ in 0..2 {
+            rest = &rest[rest.find("][")? + 1..];
+        }
+        let rest = rest.strip_prefix('[')?.strip_suffix(']')?;
+        let (method, uri) = rest.split_once("][")?;
+        self.seq += 1;
+        let mut v = serde_json::json!({
+            "event": if error.is_empty() { "request" } else { "rejected" },
+            "conn": 0, "seq": self.seq, "proto": "h1",
+            "method": method, "uri": uri, "version": "", "headers": [], "body": "",
+        });
+        if !error.is_empty() {
+            v["error"] = error.into();
+        }
+        Some(v)
+    }
+}
+
+impl TestOrigin for NodeOrigin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn log_path(&self) -> &Path {
+        &self.log
+    }
+    fn settle(&mut self, deadline: Instant) -> Result<(), String> {
+        let r = loop {
+            match self.open_http_connections() {
+                Ok(n) if n <= 1 => break Ok(()),
+                Ok(n) if Instant::now() >= deadline => {
+                    break Err(format!("{} HTTP connection(s) still open", n - 1))
+                }
+                Err(e) if Instant::now() >= deadline => break Err(e),
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.convert_trace();
+        r
+    }
+    fn request_line_only(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for NodeOrigin {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/opensearch-node.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .status();
     }
 }
 
@@ -1324,7 +1542,13 @@ impl Rig {
         for c in &new_conns {
             self.seen_conns.insert(c.id.clone());
         }
-        // Origin: every connection opened during the case has closed.
+        // Origin: idle (for an origin that cannot log connections), then every connection
+        // opened during the case has closed.
+        if let Err(e) = self.origin.settle(deadline) {
+            if settled.is_ok() {
+                settled = Err(format!("origin: {e}"));
+            }
+        }
         let events = loop {
             let (ev, _) = read_log(self.origin.log_path(), self.log_lines);
             let opened: HashSet<u64> = ev
@@ -1355,9 +1579,10 @@ impl Rig {
         self.log_lines = n;
         let mut captured: Vec<Req> = new_conns.iter().flat_map(captured_requests).collect();
         let mut executed: Vec<Req> = Vec::new();
+        let line_only = self.origin.request_line_only();
         for e in events.iter().filter(|e| e.event == "request") {
             let Some(mut r) = e.req.clone() else { continue };
-            if r.method == "PRI" && r.version == "HTTP/2.0" {
+            if r.method == "PRI" && (r.version == "HTTP/2.0" || (line_only && r.target == "*")) {
                 // The HTTP/2 preface, which a classic (HTTP/1-only) Netty pipeline hands on as
                 // a request: Elasticsearch's and OpenSearch's REST layer answers it 405 and
                 // runs nothing. The proxy passes the whole preface at connection start through
@@ -1374,6 +1599,11 @@ impl Rig {
                 r.version = r.version.replace("HTTP/2.0", "HTTP/1.1");
             }
             executed.push(r);
+        }
+        if line_only {
+            for r in captured.iter_mut().chain(executed.iter_mut()) {
+                *r = Req::new(&r.method, &r.target, "", &[], Vec::new());
+            }
         }
         let mut capture_dump = String::new();
         for c in &new_conns {
