@@ -26,7 +26,7 @@ use crate::stats::{Counter, RateLimit, WorkerStats};
 
 /// What the endpoint reports on.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub workers: Vec<Arc<WorkerStats>>,
     pub sink: Arc<SinkStats>,
     /// Set once shutdown has begun: `/ready` answers 503 from then on.
@@ -38,7 +38,7 @@ pub struct AdminState {
 
 /// The endpoint's own counters; only its thread writes them.
 #[derive(Debug, Default)]
-pub struct AdminStats {
+pub(crate) struct AdminStats {
     /// Admin connections open now.
     pub open: AtomicU64,
     /// Connections closed at [`REQUEST_DEADLINE`] before their answer was sent.
@@ -88,7 +88,7 @@ const WRITE_INTEREST: u32 = libc::EPOLLOUT as u32;
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 
 /// Binds and serves on a background thread. Returns the bound address.
-pub fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
+pub(crate) fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = bind(addr)?;
     let bound = listener.local_addr()?;
     let server = Server::new(listener, state)?;
@@ -695,7 +695,7 @@ fn readiness(state: &AdminState) -> (bool, &'static str) {
 
 /// Prometheus text exposition of every counter (summed over workers), the derived gauges and
 /// the merged histograms.
-pub fn render_metrics(state: &AdminState) -> String {
+pub(crate) fn render_metrics(state: &AdminState) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(8192);
     for c in Counter::ALL {

@@ -3,7 +3,7 @@
 //! Also owns every flag's default value (the `DEFAULT_*` constants at the end), so `cli` and
 //! tests read the same ones.
 //!
-//! May depend on: nothing on the data path (regex for compiled suppression rules).
+//! May depend on: `http1` (the rule types `SetHeader` and `SuppressConfig`, which it owns).
 //! Invariant: every `Config` that exists has passed validation — addresses resolved, regexes
 //! compiled, files readable, mutually exclusive options resolved into enums.
 
@@ -95,22 +95,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// One `--setHeader` entry (issue 4): name as given, value as given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetHeader {
-    pub name: String,
-    pub value: String,
-}
-
-/// Compiled suppression rules. Each regex is anchored so `is_match` is a *full* match.
-#[derive(Debug, Clone, Default)]
-pub struct SuppressConfig {
-    /// (lower-cased header name, anchored value regex)
-    pub header_matches: Vec<(String, regex::bytes::Regex)>,
-    pub method: Option<regex::bytes::Regex>,
-    pub uri_path: Option<regex::bytes::Regex>,
-    pub method_and_path: Option<regex::bytes::Regex>,
-}
+/// The `--setHeader` entries and the `--suppressCaptureFor*` rules: `http1` owns these types
+/// (it applies them); a `Config` holds them.
+pub use crate::http1::{SetHeader, SuppressConfig};
 
 /// Client-facing TLS (issue 4). Paths are validated at start-up.
 #[derive(Debug, Clone)]
@@ -200,7 +187,7 @@ pub struct Config {
 impl Config {
     /// Largest serialized TrafficStream this process writes (capture-format.md: "A record's
     /// value is at most --maxTrafficBufferSize minus 500 bytes").
-    pub fn max_record_bytes(&self) -> usize {
+    pub(crate) fn max_record_bytes(&self) -> usize {
         self.max_traffic_buffer_size
             .saturating_sub(KAFKA_MESSAGE_OVERHEAD_BYTES)
     }
@@ -250,7 +237,7 @@ impl Config {
 }
 
 /// Bytes reserved for the Kafka record envelope (the Java proxy's `KAFKA_MESSAGE_OVERHEAD_BYTES`).
-pub const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 500;
+pub(crate) const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 500;
 
 // ---------------------------------------------------------------------------------------------
 // Flag defaults: the one table. Each is named `DEFAULT_` + the flag's environment name
@@ -262,54 +249,54 @@ pub const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 500;
 // ---------------------------------------------------------------------------------------------
 
 /// `--kafkaTopic` (Java default).
-pub const DEFAULT_KAFKA_TOPIC: &str = "logging-traffic-topic";
+pub(crate) const DEFAULT_KAFKA_TOPIC: &str = "logging-traffic-topic";
 /// `--kafkaClientId` (Java default).
-pub const DEFAULT_KAFKA_CLIENT_ID: &str = "HttpCaptureProxyProducer";
+pub(crate) const DEFAULT_KAFKA_CLIENT_ID: &str = "HttpCaptureProxyProducer";
 /// `--maxTrafficBufferSize` (Java default, 1 MiB).
-pub const DEFAULT_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024 * 1024;
 /// `--numThreads`: 0 = one worker per allowed CPU.
-pub const DEFAULT_NUM_THREADS: usize = 0;
+pub(crate) const DEFAULT_NUM_THREADS: usize = 0;
 /// `--destinationConnectionPoolSize`: no pre-connected sockets (Java default).
-pub const DEFAULT_DESTINATION_CONNECTION_POOL_SIZE: usize = 0;
+pub(crate) const DEFAULT_DESTINATION_CONNECTION_POOL_SIZE: usize = 0;
 /// `--destinationConnectionPoolTimeout` (Java `PT30S`).
-pub const DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `--trace-file-max-bytes`: 256 MiB (see `FileSinkConfig::max_file_bytes`).
-pub const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// `--io-driver`: io_uring, falling back to epoll.
-pub const DEFAULT_IO_DRIVER: IoDriver = IoDriver::Auto;
+pub(crate) const DEFAULT_IO_DRIVER: IoDriver = IoDriver::Auto;
 /// `--admin-listen`: loopback only, so metrics are not exposed by accident.
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9901);
 /// `--capture-flush-interval` (cli.md).
-pub const DEFAULT_CAPTURE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CAPTURE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// `--kafka-ack-timeout`: the Java producer's `delivery.timeout.ms` (10 s).
-pub const DEFAULT_KAFKA_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_KAFKA_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--capture-failure-policy`: a lost capture never blocks traffic.
-pub const DEFAULT_CAPTURE_FAILURE_POLICY: FailurePolicy = FailurePolicy::Forward;
+pub(crate) const DEFAULT_CAPTURE_FAILURE_POLICY: FailurePolicy = FailurePolicy::Forward;
 /// `--spool-max-bytes`: 1 GiB, about 100 s of capture at 10 MB/s — longer than a typical
 /// broker failover — while small next to the disks proxies run on.
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub(crate) const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// `--client-idle-timeout`: 10 minutes between requests. Above the idle timeouts of the load
 /// balancers in front (ALB 60 s by default, NLB 350 s), so the balancer, not the proxy, closes
 /// an idle connection it might reuse; frees the connections of clients that vanished without
 /// a FIN.
-pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// `--request-head-timeout` (cli.md).
-pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// `--request-body-timeout`: 60 s without a byte in the middle of a request (head or body)
 /// ends the connection (408). Long enough for any client that is still sending (a stalled TCP
 /// flow retransmits within seconds), short enough that a client stuck mid-body cannot pin its
 /// buffers for long (issue 13: 5 000 of them held 410 MB).
-pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `--source-max-initial-line-length`: 4 KiB, Elasticsearch's and OpenSearch's
 /// `http.max_initial_line_length` default (their Netty decoder's limit).
-pub const DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH: u64 = 4 * 1024;
+pub(crate) const DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH: u64 = 4 * 1024;
 /// Default `--source-max-header-size`: 8 KiB, Elasticsearch's and OpenSearch's
 /// `http.max_header_size` default.
-pub const DEFAULT_SOURCE_MAX_HEADER_SIZE: u64 = 8 * 1024;
+pub(crate) const DEFAULT_SOURCE_MAX_HEADER_SIZE: u64 = 8 * 1024;
 /// `--tcp-keepalive`: well under the 350 s after which load balancers drop idle flows.
-pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// `--drain-timeout` on SIGTERM.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `--log-format`.
-pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;

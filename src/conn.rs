@@ -8,7 +8,9 @@
 //! plain TCP or TLS on either side, monomorphised (no dynamic dispatch on the plaintext path).
 //! A TLS client is registered (and so captured) only once its handshake succeeded.
 //!
-//! May depend on: `http1`, `capture`, `upstream`, `tls`, `worker` (context, emitter), `stats`.
+//! May depend on: `worker` (the per-core context this runs in, `ConnState`), `http1`,
+//! `capture`, `upstream` (the destination connection), `tls` (stream halves, handshake),
+//! `buf` (read buffers), `handoff` (ack outcomes), `config` (`FailurePolicy`), `stats`.
 //!
 //! Invariants:
 //! - Bytes are forwarded unchanged, in order, from the buffer they were read into.
@@ -29,12 +31,13 @@ use monoio::buf::IoBuf;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
+use crate::buf::{IoBufs, StreamLease, IO_BUF_BYTES};
 use crate::capture::encode::Timestamp;
 use crate::config::FailurePolicy;
 use crate::handoff::{FailKind, Outcome};
 use crate::http1::{Event, FrameError, FramerLimits, RequestFramer};
 use crate::http1::{ExpectedResponse, REvent, ResponseFramer};
-use crate::stats::Counter;
+use crate::stats::{Counter, RateLimit};
 use crate::tls::{StreamRead, StreamWrite};
 use crate::upstream::{ConnectError, Halves};
 use crate::worker::{ConnState, Ctx, StopReason};
@@ -76,7 +79,7 @@ const RECORD_SOFT_FLUSH_BYTES: usize = 64 * 1024;
 const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Full 64 KiB reads in a row after which a direction switches to a streaming buffer
-/// (`worker::STREAM_BUF_BYTES`): two, so a 64 KiB response (one full read and a short one)
+/// (`buf::STREAM_BUF_BYTES`): two, so a 64 KiB response (one full read and a short one)
 /// never takes one, while a large body does after its first 128 KiB.
 const STREAM_AFTER_FULL_READS: u8 = 2;
 
@@ -88,7 +91,7 @@ struct ReadBufs {
     small_bytes: usize,
     /// Consecutive reads that filled the 64 KiB buffer.
     full_reads: u8,
-    lease: Option<crate::worker::StreamLease>,
+    lease: Option<StreamLease>,
 }
 
 impl ReadBufs {
@@ -106,15 +109,15 @@ impl ReadBufs {
     /// (`last_full`: the previous read filled its buffer). Inside a message too, a peer that
     /// trickles (the last read brought less than a small buffer holds) reads into the small
     /// buffer: a slow or stuck peer never pins a pooled one while its read waits.
-    fn choose(&mut self, ctx: &Ctx, current: Vec<u8>, idle: bool, last_full: bool) -> Vec<u8> {
+    fn choose(&mut self, pool: &IoBufs, current: Vec<u8>, idle: bool, last_full: bool) -> Vec<u8> {
         let cap = current.capacity();
         let trickle = !last_full && current.len() < self.small_bytes;
         if idle || (trickle && self.lease.is_none()) {
             self.full_reads = 0;
-            if cap < crate::worker::IO_BUF_BYTES {
+            if cap < IO_BUF_BYTES {
                 return current;
             }
-            ctx.put_io_buf(current);
+            pool.put(current);
             self.lease = None;
             let mut small = std::mem::take(&mut self.small);
             if small.capacity() < self.small_bytes {
@@ -122,11 +125,11 @@ impl ReadBufs {
             }
             return small;
         }
-        if cap < crate::worker::IO_BUF_BYTES {
+        if cap < IO_BUF_BYTES {
             // The small buffer filled: bytes are flowing, take a pooled one.
             self.small = current;
             self.full_reads = 0;
-            return ctx.take_io_buf();
+            return pool.take();
         }
         if self.lease.is_some() {
             return current;
@@ -137,8 +140,8 @@ impl ReadBufs {
             0
         };
         if self.full_reads >= STREAM_AFTER_FULL_READS {
-            if let Some((big, lease)) = ctx.take_stream_buf() {
-                ctx.put_io_buf(current);
+            if let Some((big, lease)) = pool.take_stream() {
+                pool.put(current);
                 self.lease = Some(lease);
                 return big;
             }
@@ -272,7 +275,7 @@ pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, peer: SocketAddr) {
 /// destination connection, and runs the exchange.
 async fn serve_client<CR: StreamRead, CW: StreamWrite>(ctx: Rc<Ctx>, cr: CR, cw: CW) {
     let st = ctx.register();
-    let upstream = match crate::upstream::get(&ctx).await {
+    let upstream = match ctx.pool.get().await {
         Ok(u) => u,
         Err(e) => {
             ctx.stats.inc(Counter::UpstreamConnectFailed);
@@ -344,8 +347,8 @@ where
 fn framer_limits(ctx: &Ctx) -> FramerLimits {
     FramerLimits {
         max_head_bytes: ctx.settings.max_head_bytes,
-        max_request_line_bytes: ctx.settings.max_request_line_bytes,
-        max_header_bytes: ctx.settings.max_header_bytes,
+        max_request_line_bytes: ctx.settings.source_max_initial_line_length,
+        max_header_bytes: ctx.settings.source_max_header_size,
         ..FramerLimits::default()
     }
 }
@@ -370,7 +373,7 @@ async fn connect_failed<CR: StreamRead, CW: StreamWrite>(
     msg.push_str("destination unreachable: ");
     msg.push_str(&err.to_string());
     ctx.with_capture(st, |b, e| b.connection_exception(ts, &msg, e));
-    let buf = ctx.take_io_buf();
+    let buf = ctx.bufs.take();
     // Give the client a moment to send its request so the 502 answers it (and the close does
     // not reset the connection under unread bytes); a silent client just gets closed.
     let wait = ctx
@@ -390,7 +393,7 @@ async fn connect_failed<CR: StreamRead, CW: StreamWrite>(
         Ok((_, b)) => b,
         Err(_) => Vec::with_capacity(0),
     };
-    ctx.put_io_buf(buf);
+    ctx.bufs.put(buf);
     cw.close(st.u2c_handle()).await;
 }
 
@@ -436,7 +439,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
         if ctx.sink_congested() {
             ctx.wait_uncongested().await;
         }
-        buf = bufs.choose(ctx, buf, st.req_idle.get() && !last_full, last_full);
+        buf = bufs.choose(&ctx.bufs, buf, st.req_idle.get() && !last_full, last_full);
         buf.clear();
         let (res, b) = cr.recv(buf, st.c2u_handle()).await;
         buf = b;
@@ -569,7 +572,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                     x.sent_at.borrow_mut().push_back(std::time::Instant::now());
                     rq.suppressed = capturing
                         && ctx.settings.suppress_any
-                        && crate::http1::suppress::is_suppressed(&ctx.settings.suppress, &head);
+                        && crate::http1::is_suppressed(&ctx.settings.suppress, &head);
                     let head_method = head.method;
                     x.resp.borrow_mut().expect(ExpectedResponse {
                         id: 0,
@@ -651,8 +654,8 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                         }
                         if let Outcome::Failed(kind) = outcome {
                             ctx.stats.inc(Counter::HoldFailed);
-                            crate::upstream::warn_hold_failed(kind);
-                            if ctx.settings.failure_policy == FailurePolicy::Reject {
+                            warn_hold_failed(kind);
+                            if ctx.settings.capture_failure_policy == FailurePolicy::Reject {
                                 ctx.stats.inc(Counter::HoldRejected);
                                 // The record may still be committed later (a broker that
                                 // comes back): say in the capture that this request was not
@@ -780,7 +783,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
         if st.outstanding.get() == 0 {
             st.stop_u2c(StopReason::PeerDone);
         }
-        buf = bufs.choose(ctx, buf, true, false);
+        buf = bufs.choose(&ctx.bufs, buf, true, false);
         while st.c2u_stop.get().is_none() {
             buf.clear();
             let (res, b) = cr.recv(buf, st.c2u_handle()).await;
@@ -791,7 +794,7 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
             }
         }
     }
-    ctx.put_io_buf(buf);
+    ctx.bufs.put(buf);
     match &end {
         C2uEnd::ClientEof => {
             // Half-close toward the destination; responses keep flowing.
@@ -906,7 +909,12 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
             // Responses are captured too: pause reading them while the sink is behind.
             ctx.wait_uncongested().await;
         }
-        buf = bufs.choose(ctx, buf, st.outstanding.get() == 0 && !last_full, last_full);
+        buf = bufs.choose(
+            &ctx.bufs,
+            buf,
+            st.outstanding.get() == 0 && !last_full,
+            last_full,
+        );
         buf.clear();
         let (res, b) = ur.recv(buf, st.u2c_handle()).await;
         buf = b;
@@ -1062,11 +1070,11 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
         if x.c2u_done.get() && st.outstanding.get() == 0 {
             break U2cEnd::Stopped;
         }
-        if ctx.draining.get() && st.is_exchange_idle() {
+        if ctx.draining() && st.is_exchange_idle() {
             st.stop_c2u(StopReason::Drain);
         }
     };
-    ctx.put_io_buf(buf);
+    ctx.bufs.put(buf);
     // The destination is gone (or we stop): the client side ends too (also when it only
     // lingers after a connection-ending request).
     st.stop_c2u(StopReason::PeerDone);
@@ -1132,7 +1140,22 @@ fn response_done(st: &ConnState, x: &Exchange) {
     x.resp_started.set(false);
 }
 
-#[allow(dead_code)]
-fn fail_kind_text(k: FailKind) -> &'static str {
-    k.as_str()
+/// Least time between two "held request's record not committed" warnings (s); the rest are
+/// counted (`holdFailed_total`) and reported as suppressed in the next warning.
+const HOLD_WARN_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+thread_local! {
+    static HOLD_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(HOLD_WARN_PERIOD));
+}
+
+fn warn_hold_failed(kind: FailKind) {
+    HOLD_WARN.with(|r| {
+        if let Some(suppressed) = r.borrow_mut().allow() {
+            tracing::warn!(
+                reason = kind.as_str(),
+                suppressed,
+                "mutating request's capture record was not committed; applying --capture-failure-policy"
+            );
+        }
+    });
 }

@@ -59,7 +59,7 @@ pub enum FailKind {
 }
 
 impl FailKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailKind::TooLarge => "record too large",
             FailKind::Timeout => "delivery timed out",
@@ -120,7 +120,7 @@ impl Returned {
 const MAX_RETURNED_BUFFERS: usize = 256;
 /// Most emptied batch vectors the inbox keeps for return: enough for the batches in flight
 /// in steady state (a sink that keeps up holds a handful).
-pub const MAX_RETURNED_RECORD_VECS: usize = 64;
+pub(crate) const MAX_RETURNED_RECORD_VECS: usize = 64;
 
 /// The sink→worker inbox of one worker.
 pub struct Inbox {
@@ -177,7 +177,7 @@ impl Inbox {
     }
 
     /// Ask the worker to look at its control flags.
-    pub fn poke_control(&self) {
+    pub(crate) fn poke_control(&self) {
         self.control.store(true, Ordering::Release);
         self.wake();
     }
@@ -208,7 +208,7 @@ impl Inbox {
     }
 
     /// Worker side: was a control change signalled since the last call?
-    pub fn take_control(&self) -> bool {
+    pub(crate) fn take_control(&self) -> bool {
         self.control.swap(false, Ordering::AcqRel)
     }
 }
@@ -245,7 +245,7 @@ impl BatchSender {
         }
     }
     /// Used once, at shutdown, from a non-worker thread (may block).
-    pub fn send_shutdown(&self) {
+    pub(crate) fn send_shutdown(&self) {
         let _ = self.tx.send(SinkMsg::Shutdown);
     }
 }
@@ -266,7 +266,7 @@ impl BatchReceiver {
         }
     }
 
-    pub fn try_recv(&self) -> Option<SinkMsg> {
+    pub(crate) fn try_recv(&self) -> Option<SinkMsg> {
         self.rx.try_recv().ok().map(|m| self.taken(m))
     }
 
@@ -278,7 +278,7 @@ impl BatchReceiver {
     }
 
     /// Bytes of records waiting in the queue.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 }
@@ -286,13 +286,13 @@ impl BatchReceiver {
 /// Batches the queue holds before workers see back-pressure. 1024 batches of up to
 /// `BATCH_MAX_BYTES` each is far above what the sink drains per millisecond, so a full
 /// queue means the sink is genuinely behind.
-pub const QUEUE_BATCHES: usize = 1024;
+pub(crate) const QUEUE_BATCHES: usize = 1024;
 
 /// Most bytes of records waiting in the queue (64 MiB): bounds the memory a slow sink can
 /// pin (the queue alone would allow 1024 batches of ~1 MiB records); at the bound, workers
 /// pause reading from their peers (back-pressure). A single batch larger than the bound is
 /// still accepted when the queue is empty.
-pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 pub fn channel() -> (BatchSender, BatchReceiver) {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_BATCHES);

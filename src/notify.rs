@@ -35,7 +35,7 @@ impl Notifier {
         self.watchdog.map(|w| w / 2)
     }
 
-    pub fn send(&self, msg: &str) {
+    pub(crate) fn send(&self, msg: &str) {
         if let Some((d, path)) = &self.sock {
             let r = if let Some(abstract_name) = path.strip_prefix('@') {
                 send_abstract(d, abstract_name, msg)

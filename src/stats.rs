@@ -19,9 +19,9 @@ macro_rules! counters {
         #[repr(usize)]
         pub enum Counter { $( $variant, )* }
         impl Counter {
-            pub const ALL: &'static [Counter] = &[ $( Counter::$variant, )* ];
+            pub(crate) const ALL: &'static [Counter] = &[ $( Counter::$variant, )* ];
             pub fn name(self) -> &'static str { match self { $( Counter::$variant => $name, )* } }
-            pub fn help(self) -> &'static str { match self { $( Counter::$variant => $help, )* } }
+            pub(crate) fn help(self) -> &'static str { match self { $( Counter::$variant => $help, )* } }
         }
     };
 }
@@ -104,7 +104,7 @@ impl Default for WorkerStats {
 /// A latency histogram in microseconds: 1 µs .. 1 hour at 2 significant digits (~1 % error,
 /// ~20 KiB). One hour bounds every latency the proxy measures (the longest is a slow upstream
 /// response); larger values are clamped to it by [`record_into`].
-pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+pub(crate) fn new_histogram() -> hdrhistogram::Histogram<u64> {
     match hdrhistogram::Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 2) {
         Ok(h) => h,
         Err(_) => hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_hist()),
@@ -118,23 +118,23 @@ fn unreachable_hist() -> hdrhistogram::Histogram<u64> {
 
 impl WorkerStats {
     #[inline]
-    pub fn add(&self, c: Counter, n: u64) {
+    pub(crate) fn add(&self, c: Counter, n: u64) {
         if let Some(v) = self.values.get(c as usize) {
             v.fetch_add(n, Ordering::Relaxed);
         }
     }
     #[inline]
-    pub fn inc(&self, c: Counter) {
+    pub(crate) fn inc(&self, c: Counter) {
         self.add(c, 1)
     }
-    pub fn get(&self, c: Counter) -> u64 {
+    pub(crate) fn get(&self, c: Counter) -> u64 {
         self.values
             .get(c as usize)
             .map_or(0, |v| v.load(Ordering::Relaxed))
     }
     /// Records a duration in a histogram without blocking: if a reader holds it (the admin
     /// endpoint merging, for microseconds), this one sample is dropped.
-    pub fn record(&self, h: &Mutex<hdrhistogram::Histogram<u64>>, d: Duration) {
+    pub(crate) fn record(&self, h: &Mutex<hdrhistogram::Histogram<u64>>, d: Duration) {
         if let Ok(mut g) = h.try_lock() {
             record_into(&mut g, d);
         }
@@ -145,7 +145,7 @@ impl WorkerStats {
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 
 /// Records `d` (µs) in `h`, clamped to the histogram's range so no sample is lost.
-pub fn record_into(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
+pub(crate) fn record_into(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
     let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let _ = h.record(us.min(HISTOGRAM_MAX_US));
 }
@@ -157,14 +157,14 @@ pub fn total(workers: &[std::sync::Arc<WorkerStats>], c: Counter) -> u64 {
 
 /// Allows one event per `period`, counting the ones it suppressed.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     period: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl RateLimit {
-    pub fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         RateLimit {
             period,
             last: None,
@@ -172,7 +172,7 @@ impl RateLimit {
         }
     }
     /// `Some(number suppressed since the last allowed one)` when this one may be logged.
-    pub fn allow(&mut self) -> Option<u64> {
+    pub(crate) fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
         match self.last {
             Some(t) if now.duration_since(t) < self.period => {

@@ -486,11 +486,6 @@ impl TlsStream {
         }
     }
 
-    /// The underlying socket (socket options, liveness checks).
-    pub fn tcp(&self) -> &TcpStream {
-        &self.io
-    }
-
     /// For a ready, unused connection: whether the peer still has it open. Reads whatever
     /// waits on the socket without blocking (kept for the session: nothing is lost) and
     /// lets rustls process it; `false` on EOF, a socket error, `close_notify` or another
@@ -538,11 +533,6 @@ impl TlsStream {
             }
         }
         true
-    }
-
-    /// The ALPN protocol agreed, if any.
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
     }
 
     /// Splits into a read and a write half sharing the TLS session.

@@ -2,26 +2,27 @@
 //! TLS toward `https://` destinations, the per-worker pool of pre-connected destination
 //! connections, socket options, and the rate-limited warnings for destination failures.
 //!
-//! May depend on: `worker` (`Settings`, `Ctx`, `Signal`), `tls`, `stats`.
+//! May depend on: `tls` (the TLS client), `stats` (counters, rate limiter), `signal` (the
+//! refiller's wake-up).
 //!
 //! Invariants: a connect never waits longer than `CONNECT_TIMEOUT` (plus
 //! `tls::HANDSHAKE_TIMEOUT` for TLS); every failure is counted by the caller and logged here
 //! at most once per `WARN_PERIOD` with a suppressed count. A pooled connection is handed to
 //! exactly one client and never comes back to the pool.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
-use crate::handoff::FailKind;
-use crate::stats::{Counter, RateLimit};
-use crate::tls::{HandshakeError, TlsStream};
-use crate::worker::{Ctx, Settings, Signal};
+use crate::signal::Signal;
+use crate::stats::{Counter, RateLimit, WorkerStats};
+use crate::tls::{DestinationTls, HandshakeError, TlsStream};
 
 /// Most time one destination connect may take (s). 10 s matches the Java proxy's Netty
 /// default connect timeout order of magnitude and keeps a dead destination from pinning
@@ -44,7 +45,6 @@ const POOL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 thread_local! {
     static CONNECT_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(WARN_PERIOD));
-    static HOLD_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(WARN_PERIOD));
     static POOL_WARN: RefCell<RateLimit> = RefCell::new(RateLimit::new(WARN_PERIOD));
 }
 
@@ -170,113 +170,151 @@ pub fn spawn_resolver(
     Ok(())
 }
 
-/// Connects to the first destination address that answers (TCP only).
-async fn connect_tcp(s: &Settings) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no destination address");
-    let addrs = s.destination.snapshot();
-    for addr in addrs.iter() {
-        match monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(*addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                set_keepalive(&stream, s.tcp_keepalive);
-                return Ok(stream);
+/// Where and how the workers connect to the destination: built once at start-up, shared by
+/// every worker.
+#[derive(Debug)]
+pub struct Destination {
+    /// `--destinationUri`'s host and port, resolved (and re-resolved in the background).
+    pub addrs: Arc<DestinationAddrs>,
+    /// TLS toward an `https://` destination; `None` for `http://`.
+    pub tls: Option<DestinationTls>,
+    /// `--tcp-keepalive` for destination connections.
+    pub tcp_keepalive: Option<Duration>,
+}
+
+impl Destination {
+    /// Connects to the first destination address that answers (TCP only).
+    async fn connect_tcp(&self) -> std::io::Result<TcpStream> {
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no destination address");
+        let addrs = self.addrs.snapshot();
+        for addr in addrs.iter() {
+            match monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(*addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    set_keepalive(&stream, self.tcp_keepalive);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                }
             }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        }
+        Err(last)
+    }
+
+    /// Opens a new destination connection: TCP, then TLS for an `https://` destination.
+    pub async fn connect(&self) -> Result<Upstream, ConnectError> {
+        let tcp = self.connect_tcp().await.map_err(ConnectError::Connect)?;
+        match &self.tls {
+            None => Ok(Upstream::Plain(tcp)),
+            Some(d) => match crate::tls::connect(tcp, d).await {
+                Ok(t) => Ok(Upstream::Tls(Box::new(t))),
+                Err(e) => Err(ConnectError::Tls(e)),
+            },
         }
     }
-    Err(last)
 }
 
-/// Opens a new destination connection: TCP, then TLS for an `https://` destination.
-pub async fn connect(s: &Settings) -> Result<Upstream, ConnectError> {
-    let tcp = connect_tcp(s).await.map_err(ConnectError::Connect)?;
-    match &s.destination_tls {
-        None => Ok(Upstream::Plain(tcp)),
-        Some(d) => match crate::tls::connect(tcp, d).await {
-            Ok(t) => Ok(Upstream::Tls(Box::new(t))),
-            Err(e) => Err(ConnectError::Tls(e)),
-        },
-    }
-}
-
-/// A destination connection for a new client: a ready one from the pool (hot) when there
-/// is one, else a new one (cold).
-pub async fn get(ctx: &Ctx) -> Result<Upstream, ConnectError> {
-    let s = &ctx.settings;
-    if s.pool_size > 0 {
-        let got = ctx.pool.take(s.pool_timeout, ctx);
-        ctx.pool.wake();
-        if let Some(u) = got {
-            ctx.stats.inc(Counter::DestPoolHot);
-            return Ok(u);
-        }
-        ctx.stats.inc(Counter::DestPoolCold);
-    }
-    connect(s).await
-}
-
-/// One worker's ready destination connections, oldest first.
+/// One worker's destination connections: hands each new client one, from the ready ones
+/// (oldest first) when `--destinationConnectionPoolSize` > 0, else a new one.
 pub struct Pool {
+    destination: Arc<Destination>,
+    /// `--destinationConnectionPoolSize`: ready connections kept (0: no pool).
+    destination_pool_size: usize,
+    /// `--destinationConnectionPoolTimeout`: age after which an unused one is replaced.
+    destination_pool_timeout: Duration,
+    /// The owning worker's counters.
+    stats: Arc<WorkerStats>,
     ready: RefCell<VecDeque<(Instant, Upstream)>>,
-    /// Wakes the refiller (a connection was taken).
+    /// Wakes the refiller (a connection was taken, or the pool closed).
     taken: Signal,
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        Pool {
-            ready: RefCell::new(VecDeque::new()),
-            taken: Signal::default(),
-        }
-    }
+    /// The worker drains: no more refills.
+    closed: Cell<bool>,
 }
 
 impl Pool {
+    pub fn new(
+        destination: Arc<Destination>,
+        destination_pool_size: usize,
+        destination_pool_timeout: Duration,
+        stats: Arc<WorkerStats>,
+    ) -> Pool {
+        Pool {
+            destination,
+            destination_pool_size,
+            destination_pool_timeout,
+            stats,
+            ready: RefCell::new(VecDeque::new()),
+            taken: Signal::default(),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// A destination connection for a new client: a ready one from the pool (hot) when there
+    /// is one, else a new one (cold).
+    pub async fn get(&self) -> Result<Upstream, ConnectError> {
+        if self.destination_pool_size > 0 {
+            let got = self.take();
+            self.taken.notify();
+            if let Some(u) = got {
+                self.stats.inc(Counter::DestPoolHot);
+                return Ok(u);
+            }
+            self.stats.inc(Counter::DestPoolCold);
+        }
+        self.destination.connect().await
+    }
+
+    /// Whether a refiller should run (`--destinationConnectionPoolSize` > 0).
+    pub fn enabled(&self) -> bool {
+        self.destination_pool_size > 0
+    }
+
+    /// The worker drains: drops every ready connection, and the refiller stops.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.clear();
+        self.taken.notify();
+    }
+
     /// The oldest ready connection that is neither expired nor closed by the destination;
     /// the expired and closed ones met on the way are dropped (and counted).
-    fn take(&self, max_age: Duration, ctx: &Ctx) -> Option<Upstream> {
+    fn take(&self) -> Option<Upstream> {
         loop {
             let (since, mut u) = self.ready.borrow_mut().pop_front()?;
-            if since.elapsed() >= max_age {
-                ctx.stats.inc(Counter::DestPoolExpired);
+            if since.elapsed() >= self.destination_pool_timeout {
+                self.stats.inc(Counter::DestPoolExpired);
                 continue;
             }
             if !u.looks_alive() {
-                ctx.stats.inc(Counter::DestPoolDiscarded);
+                self.stats.inc(Counter::DestPoolDiscarded);
                 continue;
             }
             return Some(u);
         }
     }
 
-    fn wake(&self) {
-        self.taken.notify();
-    }
-
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.ready.borrow().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ready.borrow().is_empty()
-    }
-
-    /// Drops every ready connection (drain).
-    pub fn clear(&self) {
+    /// Drops every ready connection.
+    fn clear(&self) {
         let drained: Vec<(Instant, Upstream)> = self.ready.borrow_mut().drain(..).collect();
         drop(drained);
     }
 
-    /// Drops the ready connections older than `max_age` or closed by the destination.
-    fn evict(&self, max_age: Duration, ctx: &Ctx) {
+    /// Drops the ready connections older than `--destinationConnectionPoolTimeout` or closed
+    /// by the destination.
+    fn evict(&self) {
         let mut keep = VecDeque::new();
         let old = std::mem::take(&mut *self.ready.borrow_mut());
         for (since, mut u) in old {
-            if since.elapsed() >= max_age {
-                ctx.stats.inc(Counter::DestPoolExpired);
+            if since.elapsed() >= self.destination_pool_timeout {
+                self.stats.inc(Counter::DestPoolExpired);
             } else if !u.looks_alive() {
-                ctx.stats.inc(Counter::DestPoolDiscarded);
+                self.stats.inc(Counter::DestPoolDiscarded);
             } else {
                 keep.push_back((since, u));
             }
@@ -288,38 +326,37 @@ impl Pool {
     }
 
     /// Time until the oldest ready connection expires.
-    fn next_expiry(&self, max_age: Duration) -> Option<Duration> {
-        self.ready
-            .borrow()
-            .front()
-            .map(|(since, _)| max_age.saturating_sub(since.elapsed()))
+    fn next_expiry(&self) -> Option<Duration> {
+        self.ready.borrow().front().map(|(since, _)| {
+            self.destination_pool_timeout
+                .saturating_sub(since.elapsed())
+        })
     }
 }
 
-/// The worker's pool refiller: keeps `pool_size` ready destination connections, replaces
-/// the ones that expire, backs off while the destination fails, and empties the pool when
-/// the worker drains.
-pub async fn refill(ctx: Rc<Ctx>) {
-    let s = ctx.settings.clone();
+/// The worker's pool refiller: keeps `--destinationConnectionPoolSize` ready destination
+/// connections, replaces the ones that expire, backs off while the destination fails, and
+/// ends (emptying the pool) once the pool is closed (the worker drains).
+pub async fn refill(pool: Rc<Pool>) {
     let mut backoff = POOL_RETRY_MIN;
     loop {
-        if ctx.draining.get() {
-            ctx.pool.clear();
+        if pool.closed.get() {
+            pool.clear();
             return;
         }
-        ctx.pool.evict(s.pool_timeout, &ctx);
-        if ctx.pool.len() < s.pool_size {
-            match connect(&s).await {
+        pool.evict();
+        if pool.len() < pool.destination_pool_size {
+            match pool.destination.connect().await {
                 Ok(u) => {
-                    if ctx.draining.get() {
-                        ctx.pool.clear();
+                    if pool.closed.get() {
+                        pool.clear();
                         return;
                     }
-                    ctx.pool.ready.borrow_mut().push_back((Instant::now(), u));
+                    pool.ready.borrow_mut().push_back((Instant::now(), u));
                     backoff = POOL_RETRY_MIN;
                 }
                 Err(e) => {
-                    ctx.stats.inc(Counter::DestPoolConnectFailed);
+                    pool.stats.inc(Counter::DestPoolConnectFailed);
                     POOL_WARN.with(|r| {
                         if let Some(suppressed) = r.borrow_mut().allow() {
                             tracing::warn!(error = %e, suppressed, "destination pool: connect failed; retrying");
@@ -331,12 +368,11 @@ pub async fn refill(ctx: Rc<Ctx>) {
             }
             continue;
         }
-        let wait = ctx
-            .pool
-            .next_expiry(s.pool_timeout)
+        let wait = pool
+            .next_expiry()
             .unwrap_or(POOL_CHECK_PERIOD)
             .min(POOL_CHECK_PERIOD);
-        let _ = monoio::time::timeout(wait, ctx.pool.taken.wait()).await;
+        let _ = monoio::time::timeout(wait, pool.taken.wait()).await;
     }
 }
 
@@ -350,18 +386,6 @@ pub fn warn_connect_failed(e: &ConnectError) {
     CONNECT_WARN.with(|r| {
         if let Some(suppressed) = r.borrow_mut().allow() {
             tracing::warn!(error = %e, suppressed, "destination connect failed; answering 502");
-        }
-    });
-}
-
-pub fn warn_hold_failed(kind: FailKind) {
-    HOLD_WARN.with(|r| {
-        if let Some(suppressed) = r.borrow_mut().allow() {
-            tracing::warn!(
-                reason = kind.as_str(),
-                suppressed,
-                "mutating request's capture record was not committed; applying --capture-failure-policy"
-            );
         }
     });
 }

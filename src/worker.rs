@@ -2,8 +2,10 @@
 //! finished capture records to the sink, the ack router, and the sweeper (time-based capture
 //! flush, idle/head timeouts, graceful drain).
 //!
-//! May depend on: `conn` (spawned per connection), `upstream` (the destination pool), `tls`
-//! (settings), `handoff`, `capture::builder`, `stats`.
+//! May depend on: `upstream` (the destination pool), `buf` (buffer pools), `signal`, `handoff`,
+//! `capture` (the record builder), `http1` and `tls` (settings types), `config`
+//! (`FailurePolicy`), `stats`. Not on `conn`: `runtime` passes the connection code in
+//! (`run`'s `serve`), so the connection code depends on the worker and not the other way.
 //! Everything here is owned by one thread (`Rc`, `Cell`, `RefCell`); the only cross-thread
 //! edges are the batch queue out and the inbox (acks + returned buffers) in.
 //!
@@ -15,32 +17,41 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, Canceller};
+use monoio::net::TcpStream;
 
-use crate::capture::builder::{CaptureSettings, FinishedRecord, RecordOut};
-use crate::config::{FailurePolicy, SuppressConfig};
+use crate::buf::{IoBufs, RecordBufs};
+use crate::capture::builder::{CaptureSettings, FinishedRecord, RecordOut, StreamBuilder};
+use crate::capture::encode::Timestamp;
+use crate::config::FailurePolicy;
 use crate::handoff::{Batch, BatchSender, ConnRef, FailKind, Inbox, Outcome, Record, Returned};
+use crate::signal::Signal;
 use crate::stats::{Counter, RateLimit, WorkerStats};
+use crate::upstream::{Destination, Pool};
 
-/// Immutable settings shared by every worker (built once from `Config`).
+/// Immutable settings shared by every worker (built once from `Config`). A field set from a
+/// flag has that flag's `Config` field name.
 #[derive(Debug)]
 pub struct Settings {
     pub node_id: Arc<str>,
     /// `None` under `--noCapture`.
     pub capture: Option<Arc<CaptureSettings>>,
-    pub destination: Arc<crate::upstream::DestinationAddrs>,
-    pub suppress: SuppressConfig,
+    /// `--destinationUri` (resolved), its TLS, and `--tcp-keepalive`: how to connect.
+    pub destination: Arc<Destination>,
+    pub suppress: crate::http1::SuppressConfig,
+    /// `suppress` has at least one rule.
     pub suppress_any: bool,
-    pub flush_interval: Duration,
-    pub ack_timeout: Duration,
-    pub failure_policy: FailurePolicy,
+    pub capture_flush_interval: Duration,
+    pub kafka_ack_timeout: Duration,
+    pub capture_failure_policy: FailurePolicy,
     pub client_idle_timeout: Option<Duration>,
     pub request_head_timeout: Option<Duration>,
     pub request_body_timeout: Option<Duration>,
@@ -48,64 +59,25 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Per-worker share of `--max-connections`.
     pub max_connections_per_worker: Option<usize>,
+    /// Largest request head (`runtime::MAX_HEAD_BYTES`; no flag).
     pub max_head_bytes: usize,
     /// `--source-max-initial-line-length` (bytes).
-    pub max_request_line_bytes: usize,
+    pub source_max_initial_line_length: usize,
     /// `--source-max-header-size` (bytes).
-    pub max_header_bytes: usize,
+    pub source_max_header_size: usize,
     /// `--setHeader`: the validated rewriter (cloned per connection); `None` when unused.
     pub rewriter: Option<crate::http1::HeadRewriter>,
     /// Client-facing TLS (reloadable); `None` for plain HTTP.
     pub server_tls: Option<Arc<crate::tls::ServerTls>>,
-    /// TLS toward an `https://` destination; `None` for `http://`.
-    pub destination_tls: Option<crate::tls::DestinationTls>,
     /// `--destinationConnectionPoolSize`: ready destination connections kept per worker.
-    pub pool_size: usize,
+    pub destination_pool_size: usize,
     /// `--destinationConnectionPoolTimeout`: age after which an unused one is replaced.
-    pub pool_timeout: Duration,
+    pub destination_pool_timeout: Duration,
 }
 
-/// Size of one I/O buffer (bytes), for each direction of a connection. 64 KiB: large enough
-/// that a 1 MiB body moves in 16 reads (syscall cost amortised) and a typical search
-/// response in one; small enough that a pool of a few hundred stays in L2/L3-friendly sizes.
-pub const IO_BUF_BYTES: usize = 64 * 1024;
-/// Size of a streaming read buffer (bytes): a direction that keeps filling its 64 KiB buffer
-/// (a large body moving) switches to one of these. Measured with 1 MiB `_bulk` POSTs, c=64,
-/// `--noCapture` (req/s, one run each, same setup): 64 KiB 830, 256 KiB 1 380, 512 KiB
-/// 1 680, 1 MiB 1 760; nginx 1 360–1 480. Larger reads mean fewer wake-ups and larger
-/// writes for both peers: the load generator + origin CPU spent 920–1 245 µs per request
-/// behind 64 KiB reads, 570 µs behind 1 MiB ones (nginx: 560–575). Kept for streams only:
-/// 256 KiB buffers for every read made 64 KiB responses slower (7.0k → 4.0k req/s).
-pub const STREAM_BUF_BYTES: usize = 1024 * 1024;
-/// Most streaming buffers in use at once per worker (64 MiB); beyond that a stream keeps
-/// reading into 64 KiB buffers. Also the most kept idle for reuse, so a steady stream of large
-/// bodies on up to this many connections allocates nothing.
-pub const STREAM_BUFS_MAX: usize = 64;
-/// Most idle I/O buffers a worker keeps for reuse (beyond that they are freed): 512 × 64 KiB
-/// = 32 MiB per worker at most.
-const IO_POOL_MAX: usize = 512;
-/// Most idle record buffers a worker keeps: far above the records in flight between a worker
-/// and the sink (a batch per millisecond, acks within a few), so steady state reuses them.
-const RECORD_POOL_MAX: usize = 256;
-/// Largest record buffer (capacity, bytes) kept in the main pool. A connection's record is
-/// handed over at the first exchange boundary past 64 KiB (`conn`'s soft flush), so records of
-/// exchanges up to 64 KiB end below 128 KiB, and the builder's doubling takes a 64 KiB buffer
-/// to exactly 128 KiB the moment a record crosses 64 KiB. With a 64 KiB cap those buffers
-/// were freed and regrown on every such record: perf of 64 KiB responses captured to files
-/// showed `finish_grow`'s copy at 4.5 % of the proxy's CPU (and every keep-alive connection
-/// of small requests reallocated once per 64 KiB of capture). Records of large bodies grow
-/// toward `--maxTrafficBufferSize` (1 MiB); those are kept by the large pool only.
-/// 256 × 128 KiB bounds this pool at 32 MiB per worker, reached only if that many records
-/// were once in flight together.
-const RECORD_BUF_POOLED_MAX_BYTES: usize = 128 * 1024;
-/// Most larger record buffers a worker keeps (beyond that they are freed): enough for the
-/// large records in flight under a stream of 1 MiB bulk requests (about two per request until
-/// acknowledged), so they are not regrown by doubling each time (measured: regrowing cost ~4 %
-/// of the worker's CPU on 1 MiB POSTs), while bounding the pool to 8 × 1 MiB.
-const RECORD_POOL_LARGE_MAX: usize = 8;
 /// Hand a batch over once it holds this many bytes of records (bytes). 256 KiB amortises
 /// the queue operation and the sink's write over many records without delaying much.
-pub const BATCH_MAX_BYTES: usize = 256 * 1024;
+const BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Otherwise hand it over within this time (µs), per the design ("about a millisecond").
 const BATCH_LINGER: Duration = Duration::from_micros(1000);
 /// Sweeper period (ms): granularity of the time-based flush and of timeouts.
@@ -128,33 +100,6 @@ pub struct Control {
     pub abort: AtomicBool,
 }
 
-/// Single-waiter local notification (no allocation, no cross-thread use).
-#[derive(Default)]
-pub struct Signal {
-    flag: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Signal {
-    pub fn notify(&self) {
-        self.flag.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.flag.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
 /// Why a connection was asked to stop from outside its own loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -172,7 +117,7 @@ pub enum StopReason {
 pub struct ConnState {
     pub conn: ConnRef,
     pub key: Arc<str>,
-    pub capture: RefCell<Option<crate::capture::builder::StreamBuilder>>,
+    pub capture: RefCell<Option<StreamBuilder>>,
     /// Tick (ms) of the oldest unflushed observation, if any.
     pub unflushed_since: Cell<Option<u64>>,
     pub last_activity: Cell<u64>,
@@ -187,7 +132,7 @@ pub struct ConnState {
     /// Record number a held request waits for, and its outcome once known.
     pub hold: Cell<Option<u32>>,
     pub hold_outcome: Cell<Option<Outcome>>,
-    pub hold_waker: Cell<Option<Waker>>,
+    pub hold_waker: Cell<Option<std::task::Waker>>,
     pub c2u_cancel: RefCell<Canceller>,
     pub u2c_cancel: RefCell<Canceller>,
     pub c2u_stop: Cell<Option<StopReason>>,
@@ -197,7 +142,7 @@ pub struct ConnState {
     /// The connection closed while records were unacknowledged: the close observation's time
     /// and the tick it closed at. Its final record waits until they are resolved (see
     /// [`Ctx::finish`]).
-    pub closing: Cell<Option<(crate::capture::encode::Timestamp, u64)>>,
+    pub closing: Cell<Option<(Timestamp, u64)>>,
 }
 
 impl ConnState {
@@ -232,6 +177,23 @@ struct Slot {
     conn: Option<Rc<ConnState>>,
 }
 
+/// The connection table: live connections by slot (a reused slot gets a new generation, so an
+/// ack for a connection that is gone finds nothing) and the counts the accept loop and the
+/// sweeper read.
+struct Conns {
+    slots: RefCell<Vec<Slot>>,
+    free_slots: RefCell<Vec<u32>>,
+    /// Connections accepted so far (numbers the connection ids).
+    seq: Cell<u64>,
+    /// Connections whose sockets are open.
+    active: Cell<usize>,
+    /// Highest `active` since memory was last returned (see `return_memory_after_bursts`).
+    active_peak: Cell<usize>,
+    /// Woken when a connection closes (the accept loop waits on it at the connection limit)
+    /// and when the worker may be done.
+    closed: Signal,
+}
+
 /// Finished records waiting for hand-off, and the pools that make steady state allocation-free.
 struct Batcher {
     records: Vec<Record>,
@@ -240,95 +202,58 @@ struct Batcher {
     urgent: bool,
     /// Batches the sink queue refused (full); retried first, in order.
     pending: VecDeque<Batch>,
-    record_bufs: Vec<Vec<u8>>,
-    /// Returned record buffers over [`RECORD_BUF_POOLED_MAX_BYTES`], at most
-    /// [`RECORD_POOL_LARGE_MAX`].
-    record_bufs_large: Vec<Vec<u8>>,
+    record_bufs: RecordBufs,
     record_vecs: Vec<Vec<Record>>,
 }
 
-/// A worker's streaming buffers ([`STREAM_BUF_BYTES`]): the idle ones, and how many are
-/// leased out. At most [`STREAM_BUFS_MAX`] leases at a time, and at most that many kept idle.
-#[derive(Default)]
-struct StreamBufs {
-    idle: RefCell<Vec<Vec<u8>>>,
-    leases: Rc<Cell<usize>>,
+/// Records on their way to the sink: the batch being filled and the queue it goes into.
+struct Batching {
+    sender: BatchSender,
+    batch: RefCell<Batcher>,
+    /// Wakes the flusher.
+    flush: Signal,
 }
 
-impl StreamBufs {
-    /// An idle buffer (or a new one) and its lease, unless [`STREAM_BUFS_MAX`] are leased.
-    /// The lease counts one direction as holding a streaming buffer until it is dropped,
-    /// wherever the buffer itself ends up (it comes back through `put`).
-    fn take(&self) -> Option<(Vec<u8>, StreamLease)> {
-        if self.leases.get() >= STREAM_BUFS_MAX {
-            return None;
-        }
-        let b = self
-            .idle
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(STREAM_BUF_BYTES));
-        self.leases.set(self.leases.get() + 1);
-        Some((
-            b,
-            StreamLease {
-                leases: self.leases.clone(),
-            },
-        ))
-    }
-
-    /// Keeps `b` (emptied) for reuse while fewer than [`STREAM_BUFS_MAX`] are idle.
-    fn put(&self, mut b: Vec<u8>) {
-        let mut idle = self.idle.borrow_mut();
-        if idle.len() < STREAM_BUFS_MAX {
-            b.clear();
-            idle.push(b);
-        }
-    }
+/// What comes back from the sink: acks and buffers (through `inbox`), and drain/abort
+/// requests (`control`, signalled through `inbox`).
+struct Inbound {
+    inbox: Arc<Inbox>,
+    control: Arc<Control>,
+    lost_warn: RefCell<RateLimit>,
 }
 
-/// One direction's right to a streaming buffer; gives it back when dropped.
-pub struct StreamLease {
-    leases: Rc<Cell<usize>>,
+/// Graceful drain and abort.
+struct Drain {
+    draining: Cell<bool>,
+    /// Connections are being aborted: close without lingering.
+    aborting: Cell<bool>,
+    /// Woken when draining begins and on each sweep while draining.
+    drained: Signal,
+    accept_cancel: RefCell<Canceller>,
 }
 
-impl Drop for StreamLease {
-    fn drop(&mut self) {
-        self.leases.set(self.leases.get().saturating_sub(1));
-    }
+/// Coarse monotonic clock: ms since the worker started, refreshed by the sweeper and on
+/// connection activity.
+struct Clock {
+    start: Instant,
+    tick: Cell<u64>,
 }
 
-/// Per-worker context, shared by all tasks of the worker through `Rc`.
+/// Per-worker context, shared by all tasks of the worker through `Rc`: settings and counters,
+/// then one part per concern.
 pub struct Ctx {
     pub id: u16,
     pub settings: Arc<Settings>,
     pub stats: Arc<WorkerStats>,
-    sender: BatchSender,
-    inbox: Arc<Inbox>,
-    control: Arc<Control>,
-    slots: RefCell<Vec<Slot>>,
-    free_slots: RefCell<Vec<u32>>,
-    batch: RefCell<Batcher>,
-    flush_signal: Signal,
-    io_pool: RefCell<Vec<Vec<u8>>>,
-    stream_bufs: StreamBufs,
-    start: Instant,
-    tick: Cell<u64>,
-    pub draining: Cell<bool>,
-    active: Cell<usize>,
-    /// Highest `active` since memory was last returned (see `return_memory_after_bursts`).
-    active_peak: Cell<usize>,
-    /// Connections are being aborted: close without lingering.
-    aborting: Cell<bool>,
-    conn_seq: Cell<u64>,
-    /// Woken when a connection closes (accept loop waits on it at the connection limit) and
-    /// when the worker may be done.
-    conn_closed: Signal,
-    lost_warn: RefCell<RateLimit>,
-    drained: Signal,
-    accept_cancel: RefCell<Canceller>,
-    /// Pre-connected destination connections (empty unless `pool_size` > 0).
-    pub pool: crate::upstream::Pool,
+    /// Read buffers of the connections' directions.
+    pub bufs: IoBufs,
+    /// Destination connections (pre-connected ones when `--destinationConnectionPoolSize` > 0).
+    pub pool: Rc<Pool>,
+    conns: Conns,
+    out: Batching,
+    input: Inbound,
+    drain: Drain,
+    clock: Clock,
 }
 
 impl Ctx {
@@ -340,87 +265,80 @@ impl Ctx {
         inbox: Arc<Inbox>,
         control: Arc<Control>,
     ) -> Rc<Ctx> {
+        let pool = Rc::new(Pool::new(
+            settings.destination.clone(),
+            settings.destination_pool_size,
+            settings.destination_pool_timeout,
+            stats.clone(),
+        ));
         Rc::new(Ctx {
             id,
             settings,
             stats,
-            sender,
-            inbox,
-            control,
-            slots: RefCell::new(Vec::new()),
-            free_slots: RefCell::new(Vec::new()),
-            batch: RefCell::new(Batcher {
-                records: Vec::with_capacity(256),
-                bytes: 0,
-                urgent: false,
-                pending: VecDeque::new(),
-                record_bufs: Vec::new(),
-                record_bufs_large: Vec::with_capacity(RECORD_POOL_LARGE_MAX),
-                record_vecs: Vec::new(),
-            }),
-            flush_signal: Signal::default(),
-            io_pool: RefCell::new(Vec::new()),
-            stream_bufs: StreamBufs::default(),
-            start: Instant::now(),
-            tick: Cell::new(0),
-            draining: Cell::new(false),
-            active: Cell::new(0),
-            active_peak: Cell::new(0),
-            aborting: Cell::new(false),
-            conn_seq: Cell::new(0),
-            conn_closed: Signal::default(),
-            lost_warn: RefCell::new(RateLimit::new(Duration::from_secs(10))),
-            drained: Signal::default(),
-            accept_cancel: RefCell::new(Canceller::new()),
-            pool: crate::upstream::Pool::default(),
+            bufs: IoBufs::default(),
+            pool,
+            conns: Conns {
+                slots: RefCell::new(Vec::new()),
+                free_slots: RefCell::new(Vec::new()),
+                seq: Cell::new(0),
+                active: Cell::new(0),
+                active_peak: Cell::new(0),
+                closed: Signal::default(),
+            },
+            out: Batching {
+                sender,
+                batch: RefCell::new(Batcher {
+                    records: Vec::with_capacity(256),
+                    bytes: 0,
+                    urgent: false,
+                    pending: VecDeque::new(),
+                    record_bufs: RecordBufs::default(),
+                    record_vecs: Vec::new(),
+                }),
+                flush: Signal::default(),
+            },
+            input: Inbound {
+                inbox,
+                control,
+                lost_warn: RefCell::new(RateLimit::new(Duration::from_secs(10))),
+            },
+            drain: Drain {
+                draining: Cell::new(false),
+                aborting: Cell::new(false),
+                drained: Signal::default(),
+                accept_cancel: RefCell::new(Canceller::new()),
+            },
+            clock: Clock {
+                start: Instant::now(),
+                tick: Cell::new(0),
+            },
         })
     }
 
     /// Coarse monotonic clock (ms since the worker started), updated by the sweeper and on
     /// connection activity; cheap to read.
     pub fn now_ms(&self) -> u64 {
-        self.tick.get()
+        self.clock.tick.get()
     }
 
     /// Refreshes the coarse clock (one clock read).
     pub fn refresh_now(&self) -> u64 {
-        let t = self.start.elapsed().as_millis() as u64;
-        self.tick.set(t);
+        let t = self.clock.start.elapsed().as_millis() as u64;
+        self.clock.tick.set(t);
         t
     }
 
-    pub fn take_io_buf(&self) -> Vec<u8> {
-        self.io_pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(IO_BUF_BYTES))
-    }
-
-    /// Returns a 64 KiB or streaming buffer to its pool (smaller ones are dropped).
-    pub fn put_io_buf(&self, mut b: Vec<u8>) {
-        if b.capacity() >= STREAM_BUF_BYTES {
-            self.stream_bufs.put(b);
-            return;
-        }
-        let mut p = self.io_pool.borrow_mut();
-        if p.len() < IO_POOL_MAX && b.capacity() >= IO_BUF_BYTES {
-            b.clear();
-            p.push(b);
-        }
-    }
-
-    /// A streaming buffer and its lease, unless [`STREAM_BUFS_MAX`] are leased already (see
-    /// [`StreamBufs::take`]).
-    pub fn take_stream_buf(&self) -> Option<(Vec<u8>, StreamLease)> {
-        self.stream_bufs.take()
+    /// Whether the worker drains (stops accepting; connections end once idle).
+    pub fn draining(&self) -> bool {
+        self.drain.draining.get()
     }
 
     /// Registers a new connection and returns its shared state.
     pub fn register(&self) -> Rc<ConnState> {
-        let seq = self.conn_seq.get() + 1;
-        self.conn_seq.set(seq);
-        let slot = self.free_slots.borrow_mut().pop();
-        let mut slots = self.slots.borrow_mut();
+        let seq = self.conns.seq.get() + 1;
+        self.conns.seq.set(seq);
+        let slot = self.conns.free_slots.borrow_mut().pop();
+        let mut slots = self.conns.slots.borrow_mut();
         let (slot, generation) = match slot.and_then(|s| slots.get(s as usize).map(|e| (s, e))) {
             Some((s, e)) => (s, e.generation.wrapping_add(1)),
             None => {
@@ -441,7 +359,7 @@ impl Ctx {
             .settings
             .capture
             .as_ref()
-            .map(|s| crate::capture::builder::StreamBuilder::new(key.clone(), s.clone()));
+            .map(|s| StreamBuilder::new(key.clone(), s.clone()));
         let now = self.now_ms();
         let st = Rc::new(ConnState {
             conn,
@@ -467,7 +385,7 @@ impl Ctx {
             e.generation = generation;
             e.conn = Some(st.clone());
         }
-        self.active.set(self.active.get() + 1);
+        self.conns.active.set(self.conns.active.get() + 1);
         self.stats.inc(Counter::ConnAccepted);
         st
     }
@@ -478,9 +396,9 @@ impl Ctx {
     /// lost late — e.g. a Kafka delivery timing out after the client went away — is still
     /// named in a record of its connection: a gap is never silent. Bounded by
     /// [`LINGER_MAX_MS`], the drain deadline and shutdown.
-    pub fn finish(&self, st: &ConnState, ts: crate::capture::encode::Timestamp) {
+    pub fn finish(&self, st: &ConnState, ts: Timestamp) {
         let capturing = st.capture.borrow().is_some();
-        if capturing && st.unacked.get() > 0 && !self.aborting.get() {
+        if capturing && st.unacked.get() > 0 && !self.drain.aborting.get() {
             st.closing.set(Some((ts, self.now_ms())));
             self.stats.inc(Counter::FinalRecordWaited);
             self.conn_gone();
@@ -503,7 +421,7 @@ impl Ctx {
             b.close(ts, e);
         });
         self.release_slot(st);
-        self.conn_closed.notify();
+        self.conns.closed.notify();
     }
 
     /// Number of closed connections whose final record waits for acks.
@@ -514,19 +432,21 @@ impl Ctx {
     }
 
     fn release_slot(&self, st: &ConnState) {
-        if let Some(e) = self.slots.borrow_mut().get_mut(st.conn.slot as usize) {
+        if let Some(e) = self.conns.slots.borrow_mut().get_mut(st.conn.slot as usize) {
             if e.generation == st.conn.generation {
                 e.conn = None;
-                self.free_slots.borrow_mut().push(st.conn.slot);
+                self.conns.free_slots.borrow_mut().push(st.conn.slot);
             }
         }
     }
 
     /// The connection's sockets are gone: it no longer counts as active.
     fn conn_gone(&self) {
-        self.active.set(self.active.get().saturating_sub(1));
+        self.conns
+            .active
+            .set(self.conns.active.get().saturating_sub(1));
         self.stats.inc(Counter::ConnClosed);
-        self.conn_closed.notify();
+        self.conns.closed.notify();
     }
 
     /// Runs `f` with the connection's capture builder and an emitter, if capturing.
@@ -534,11 +454,11 @@ impl Ctx {
     pub fn with_capture<R>(
         &self,
         st: &ConnState,
-        f: impl FnOnce(&mut crate::capture::builder::StreamBuilder, &mut Emit<'_>) -> R,
+        f: impl FnOnce(&mut StreamBuilder, &mut Emit<'_>) -> R,
     ) -> Option<R> {
         let mut cap = st.capture.borrow_mut();
         let b = cap.as_mut()?;
-        let mut batch = self.batch.borrow_mut();
+        let mut batch = self.out.batch.borrow_mut();
         let mut e = Emit {
             b: &mut batch,
             conn: st.conn,
@@ -566,23 +486,23 @@ impl Ctx {
     }
 
     fn records_added(&self) {
-        let full = self.batch.borrow().bytes >= BATCH_MAX_BYTES;
+        let full = self.out.batch.borrow().bytes >= BATCH_MAX_BYTES;
         if full {
             self.hand_over();
         } else {
-            self.flush_signal.notify();
+            self.out.flush.notify();
         }
     }
 
     /// Marks the current batch urgent (a held request waits on it) and wakes the flusher.
     pub fn urgent_flush(&self) {
-        self.batch.borrow_mut().urgent = true;
-        self.flush_signal.notify();
+        self.out.batch.borrow_mut().urgent = true;
+        self.out.flush.notify();
     }
 
     /// Hands the current batch (and any refused ones) to the sink queue, without blocking.
     fn hand_over(&self) {
-        let mut b = self.batch.borrow_mut();
+        let mut b = self.out.batch.borrow_mut();
         if !b.records.is_empty() {
             let fresh = b
                 .record_vecs
@@ -597,7 +517,7 @@ impl Ctx {
         }
         b.urgent = false;
         while let Some(batch) = b.pending.pop_front() {
-            if let Err(back) = self.sender.try_send(batch) {
+            if let Err(back) = self.out.sender.try_send(batch) {
                 b.pending.push_front(back);
                 break;
             }
@@ -606,7 +526,7 @@ impl Ctx {
 
     /// True while batches are waiting because the sink queue is full.
     pub fn sink_congested(&self) -> bool {
-        !self.batch.borrow().pending.is_empty()
+        !self.out.batch.borrow().pending.is_empty()
     }
 
     /// Waits until the sink queue takes our batches again (polling every millisecond).
@@ -627,7 +547,7 @@ impl Ctx {
                 Poll::Pending
             }
         });
-        let r = match monoio::time::timeout(self.settings.ack_timeout, fut).await {
+        let r = match monoio::time::timeout(self.settings.kafka_ack_timeout, fut).await {
             Ok(o) => o,
             Err(_) => Outcome::Failed(FailKind::Timeout),
         };
@@ -639,15 +559,9 @@ impl Ctx {
 
     fn handle_returned(&self, r: &mut Returned) {
         {
-            let mut b = self.batch.borrow_mut();
+            let mut b = self.out.batch.borrow_mut();
             for buf in r.buffers.drain(..) {
-                if buf.capacity() > RECORD_BUF_POOLED_MAX_BYTES {
-                    if b.record_bufs_large.len() < RECORD_POOL_LARGE_MAX {
-                        b.record_bufs_large.push(buf);
-                    }
-                } else if b.record_bufs.len() < RECORD_POOL_MAX {
-                    b.record_bufs.push(buf);
-                }
+                b.record_bufs.put(buf);
             }
             for v in r.record_vecs.drain(..) {
                 if b.record_vecs.len() < crate::handoff::MAX_RETURNED_RECORD_VECS && v.is_empty() {
@@ -657,7 +571,7 @@ impl Ctx {
         }
         for ack in r.acks.drain(..) {
             let st = {
-                let slots = self.slots.borrow();
+                let slots = self.conns.slots.borrow();
                 slots
                     .get(ack.conn.slot as usize)
                     .filter(|s| s.generation == ack.conn.generation)
@@ -667,7 +581,7 @@ impl Ctx {
                 Outcome::Committed => self.stats.inc(Counter::RecordsCommitted),
                 Outcome::Failed(kind) => {
                     self.stats.inc(Counter::RecordsLost);
-                    if let Some(suppressed) = self.lost_warn.borrow_mut().allow() {
+                    if let Some(suppressed) = self.input.lost_warn.borrow_mut().allow() {
                         tracing::warn!(
                             record = ack.number,
                             reason = kind.as_str(),
@@ -683,7 +597,7 @@ impl Ctx {
                 // Never silent: the connection's next record names the lost one.
                 let mut msg = [0u8; 96];
                 let text = lost_message(&mut msg, ack.number, kind);
-                let ts = crate::capture::encode::Timestamp::now();
+                let ts = Timestamp::now();
                 self.with_capture(&st, |b, e| b.connection_exception(ts, text, e));
             }
             if st.hold.get() == Some(ack.number) {
@@ -703,13 +617,13 @@ impl Ctx {
     /// stayed resident (issue 13). Runs on the sweeper's tick, on this worker's thread.
     fn return_memory_after_bursts(&self) {
         let active = self.active();
-        let peak = self.active_peak.get().max(active);
+        let peak = self.conns.active_peak.get().max(active);
         if peak.saturating_sub(active) >= MEMORY_RETURN_MIN_DROP && active <= peak / 2 {
             // SAFETY: mi_collect has no preconditions; it only walks this thread's heap.
             unsafe { libmimalloc_sys::mi_collect(true) };
-            self.active_peak.set(active);
+            self.conns.active_peak.set(active);
         } else {
-            self.active_peak.set(peak);
+            self.conns.active_peak.set(peak);
         }
     }
 
@@ -718,14 +632,20 @@ impl Ctx {
         self.return_memory_after_bursts();
         let now = self.refresh_now();
         let s = &self.settings;
-        let flush_ms = s.flush_interval.as_millis() as u64;
+        let flush_ms = s.capture_flush_interval.as_millis() as u64;
         let idle_ms = s.client_idle_timeout.map(|d| d.as_millis() as u64);
         let head_ms = s.request_head_timeout.map(|d| d.as_millis() as u64);
         let body_ms = s.request_body_timeout.map(|d| d.as_millis() as u64);
-        let draining = self.draining.get();
-        let n = self.slots.borrow().len();
+        let draining = self.drain.draining.get();
+        let n = self.conns.slots.borrow().len();
         for i in 0..n {
-            let st = match self.slots.borrow().get(i).and_then(|s| s.conn.clone()) {
+            let st = match self
+                .conns
+                .slots
+                .borrow()
+                .get(i)
+                .and_then(|s| s.conn.clone())
+            {
                 Some(c) => c,
                 None => continue,
             };
@@ -771,12 +691,13 @@ impl Ctx {
 
     fn abort_all(&self) {
         let conns: Vec<Rc<ConnState>> = self
+            .conns
             .slots
             .borrow()
             .iter()
             .filter_map(|s| s.conn.clone())
             .collect();
-        self.aborting.set(true);
+        self.drain.aborting.set(true);
         for st in conns {
             if st.closing.get().is_some() {
                 self.finish_lingering(&st);
@@ -788,16 +709,17 @@ impl Ctx {
     }
 
     fn begin_drain(&self) {
-        if !self.draining.replace(true) {
-            let c = std::mem::take(&mut *self.accept_cancel.borrow_mut());
-            *self.accept_cancel.borrow_mut() = c.cancel();
+        if !self.drain.draining.replace(true) {
+            let c = std::mem::take(&mut *self.drain.accept_cancel.borrow_mut());
+            *self.drain.accept_cancel.borrow_mut() = c.cancel();
+            self.pool.close();
             self.sweep();
-            self.drained.notify();
+            self.drain.drained.notify();
         }
     }
 
     pub fn active(&self) -> usize {
-        self.active.get()
+        self.conns.active.get()
     }
 }
 
@@ -833,12 +755,7 @@ pub struct Emit<'a> {
 
 impl RecordOut for Emit<'_> {
     fn take_buffer(&mut self) -> Vec<u8> {
-        // A large one first: it is already resident, and the record may well grow.
-        self.b
-            .record_bufs_large
-            .pop()
-            .or_else(|| self.b.record_bufs.pop())
-            .unwrap_or_default()
+        self.b.record_bufs.take()
     }
     fn emit(&mut self, rec: FinishedRecord) {
         self.stats.inc(Counter::RecordsEmitted);
@@ -859,8 +776,8 @@ impl RecordOut for Emit<'_> {
 /// right after the current round of ready tasks when a held request waits on it.
 async fn flusher(ctx: Rc<Ctx>) {
     loop {
-        ctx.flush_signal.wait().await;
-        let urgent = ctx.batch.borrow().urgent;
+        ctx.out.flush.wait().await;
+        let urgent = ctx.out.batch.borrow().urgent;
         if urgent {
             // Let the other ready tasks add their records to this batch first.
             yield_once().await;
@@ -870,7 +787,7 @@ async fn flusher(ctx: Rc<Ctx>) {
         ctx.hand_over();
         if ctx.sink_congested() {
             // Retry the refused batches soon.
-            ctx.flush_signal.notify();
+            ctx.out.flush.notify();
         }
     }
 }
@@ -908,15 +825,15 @@ async fn ack_router(ctx: Rc<Ctx>, wake: std::os::unix::net::UnixStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        while ctx.inbox.take(&mut spare) {
+        while ctx.input.inbox.take(&mut spare) {
             ctx.handle_returned(&mut spare);
             spare.acks.clear();
         }
-        if ctx.inbox.take_control() {
-            if ctx.control.abort.load(Ordering::Acquire) {
+        if ctx.input.inbox.take_control() {
+            if ctx.input.control.abort.load(Ordering::Acquire) {
                 ctx.begin_drain();
                 ctx.abort_all();
-            } else if ctx.control.drain.load(Ordering::Acquire) {
+            } else if ctx.input.control.drain.load(Ordering::Acquire) {
                 ctx.begin_drain();
             }
         }
@@ -927,8 +844,8 @@ async fn sweeper(ctx: Rc<Ctx>) {
     loop {
         monoio::time::sleep(Duration::from_millis(SWEEP_MS)).await;
         ctx.sweep();
-        if ctx.draining.get() {
-            ctx.drained.notify();
+        if ctx.draining() {
+            ctx.drain.drained.notify();
         }
     }
 }
@@ -940,25 +857,31 @@ const ACCEPT_RETRY_MS: u64 = 10;
 /// `acceptErrors_total` (at the open-files limit they came ~90 times a second).
 const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-async fn accept_loop(ctx: Rc<Ctx>, listener: monoio::net::TcpListener) {
-    let mut warn = crate::stats::RateLimit::new(ACCEPT_WARN_INTERVAL);
+/// Accepts client connections and spawns `serve` for each, until the worker drains; at the
+/// per-worker connection limit it waits for a connection to close first.
+async fn accept_loop<S, F>(ctx: Rc<Ctx>, listener: monoio::net::TcpListener, serve: S)
+where
+    S: Fn(Rc<Ctx>, TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + 'static,
+{
+    let mut warn = RateLimit::new(ACCEPT_WARN_INTERVAL);
     loop {
-        if ctx.draining.get() {
+        if ctx.draining() {
             return;
         }
         if let Some(max) = ctx.settings.max_connections_per_worker {
-            while ctx.active() >= max && !ctx.draining.get() {
-                ctx.conn_closed.wait().await;
+            while ctx.active() >= max && !ctx.draining() {
+                ctx.conns.closed.wait().await;
             }
         }
-        let handle = ctx.accept_cancel.borrow().handle();
+        let handle = ctx.drain.accept_cancel.borrow().handle();
         match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
                 let c = ctx.clone();
-                monoio::spawn(crate::conn::serve(c, stream, peer));
+                monoio::spawn(serve(c, stream, peer));
             }
             Err(e) => {
-                if ctx.draining.get() {
+                if ctx.draining() {
                     return;
                 }
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -974,12 +897,18 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: monoio::net::TcpListener) {
 
 /// Runs the worker until it has drained: spawns the background tasks, accepts, and returns
 /// once draining has finished (all connections closed, every record handed to the sink).
-pub async fn run(
+/// `serve` serves one accepted connection (`conn::serve`; passed in by `runtime`, so this
+/// module does not depend on the connection code).
+pub async fn run<S, F>(
     ctx: Rc<Ctx>,
     listeners: Vec<std::net::TcpListener>,
     wake: std::os::unix::net::UnixStream,
     ready: impl FnOnce(Result<(), String>),
-) {
+    serve: S,
+) where
+    S: Fn(Rc<Ctx>, TcpStream, SocketAddr) -> F + Copy + 'static,
+    F: Future<Output = ()> + 'static,
+{
     let mut ls = Vec::new();
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {
@@ -993,19 +922,18 @@ pub async fn run(
     monoio::spawn(flusher(ctx.clone()));
     monoio::spawn(ack_router(ctx.clone(), wake));
     monoio::spawn(sweeper(ctx.clone()));
-    if ctx.settings.pool_size > 0 {
-        monoio::spawn(crate::upstream::refill(ctx.clone()));
+    if ctx.pool.enabled() {
+        monoio::spawn(crate::upstream::refill(ctx.pool.clone()));
     }
     for l in ls {
-        monoio::spawn(accept_loop(ctx.clone(), l));
+        monoio::spawn(accept_loop(ctx.clone(), l, serve));
     }
     ctx.refresh_now();
     ready(Ok(()));
     // Wait for drain to start, then for the connections to finish (bounded).
-    while !ctx.draining.get() {
-        ctx.drained.wait().await;
+    while !ctx.draining() {
+        ctx.drain.drained.wait().await;
     }
-    ctx.pool.clear();
     let deadline = Instant::now() + ctx.settings.drain_timeout;
     let mut aborted = false;
     loop {
@@ -1024,49 +952,12 @@ pub async fn run(
             ctx.abort_all();
             aborted = true;
         }
-        ctx.drained.wait().await;
+        ctx.drain.drained.wait().await;
     }
     // Every connection wrote its final record; hand everything over.
     ctx.hand_over();
     while ctx.sink_congested() {
         monoio::time::sleep(BATCH_LINGER).await;
         ctx.hand_over();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_buffers_are_leased_up_to_the_limit_and_reused() {
-        let bufs = StreamBufs::default();
-        let mut held = Vec::new();
-        for _ in 0..STREAM_BUFS_MAX {
-            let (b, lease) = bufs.take().expect("under the limit");
-            assert!(b.capacity() >= STREAM_BUF_BYTES);
-            held.push((b, lease));
-        }
-        assert!(bufs.take().is_none(), "no lease past STREAM_BUFS_MAX");
-        // Dropping a lease frees its slot even if the buffer went elsewhere.
-        let (b, lease) = held.pop().expect("held");
-        drop(lease);
-        assert_eq!(bufs.leases.get(), STREAM_BUFS_MAX - 1);
-        // A returned buffer is reused (same allocation), emptied.
-        let ptr = b.as_ptr();
-        let mut b = b;
-        b.extend_from_slice(b"data");
-        bufs.put(b);
-        let (again, _lease) = bufs.take().expect("a lease is free again");
-        assert_eq!(again.as_ptr(), ptr);
-        assert!(again.is_empty());
-        // The idle pool keeps at most STREAM_BUFS_MAX buffers.
-        for (b, _) in held.drain(..) {
-            bufs.put(b);
-        }
-        for _ in 0..4 {
-            bufs.put(Vec::with_capacity(STREAM_BUF_BYTES));
-        }
-        assert_eq!(bufs.idle.borrow().len(), STREAM_BUFS_MAX);
     }
 }

@@ -29,7 +29,7 @@ pub const MAX_CONNECTION_ID_BYTES: usize = 128;
 
 /// Largest accepted `max_record_bytes`: protobuf messages must stay below 2 GiB (lengths are
 /// int32 on the consumer side).
-pub const MAX_RECORD_BYTES_LIMIT: usize = i32::MAX as usize;
+pub(crate) const MAX_RECORD_BYTES_LIMIT: usize = i32::MAX as usize;
 
 /// Written as the `connectionException` message when the caller has none: the spec requires a
 /// non-empty message.
@@ -38,7 +38,7 @@ pub const EMPTY_EXCEPTION_MESSAGE: &str = "connection error (no message)";
 /// First capacity (bytes) asked for when a record starts, unless the buffer from the pool is
 /// already larger or `max_record_bytes` is smaller: one small request or response plus the
 /// header fits without regrowing, while an idle connection holds only 1 KiB.
-pub const INITIAL_RECORD_CAPACITY_BYTES: usize = 1024;
+pub(crate) const INITIAL_RECORD_CAPACITY_BYTES: usize = 1024;
 
 /// The worst-case timestamp for size bounds: a 10-byte seconds varint (negative) and the
 /// largest nanos value.
@@ -282,7 +282,8 @@ impl StreamBuilder {
     /// emitted record; `None` when nothing is buffered. The owner compares it with its own
     /// clock for the time-based flush. Segments of a split read/write carry the original
     /// timestamp, so a record started by a continuation reports that read's timestamp.
-    pub fn unflushed_since(&self) -> Option<Timestamp> {
+    #[cfg(test)]
+    pub(crate) fn unflushed_since(&self) -> Option<Timestamp> {
         if self.has_unflushed() {
             self.oldest_unflushed
         } else {
@@ -301,7 +302,8 @@ impl StreamBuilder {
     }
 
     /// Reads were written since the last end-of-message marker or requestDropped.
-    pub fn read_since_last_eom(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn read_since_last_eom(&self) -> bool {
         self.reads_since_eom
     }
 

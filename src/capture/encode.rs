@@ -16,33 +16,33 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Protobuf wire type of varint-encoded scalars (int32, int64, bool).
-pub const WIRE_VARINT: u8 = 0;
+pub(crate) const WIRE_VARINT: u8 = 0;
 /// Protobuf wire type of length-delimited fields (bytes, string, sub-messages).
-pub const WIRE_LEN: u8 = 2;
+pub(crate) const WIRE_LEN: u8 = 2;
 
 /// Field numbers of `TrafficStream`.
-pub mod stream_field {
-    pub const CONNECTION_ID: u32 = 1;
-    pub const SUB_STREAM: u32 = 2;
-    pub const NUMBER: u32 = 3;
-    pub const NUMBER_OF_THIS_LAST_CHUNK: u32 = 4;
-    pub const NODE_ID: u32 = 5;
-    pub const PRIOR_REQUESTS_RECEIVED: u32 = 6;
-    pub const LAST_OBSERVATION_WAS_UNTERMINATED_READ: u32 = 7;
+pub(crate) mod stream_field {
+    pub(crate) const CONNECTION_ID: u32 = 1;
+    pub(crate) const SUB_STREAM: u32 = 2;
+    pub(crate) const NUMBER: u32 = 3;
+    pub(crate) const NUMBER_OF_THIS_LAST_CHUNK: u32 = 4;
+    pub(crate) const NODE_ID: u32 = 5;
+    pub(crate) const PRIOR_REQUESTS_RECEIVED: u32 = 6;
+    pub(crate) const LAST_OBSERVATION_WAS_UNTERMINATED_READ: u32 = 7;
 }
 
 /// Field numbers of `TrafficObservation` (`ts` and the `Capture` oneof members we write).
-pub mod observation_field {
-    pub const TS: u32 = 1;
-    pub const READ: u32 = 4;
-    pub const READ_SEGMENT: u32 = 5;
-    pub const WRITE: u32 = 8;
-    pub const WRITE_SEGMENT: u32 = 9;
-    pub const CLOSE: u32 = 11;
-    pub const CONNECTION_EXCEPTION: u32 = 12;
-    pub const SEGMENT_END: u32 = 14;
-    pub const END_OF_MESSAGE_INDICATOR: u32 = 15;
-    pub const REQUEST_DROPPED: u32 = 16;
+pub(crate) mod observation_field {
+    pub(crate) const TS: u32 = 1;
+    pub(crate) const READ: u32 = 4;
+    pub(crate) const READ_SEGMENT: u32 = 5;
+    pub(crate) const WRITE: u32 = 8;
+    pub(crate) const WRITE_SEGMENT: u32 = 9;
+    pub(crate) const CLOSE: u32 = 11;
+    pub(crate) const CONNECTION_EXCEPTION: u32 = 12;
+    pub(crate) const SEGMENT_END: u32 = 14;
+    pub(crate) const END_OF_MESSAGE_INDICATOR: u32 = 15;
+    pub(crate) const REQUEST_DROPPED: u32 = 16;
 }
 
 /// Field number of `data` inside `read` / `write`.
@@ -63,18 +63,18 @@ const MAX_NANOS: u32 = 999_999_999;
 
 /// Worst-case size in bytes of the trailing index field: a 1-byte tag (field 3 or 4) plus a
 /// 5-byte varint (the largest a non-negative int32 needs). Records reserve this much.
-pub const INDEX_FIELD_MAX_LEN: usize = 1 + 5;
+pub(crate) const INDEX_FIELD_MAX_LEN: usize = 1 + 5;
 
 /// Number of bytes the varint encoding of `v` takes (1..=10).
 #[inline]
-pub const fn varint_len(v: u64) -> usize {
+pub(crate) const fn varint_len(v: u64) -> usize {
     // 7 payload bits per byte; `| 1` makes 0 take one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `v` as a base-128 varint.
 #[inline]
-pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -84,52 +84,52 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 
 /// The varint value protobuf uses for an `int32` (negative values are sign-extended to 64 bits).
 #[inline]
-pub const fn int32_wire_value(v: i32) -> u64 {
+pub(crate) const fn int32_wire_value(v: i32) -> u64 {
     v as i64 as u64
 }
 
 /// Size of the key (tag) of field `field`.
 #[inline]
-pub const fn tag_len(field: u32) -> usize {
+pub(crate) const fn tag_len(field: u32) -> usize {
     varint_len((field as u64) << 3)
 }
 
 /// Appends the key of field `field` with wire type `wire_type`.
 #[inline]
-pub fn put_tag(buf: &mut Vec<u8>, field: u32, wire_type: u8) {
+pub(crate) fn put_tag(buf: &mut Vec<u8>, field: u32, wire_type: u8) {
     put_varint(buf, ((field as u64) << 3) | u64::from(wire_type));
 }
 
 /// Size of a whole length-delimited field: tag + length varint + `payload_len` bytes.
 #[inline]
-pub const fn len_field_len(field: u32, payload_len: usize) -> usize {
+pub(crate) const fn len_field_len(field: u32, payload_len: usize) -> usize {
     tag_len(field) + varint_len(payload_len as u64) + payload_len
 }
 
 /// Appends the tag and length prefix of a length-delimited field; the caller appends the
 /// `payload_len` payload bytes next.
 #[inline]
-pub fn put_len_prefix(buf: &mut Vec<u8>, field: u32, payload_len: usize) {
+pub(crate) fn put_len_prefix(buf: &mut Vec<u8>, field: u32, payload_len: usize) {
     put_tag(buf, field, WIRE_LEN);
     put_varint(buf, payload_len as u64);
 }
 
 /// Appends a complete `bytes`/`string` field (always written, also when empty).
 #[inline]
-pub fn put_bytes_field(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
+pub(crate) fn put_bytes_field(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
     put_len_prefix(buf, field, data.len());
     buf.extend_from_slice(data);
 }
 
 /// Size of a complete varint field (tag + value).
 #[inline]
-pub const fn varint_field_len(field: u32, value: u64) -> usize {
+pub(crate) const fn varint_field_len(field: u32, value: u64) -> usize {
     tag_len(field) + varint_len(value)
 }
 
 /// Appends a complete varint field (always written, also when 0).
 #[inline]
-pub fn put_varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
+pub(crate) fn put_varint_field(buf: &mut Vec<u8>, field: u32, value: u64) {
     put_tag(buf, field, WIRE_VARINT);
     put_varint(buf, value);
 }
@@ -180,7 +180,7 @@ impl Timestamp {
 
     /// Size of the encoded `Timestamp` message body (zero fields omitted, as proto3 does).
     #[inline]
-    pub const fn body_len(&self) -> usize {
+    pub(crate) const fn body_len(&self) -> usize {
         let secs = self.secs as u64;
         let nanos = self.wire_nanos();
         let s = if secs != 0 {
@@ -198,13 +198,13 @@ impl Timestamp {
 
     /// Size of the whole `ts` field (field 1 of `TrafficObservation`).
     #[inline]
-    pub const fn field_len(&self) -> usize {
+    pub(crate) const fn field_len(&self) -> usize {
         len_field_len(observation_field::TS, self.body_len())
     }
 
     /// Appends the `ts` field (always present, even when both members are 0).
     #[inline]
-    pub fn put_field(&self, buf: &mut Vec<u8>) {
+    pub(crate) fn put_field(&self, buf: &mut Vec<u8>) {
         put_len_prefix(buf, observation_field::TS, self.body_len());
         let secs = self.secs as u64;
         if secs != 0 {
@@ -219,7 +219,7 @@ impl Timestamp {
 
 /// Direction of captured data: client → proxy (`read`) or proxy → client (`write`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     Read,
     Write,
 }
@@ -267,7 +267,7 @@ fn put_entry_prefix(
 
 /// Size of a plain `read`/`write` entry carrying `data_len` bytes.
 #[inline]
-pub const fn data_entry_len(ts: &Timestamp, data_len: usize) -> usize {
+pub(crate) const fn data_entry_len(ts: &Timestamp, data_len: usize) -> usize {
     // Field numbers 4 (read) and 8 (write) have 1-byte tags, so the size is direction-free.
     entry_len(
         ts,
@@ -278,7 +278,7 @@ pub const fn data_entry_len(ts: &Timestamp, data_len: usize) -> usize {
 
 /// Appends a plain `read`/`write` observation (data in field 1).
 #[inline]
-pub fn put_data(buf: &mut Vec<u8>, dir: Direction, ts: &Timestamp, data: &[u8]) {
+pub(crate) fn put_data(buf: &mut Vec<u8>, dir: Direction, ts: &Timestamp, data: &[u8]) {
     let body = len_field_len(PLAIN_DATA_FIELD, data.len());
     put_entry_prefix(buf, ts, dir.plain_field(), body);
     put_bytes_field(buf, PLAIN_DATA_FIELD, data);
@@ -286,7 +286,7 @@ pub fn put_data(buf: &mut Vec<u8>, dir: Direction, ts: &Timestamp, data: &[u8]) 
 
 /// Size of a `readSegment`/`writeSegment` entry carrying `data_len` bytes.
 #[inline]
-pub const fn data_segment_entry_len(ts: &Timestamp, data_len: usize) -> usize {
+pub(crate) const fn data_segment_entry_len(ts: &Timestamp, data_len: usize) -> usize {
     // Field numbers 5 and 9 both have 1-byte tags.
     entry_len(
         ts,
@@ -297,7 +297,7 @@ pub const fn data_segment_entry_len(ts: &Timestamp, data_len: usize) -> usize {
 
 /// Appends a `readSegment`/`writeSegment` observation (data in field **2**).
 #[inline]
-pub fn put_data_segment(buf: &mut Vec<u8>, dir: Direction, ts: &Timestamp, data: &[u8]) {
+pub(crate) fn put_data_segment(buf: &mut Vec<u8>, dir: Direction, ts: &Timestamp, data: &[u8]) {
     let body = len_field_len(SEGMENT_DATA_FIELD, data.len());
     put_entry_prefix(buf, ts, dir.segment_field(), body);
     put_bytes_field(buf, SEGMENT_DATA_FIELD, data);
@@ -305,7 +305,7 @@ pub fn put_data_segment(buf: &mut Vec<u8>, dir: Direction, ts: &Timestamp, data:
 
 /// The largest `n` with `data_segment_entry_len(ts, n) <= room` (exact), or 0 when not even a
 /// 1-byte segment fits.
-pub fn max_segment_payload(ts: &Timestamp, room: usize) -> usize {
+pub(crate) fn max_segment_payload(ts: &Timestamp, room: usize) -> usize {
     if data_segment_entry_len(ts, 1) > room {
         return 0;
     }
@@ -324,37 +324,37 @@ pub fn max_segment_payload(ts: &Timestamp, room: usize) -> usize {
 
 /// Size of a `close` entry.
 #[inline]
-pub const fn close_entry_len(ts: &Timestamp) -> usize {
+pub(crate) const fn close_entry_len(ts: &Timestamp) -> usize {
     entry_len(ts, observation_field::CLOSE, 0)
 }
 
 /// Size of a `segmentEnd` entry.
 #[inline]
-pub const fn segment_end_entry_len(ts: &Timestamp) -> usize {
+pub(crate) const fn segment_end_entry_len(ts: &Timestamp) -> usize {
     entry_len(ts, observation_field::SEGMENT_END, 0)
 }
 
 /// Size of a `requestDropped` entry.
 #[inline]
-pub const fn request_dropped_entry_len(ts: &Timestamp) -> usize {
+pub(crate) const fn request_dropped_entry_len(ts: &Timestamp) -> usize {
     entry_len(ts, observation_field::REQUEST_DROPPED, 0)
 }
 
 /// Appends a `close` observation.
 #[inline]
-pub fn put_close(buf: &mut Vec<u8>, ts: &Timestamp) {
+pub(crate) fn put_close(buf: &mut Vec<u8>, ts: &Timestamp) {
     put_entry_prefix(buf, ts, observation_field::CLOSE, 0);
 }
 
 /// Appends a `segmentEnd` observation.
 #[inline]
-pub fn put_segment_end(buf: &mut Vec<u8>, ts: &Timestamp) {
+pub(crate) fn put_segment_end(buf: &mut Vec<u8>, ts: &Timestamp) {
     put_entry_prefix(buf, ts, observation_field::SEGMENT_END, 0);
 }
 
 /// Appends a `requestDropped` observation.
 #[inline]
-pub fn put_request_dropped(buf: &mut Vec<u8>, ts: &Timestamp) {
+pub(crate) fn put_request_dropped(buf: &mut Vec<u8>, ts: &Timestamp) {
     put_entry_prefix(buf, ts, observation_field::REQUEST_DROPPED, 0);
 }
 
@@ -366,7 +366,7 @@ const fn eom_body_len(first_line_len: i32, headers_len: i32) -> usize {
 
 /// Size of an `endOfMessageIndicator` entry.
 #[inline]
-pub const fn end_of_message_entry_len(
+pub(crate) const fn end_of_message_entry_len(
     ts: &Timestamp,
     first_line_len: i32,
     headers_len: i32,
@@ -381,7 +381,7 @@ pub const fn end_of_message_entry_len(
 /// Appends an `endOfMessageIndicator` observation; both optional fields are always written
 /// (also when 0), so the consumer sees them present.
 #[inline]
-pub fn put_end_of_message(
+pub(crate) fn put_end_of_message(
     buf: &mut Vec<u8>,
     ts: &Timestamp,
     first_line_len: i32,
@@ -395,7 +395,7 @@ pub fn put_end_of_message(
 
 /// Size of a `connectionException` entry whose message is `message_len` bytes of UTF-8.
 #[inline]
-pub const fn connection_exception_entry_len(ts: &Timestamp, message_len: usize) -> usize {
+pub(crate) const fn connection_exception_entry_len(ts: &Timestamp, message_len: usize) -> usize {
     entry_len(
         ts,
         observation_field::CONNECTION_EXCEPTION,
@@ -405,7 +405,7 @@ pub const fn connection_exception_entry_len(ts: &Timestamp, message_len: usize) 
 
 /// Appends a `connectionException{message}` observation (message written as given).
 #[inline]
-pub fn put_connection_exception(buf: &mut Vec<u8>, ts: &Timestamp, message: &str) {
+pub(crate) fn put_connection_exception(buf: &mut Vec<u8>, ts: &Timestamp, message: &str) {
     let body = len_field_len(EXCEPTION_MESSAGE_FIELD, message.len());
     put_entry_prefix(buf, ts, observation_field::CONNECTION_EXCEPTION, body);
     put_bytes_field(buf, EXCEPTION_MESSAGE_FIELD, message.as_bytes());
@@ -413,7 +413,7 @@ pub fn put_connection_exception(buf: &mut Vec<u8>, ts: &Timestamp, message: &str
 
 /// State written at the start of a record (fields 1, 5, 6, 7 of `TrafficStream`).
 #[derive(Clone, Copy, Debug)]
-pub struct RecordHeader<'a> {
+pub(crate) struct RecordHeader<'a> {
     pub connection_id: &'a str,
     pub node_id: &'a str,
     /// `priorRequestsReceived`; written only when > 0.
@@ -425,7 +425,7 @@ pub struct RecordHeader<'a> {
 impl RecordHeader<'_> {
     /// Exact encoded size of the header fields.
     #[inline]
-    pub const fn encoded_len(&self) -> usize {
+    pub(crate) const fn encoded_len(&self) -> usize {
         let mut n = len_field_len(stream_field::CONNECTION_ID, self.connection_id.len())
             + len_field_len(stream_field::NODE_ID, self.node_id.len());
         if self.prior_requests_received > 0 {
@@ -442,7 +442,7 @@ impl RecordHeader<'_> {
 
     /// Appends the header fields: 1 and 5 always, 6 only when > 0, 7 only when true.
     #[inline]
-    pub fn put(&self, buf: &mut Vec<u8>) {
+    pub(crate) fn put(&self, buf: &mut Vec<u8>) {
         put_bytes_field(
             buf,
             stream_field::CONNECTION_ID,
@@ -464,7 +464,7 @@ impl RecordHeader<'_> {
 
 /// The `index` oneof closing a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordIndex {
+pub(crate) enum RecordIndex {
     /// Field 3: every record of a connection but the last.
     Number(i32),
     /// Field 4: the connection's final record.
@@ -482,14 +482,14 @@ impl RecordIndex {
 
     /// Exact encoded size (at most [`INDEX_FIELD_MAX_LEN`] for non-negative values).
     #[inline]
-    pub const fn encoded_len(self) -> usize {
+    pub(crate) const fn encoded_len(self) -> usize {
         let (f, v) = self.field_and_value();
         varint_field_len(f, int32_wire_value(v))
     }
 
     /// Appends the index field (always written, also when 0).
     #[inline]
-    pub fn put(self, buf: &mut Vec<u8>) {
+    pub(crate) fn put(self, buf: &mut Vec<u8>) {
         let (f, v) = self.field_and_value();
         put_varint_field(buf, f, int32_wire_value(v));
     }

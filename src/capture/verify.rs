@@ -3,7 +3,7 @@
 //! (`inspect`, tests, the Kafka reader later) decodes records and feeds them in the order they
 //! were read; `finish` returns a `Report`.
 //!
-//! Depends only on `capture::proto` (decoding structs) and std. What prost cannot show is not
+//! May depend on: `capture::proto` (decoding structs) and std. What prost cannot show is not
 //! checked: an observation with two `Capture` members decodes as the last one, and segment
 //! data wrongly put in field 1 decodes as an empty segment (reported as such).
 //!
@@ -33,7 +33,7 @@ use crate::capture::proto::{Timestamp, TrafficObservation, TrafficStream};
 /// Most problems kept in `Report::problems`; the rest are only counted (`problems_omitted`
 /// and the per-severity counters). 1000 lines is as much as an operator reads, and bounds
 /// memory when a capture is broken everywhere.
-pub const MAX_PROBLEMS_KEPT: usize = 1000;
+pub(crate) const MAX_PROBLEMS_KEPT: usize = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -46,7 +46,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Severity::Note => "note",
             Severity::Warning => "warning",
@@ -246,7 +246,7 @@ impl Ctx<'_> {
 
 /// Accumulates records and checks them; see the module doc.
 #[derive(Debug, Default)]
-pub struct Verifier {
+pub(crate) struct Verifier {
     /// nodeId → connectionId → state (two levels so lookups need no key allocation).
     conns: HashMap<String, HashMap<String, Conn>>,
     report: Report,
@@ -283,14 +283,14 @@ fn fmt_ts(ts: Option<Timestamp>) -> String {
 }
 
 impl Verifier {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Feeds one decoded record. `raw_len` is its serialized size; `source` says where it came
     /// from (used in messages); `key` is the Kafka key if any (must equal the connectionId);
     /// `partition` is the Kafka partition if any (one per connection).
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         ts: &TrafficStream,
         raw_len: usize,
@@ -332,7 +332,7 @@ impl Verifier {
     }
 
     /// Counts a record that could not be decoded (bad base64 or protobuf) as an error.
-    pub fn add_undecodable(&mut self, source: &str, raw_len: usize, message: &str) {
+    pub(crate) fn add_undecodable(&mut self, source: &str, raw_len: usize, message: &str) {
         let r = &mut self.report;
         r.undecodable_records = r.undecodable_records.saturating_add(1);
         r.bytes = r.bytes.saturating_add(raw_len as u64);
@@ -346,7 +346,7 @@ impl Verifier {
     }
 
     /// Ends the run: reports connections without a final record and returns the totals.
-    pub fn finish(mut self) -> Report {
+    pub(crate) fn finish(mut self) -> Report {
         let mut nodes: Vec<_> = self.conns.into_iter().collect();
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
         for (node_id, conns) in nodes {

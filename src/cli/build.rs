@@ -41,7 +41,7 @@ use crate::config::{
 
 /// Smallest `--maxTrafficBufferSize`: a TrafficStream must hold more than the 500-byte Kafka
 /// envelope reserve plus a useful observation; below 1 KiB every record would be all overhead.
-pub const MIN_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024;
+pub(crate) const MIN_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024;
 /// Reason given for the OpenTelemetry flags, which are rejected rather than ignored.
 const OTEL_UNSUPPORTED: &str = "OpenTelemetry export is not supported yet; scrape the \
                                 Prometheus endpoint (--admin-listen) instead";

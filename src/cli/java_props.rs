@@ -6,7 +6,8 @@
 //! Owns: the properties syntax (separators, continuation lines, escapes, repeated keys), the
 //! Java-key → librdkafka-key mapping, which keys are refused, and which values are secrets.
 //!
-//! May depend on: `super::values` (file checks), `super` (`CliError`, `MASK`), the file system.
+//! May depend on: `super::values` (file checks), `super` (`CliError`, `MASK`), the file system;
+//! its tests on `crate::config` (`KafkaAuth`).
 //!
 //! Invariant: an unknown or unsupported key is an error naming the key and its line, never
 //! silently dropped; a secret value (passwords, the JAAS line) never appears in an error.
@@ -18,7 +19,7 @@ use super::{CliError, MASK};
 
 /// Producer settings read from a `--kafkaPropertyFile`, already in librdkafka terms.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KafkaProperties {
+pub(crate) struct KafkaProperties {
     /// librdkafka key/value pairs, in file order.
     pub properties: Vec<(String, String)>,
     /// The file configures AWS MSK IAM (`sasl.mechanism=AWS_MSK_IAM`, the `IAMLoginModule`
@@ -146,7 +147,7 @@ pub(super) fn secret_property(key: &str) -> bool {
 
 /// Reads and translates a producer properties file (`--kafkaPropertyFile`). Also used by
 /// `inspect` for its Kafka input.
-pub fn load_kafka_properties(path: &Path) -> Result<KafkaProperties, CliError> {
+pub(crate) fn load_kafka_properties(path: &Path) -> Result<KafkaProperties, CliError> {
     load_kafka_properties_as(path, "--kafkaPropertyFile")
 }
 

@@ -2,7 +2,7 @@
 //! (`CAPTURE_PROXY_*`) and the Kubernetes JSON form (`---INLINE-JSON`, `---JSON-FILE`) into a
 //! validated [`Config`], an `inspect` request, or help/version text (spec: `cli.md`).
 //!
-//! Owns: the public entry points ([`parse`], [`render_effective`], [`load_kafka_properties`]),
+//! Owns: the public entry points ([`parse`], [`render_effective`], `load_kafka_properties`),
 //! the [`Command`] and [`CliError`] they return, and how secrets are masked. The work is split
 //! the way ripgrep splits `crates/core/flags/`:
 //! - `defs`: the one flag table — names, kinds, help, typed defaults (`config::DEFAULT_*`);
@@ -40,11 +40,9 @@ mod test_support;
 
 use crate::config::Config;
 
-pub use build::MIN_MAX_TRAFFIC_BUFFER_SIZE;
 pub use effective::render_effective;
 pub use inspect_args::InspectArgs;
-pub use java_props::{load_kafka_properties, KafkaProperties};
-pub use values::MAX_CPU_INDEX;
+pub(crate) use java_props::load_kafka_properties;
 
 /// What the binary should do.
 pub enum Command {
@@ -86,9 +84,9 @@ impl CliError {
 }
 
 /// Exit status for unknown, missing or conflicting flags (the Java proxy's usage exit).
-pub const EXIT_USAGE: i32 = 2;
+pub(crate) const EXIT_USAGE: i32 = 2;
 /// Exit status for a flag with a bad value (the Java proxy exits 3 on a bad URI).
-pub const EXIT_BAD_VALUE: i32 = 3;
+pub(crate) const EXIT_BAD_VALUE: i32 = 3;
 
 fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())

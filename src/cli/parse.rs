@@ -7,7 +7,7 @@
 //! (a command-line or JSON value overrides the environment; given twice is a usage error).
 //!
 //! May depend on: `super::defs` (names, kinds), `super` (`CliError`, `MASK`), `serde_json`,
-//! `base64`, reading the `---JSON-FILE`.
+//! `base64`, reading the `---JSON-FILE`; its tests on `crate::config`.
 //!
 //! Invariant: every raw value carries its origin (`--listenPort`, `CAPTURE_PROXY_LISTEN_PORT`,
 //! `listenPort (JSON)`) for error messages, and no error here echoes a value that may be a

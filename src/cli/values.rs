@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::config::{Destination, FailurePolicy, IoDriver, KafkaAuth, LogFormat};
 
 /// Highest CPU number `--cpu-list` accepts: glibc's `CPU_SETSIZE` (1024) bits in a cpu_set_t.
-pub const MAX_CPU_INDEX: usize = 1023;
+pub(crate) const MAX_CPU_INDEX: usize = 1023;
 
 // ---------------------------------------------------------------------------------------------
 // Enumerated values (`--io-driver auto|uring|legacy`, …).

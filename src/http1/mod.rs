@@ -3,28 +3,31 @@
 //! request is suppressed, and the `--setHeader` head rewrite.
 //!
 //! Owns: [`RequestFramer`] (client → destination), [`ResponseFramer`] (destination → client),
-//! [`is_suppressed`], [`HeadRewriter`], and the primitives they share (limits, errors, the
-//! empty-line scanner, the split-head accumulator and the body decoder), which live here.
+//! `is_suppressed` and its rules ([`SuppressConfig`]), [`HeadRewriter`] and its entries
+//! ([`SetHeader`]), and the primitives they share (limits, errors, the empty-line scanner, the
+//! split-head accumulator and the body decoder), which live here. `config` holds the rule
+//! types; `cli` builds them from the flags.
 //!
-//! May depend on: `httparse` (head parsing), `regex` (suppression), `crate::config` (rule
-//! types). Nothing here does I/O or knows sockets, threads, capture formats or flags.
+//! May depend on: nothing of the crate: `httparse` (head parsing), `regex` (suppression).
+//! Nothing here does I/O or knows sockets, threads, capture formats or flags.
 //!
 //! Invariant: the framers never copy body bytes and never allocate per message in steady
 //! state; they only observe the bytes the caller forwards unchanged. A framer's answer never
 //! depends on how the caller split the stream into calls: the same bytes give the same events
 //! at the same absolute offsets. Peer bytes can make a framer return an error, never panic.
 
-pub mod request;
-pub mod response;
-pub mod rewrite;
-pub mod suppress;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod rewrite;
+pub(crate) mod suppress;
 
 pub use request::{
     line_lengths, Event, HeaderIter, Headers, Method, RequestFramer, RequestHead, Step,
 };
 pub use response::{ExpectedResponse, REvent, RStep, ResponseFramer};
-pub use rewrite::{HeadRewriter, RewriteError};
-pub use suppress::is_suppressed;
+pub use rewrite::{HeadRewriter, RewriteError, SetHeader};
+pub(crate) use suppress::is_suppressed;
+pub use suppress::SuppressConfig;
 
 /// Size limits shared by both framers. They bound memory (heads are the only bytes a framer
 /// ever buffers) and stop a peer from streaming endless framing metadata.
@@ -58,18 +61,18 @@ impl FramerLimits {
     /// 64 KiB: eight times Netty's 8 KiB header default that the Java proxy parsed with, so
     /// anything a real Elasticsearch/OpenSearch client sends fits, while one connection's head
     /// buffer stays small.
-    pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
+    pub(crate) const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
     /// 4 KiB: Netty's initial-line limit, which it also applies to chunk-size lines; real
     /// chunk-size lines are a few hex digits, extensions are practically never sent.
-    pub const DEFAULT_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+    pub(crate) const DEFAULT_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
     /// 64 KiB: the same budget as a head. Trailers are never buffered (only scanned), so the
     /// limit only stops an endless trailer section.
-    pub const DEFAULT_MAX_TRAILER_BYTES: usize = 64 * 1024;
+    pub(crate) const DEFAULT_MAX_TRAILER_BYTES: usize = 64 * 1024;
     /// 4 KiB: `http.max_initial_line_length`'s default in Elasticsearch 7.10 and OpenSearch
     /// 1.x–3.x (their Netty decoder is built with it).
-    pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 4 * 1024;
+    pub(crate) const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 4 * 1024;
     /// 8 KiB: `http.max_header_size`'s default in Elasticsearch 7.10 and OpenSearch 1.x–3.x.
-    pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
+    pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 }
 
 impl Default for FramerLimits {

@@ -83,21 +83,6 @@ impl<'a> Headers<'a> {
             ranges: self.ranges.iter(),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.ranges.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
-    /// Value of the first header named `name` (case-insensitive).
-    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    }
 }
 
 impl<'a> IntoIterator for Headers<'a> {
@@ -167,7 +152,7 @@ pub struct RequestHead<'a> {
     /// a chunked HTTP/1.0 request, whose framing RFC 9112 §6.1 calls faulty).
     pub connection_close: bool,
     /// `Connection: upgrade` with an `Upgrade` header: if the response is 101 the connection
-    /// becomes opaque (see [`RequestFramer::set_opaque`]).
+    /// becomes opaque (the caller stops framing it).
     pub upgrade: bool,
     /// The head bytes themselves (`head_len` bytes), e.g. for a header rewrite.
     pub raw: &'a [u8],
@@ -351,13 +336,15 @@ impl RequestFramer {
     }
 
     /// True after the HTTP/2 preface or [`set_opaque`](Self::set_opaque).
-    pub fn is_opaque(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }
 
-    /// Stops framing: every later `advance` consumes all input without events. The caller
-    /// calls this when the response framer reports `Upgraded` (101, or 2xx to CONNECT).
-    pub fn set_opaque(&mut self) {
+    /// Stops framing: every later `advance` consumes all input without events. (`conn`
+    /// stops calling the framer instead once the response framer reports `Upgraded`.)
+    #[cfg(test)]
+    pub(crate) fn set_opaque(&mut self) {
         if !matches!(self.state, State::Failed(_)) {
             self.state = State::Opaque;
         }

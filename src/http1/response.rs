@@ -134,17 +134,20 @@ impl ResponseFramer {
     }
 
     /// Forwarded requests whose final response is not complete yet.
-    pub fn outstanding(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> usize {
         self.expected.len()
     }
 
     /// No request outstanding and nothing partial (false once opaque or failed).
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.expected.is_empty() && self.state == RState::Idle
     }
 
     /// True after `Upgraded`.
-    pub fn is_opaque(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_opaque(&self) -> bool {
         self.state == RState::Opaque
     }
 
@@ -165,7 +168,7 @@ impl ResponseFramer {
     /// The destination closed its side. Completes a close-delimited response (reporting
     /// `MessageComplete` with `keep_alive: false`); otherwise `None` (a message cut short
     /// stays incomplete).
-    pub fn on_eof(&mut self) -> Option<REvent> {
+    pub(crate) fn on_eof(&mut self) -> Option<REvent> {
         if self.state != RState::Body(Body::CloseDelimited) {
             return None;
         }

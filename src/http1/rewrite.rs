@@ -2,13 +2,18 @@
 //! name from a complete request head and inserts `name: value` lines right after the request
 //! line, keeping the request's line-ending style (CRLF or bare LF).
 //!
-//! May depend on: `crate::config::SetHeader`.
+//! May depend on: nothing outside `http1` (std, thiserror).
 //!
 //! Invariant: only the head is rewritten, into an output buffer that keeps its capacity (no
 //! allocation per request in steady state); the configured lines are validated once, in
 //! [`HeadRewriter::new`], so a rewrite cannot inject a line break.
 
-use crate::config::SetHeader;
+/// One `--setHeader` entry (issue 4): name as given, value as given (`Config::set_headers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetHeader {
+    pub name: String,
+    pub value: String,
+}
 
 /// Why a `--setHeader` entry or a head cannot be used.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -43,7 +48,7 @@ use super::is_tchar;
 /// Validates one `--setHeader` entry: a `tchar` name other than the framing headers, and a
 /// value any strict HTTP/1 parser accepts (RFC 9110 §5.5: HTAB, SP, VCHAR, obs-text; no other
 /// control byte). The CLI and [`HeadRewriter::new`] share it.
-pub fn check_entry(name: &str, value: &str) -> Result<(), RewriteError> {
+pub(crate) fn check_entry(name: &str, value: &str) -> Result<(), RewriteError> {
     if name.is_empty() || !name.bytes().all(is_tchar) {
         return Err(RewriteError::InvalidName(name.to_string()));
     }

@@ -1,15 +1,26 @@
 //! Capture suppression predicate: decides from a complete request head whether the request
 //! (and its response) is forwarded without being captured (`--suppressCaptureFor*`).
 //!
-//! May depend on: `crate::config::SuppressConfig` (compiled rules), `regex`, `super::request`.
+//! Owns: [`SuppressConfig`], the compiled rules (`cli` builds them from the flags, `Config`
+//! holds them).
+//!
+//! May depend on: `regex`, `super::request`.
 //!
 //! Invariant: every rule is a *full* match (the config builder anchors each regex, so
 //! `is_match` means the whole text matched); no rules ⇒ `false` without looking at the head;
 //! no allocation unless `METHOD target` exceeds [`METHOD_AND_PATH_STACK_BYTES`].
 
-use crate::config::SuppressConfig;
-
 use super::request::RequestHead;
+
+/// Compiled suppression rules (`Config::suppress`). Each regex is anchored so `is_match` is a *full* match.
+#[derive(Debug, Clone, Default)]
+pub struct SuppressConfig {
+    /// (lower-cased header name, anchored value regex)
+    pub header_matches: Vec<(String, regex::bytes::Regex)>,
+    pub method: Option<regex::bytes::Regex>,
+    pub uri_path: Option<regex::bytes::Regex>,
+    pub method_and_path: Option<regex::bytes::Regex>,
+}
 
 /// Stack scratch for the `"METHOD target"` text matched by `--suppressMethodAndPath`. 2 KiB
 /// holds the method and target of practically every request (Elasticsearch URIs are usually
@@ -23,7 +34,7 @@ const METHOD_AND_PATH_STACK_BYTES: usize = 2048;
 /// The Java proxy also always suppresses versions matching `HTTP/2.*`; such a request cannot
 /// reach here (httparse only accepts HTTP/1.x, and the h2c preface is
 /// [`Event::Http2Preface`](super::Event::Http2Preface), which the caller never captures).
-pub fn is_suppressed(rules: &SuppressConfig, head: &RequestHead<'_>) -> bool {
+pub(crate) fn is_suppressed(rules: &SuppressConfig, head: &RequestHead<'_>) -> bool {
     if rules.method.is_none()
         && rules.uri_path.is_none()
         && rules.method_and_path.is_none()

@@ -5,7 +5,9 @@
 //!
 //! Owns: trace file naming (`capture-<node_id>-<seq:06>.log`), size-based rotation, the write
 //! buffer and the commit/fsync points. Runs on the single sink thread, never on a worker.
-//! Depends only on std, `base64` (decoding), `base64-simd` (encoding), `thiserror` and `tracing`.
+//!
+//! May depend on: nothing of the crate: std, `base64` (decoding), `base64-simd` (encoding),
+//! `thiserror` and `tracing`.
 //!
 //! Invariants:
 //! - An existing file is never overwritten or appended to: every file is created with
@@ -30,7 +32,7 @@ use base64::Engine as _;
 /// records (a few KiB each) is pushed with a handful of `write(2)` calls at `commit`; a line
 /// larger than this bypasses the buffer and is written directly, so it bounds memory, not
 /// record size. 256 KiB keeps syscalls rare without holding much uncommitted data.
-pub const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// How many successive sequence numbers `open`/rotation try when the chosen file name already
 /// exists (only possible if another process writes the same node id into the same directory).
@@ -46,7 +48,7 @@ const FILE_SUFFIX: &str = ".log";
 
 /// Errors of the writer side.
 #[derive(thiserror::Error, Debug)]
-pub enum FileSinkError {
+pub(crate) enum FileSinkError {
     #[error("trace file {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -92,7 +94,7 @@ struct CurrentFile {
 /// Appends base64 lines to `capture-<node_id>-<seq>.log` files in one directory, rotating by
 /// size. The first file is opened eagerly by `open`, so an unwritable directory is reported at
 /// startup rather than at the first record.
-pub struct FileSink {
+pub(crate) struct FileSink {
     dir: PathBuf,
     node_id: String,
     max_file_bytes: u64,
@@ -114,7 +116,11 @@ impl FileSink {
     /// Creates `dir` if missing and opens the first file eagerly, named
     /// `capture-<node_id>-<seq:06>.log` with `seq` one above the highest existing sequence
     /// number for this node id in `dir` (1 when there is none). Never overwrites a file.
-    pub fn open(dir: &Path, node_id: &str, max_file_bytes: u64) -> Result<Self, FileSinkError> {
+    pub(crate) fn open(
+        dir: &Path,
+        node_id: &str,
+        max_file_bytes: u64,
+    ) -> Result<Self, FileSinkError> {
         if !valid_node_id(node_id) {
             return Err(FileSinkError::InvalidNodeId(node_id.to_owned()));
         }
@@ -154,7 +160,7 @@ impl FileSink {
     /// in a new file on the next call) and the next `commit` fails too: every record appended
     /// since the last successful `commit` counts as not committed (some of them may still
     /// have reached a file, so a failure can over-report loss, never under-report it).
-    pub fn append(&mut self, value: &[u8]) -> Result<(), FileSinkError> {
+    pub(crate) fn append(&mut self, value: &[u8]) -> Result<(), FileSinkError> {
         let result = self.append_inner(value);
         if result.is_err() && self.failed_since_commit.is_none() {
             self.failed_since_commit = Some(match &result {
@@ -200,7 +206,7 @@ impl FileSink {
     /// the previous `commit` survives a process crash (not a power loss: see `sync`). Called
     /// at the end of every batch. Fails (`AppendFailed`) when an `append` failed since the
     /// previous `commit`; either way the next batch starts clean.
-    pub fn commit(&mut self) -> Result<(), FileSinkError> {
+    pub(crate) fn commit(&mut self) -> Result<(), FileSinkError> {
         let failed = self.failed_since_commit.take();
         if let Some(cur) = self.current.as_mut() {
             if let Err(e) = cur.writer.flush() {
@@ -216,7 +222,7 @@ impl FileSink {
     }
 
     /// `commit`, then fsync the current file and the directory. Called at shutdown.
-    pub fn sync(&mut self) -> Result<(), FileSinkError> {
+    pub(crate) fn sync(&mut self) -> Result<(), FileSinkError> {
         self.commit()?;
         if let Some(cur) = self.current.as_mut() {
             if let Err(e) = cur.writer.get_ref().sync_all() {
@@ -230,23 +236,27 @@ impl FileSink {
 
     /// Path of the file currently appended to (None only after an I/O error, until the next
     /// `append` opens a new file).
-    pub fn current_path(&self) -> Option<&Path> {
+    #[cfg(test)]
+    pub(crate) fn current_path(&self) -> Option<&Path> {
         self.current.as_ref().map(|c| c.path.as_path())
     }
 
     /// Total bytes successfully appended (base64 lines including `\n`), over all files;
     /// includes bytes a later failed `commit` did not commit.
-    pub fn bytes_written(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn bytes_written(&self) -> u64 {
         self.bytes_written
     }
 
     /// Total records successfully appended, over all files (same caveat).
-    pub fn records_written(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn records_written(&self) -> u64 {
         self.records_written
     }
 
     /// How many times a full file was closed (flushed + fsynced) and the next one opened.
-    pub fn files_rotated(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn files_rotated(&self) -> u64 {
         self.files_rotated
     }
 
@@ -349,7 +359,7 @@ fn valid_node_id(node_id: &str) -> bool {
 }
 
 /// `capture-<node_id>-<seq:06>.log`.
-pub fn trace_file_name(node_id: &str, seq: u64) -> String {
+pub(crate) fn trace_file_name(node_id: &str, seq: u64) -> String {
     format!("{FILE_PREFIX}{node_id}-{seq:0SEQ_WIDTH$}{FILE_SUFFIX}")
 }
 
@@ -370,7 +380,7 @@ fn parse_trace_file_name(name: &str) -> Option<(&str, Option<u64>)> {
 
 /// All `capture-*.log` regular files of `dir`, sorted by node id, then sequence number (names
 /// without a numeric sequence come first within their node id, then by name).
-pub fn list_trace_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn list_trace_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut found: Vec<(String, Option<u64>, String, PathBuf)> = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -422,7 +432,8 @@ pub enum TraceReadError {
 
 impl TraceReadError {
     /// The file and 1-based line number (0 = the file itself) the error is about.
-    pub fn location(&self) -> (&Path, u64) {
+    #[cfg(test)]
+    pub(crate) fn location(&self) -> (&Path, u64) {
         match self {
             TraceReadError::Io { path, line, .. }
             | TraceReadError::Base64 { path, line, .. }
@@ -432,7 +443,7 @@ impl TraceReadError {
     }
 
     /// The reason alone, without the `path:line: ` prefix of `Display`.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             TraceReadError::Io { source, .. } => format!("read failed: {source}"),
             TraceReadError::Base64 { source, .. } => format!("not valid base64: {source}"),
@@ -445,13 +456,13 @@ impl TraceReadError {
 
     /// True for errors after which the iterator stops (I/O), false for a bad line that is
     /// skipped.
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(self, TraceReadError::Io { .. })
     }
 }
 
 /// Iterator over the base64-decoded record values of one trace file, see `read_trace_lines`.
-pub struct TraceLines {
+pub(crate) struct TraceLines {
     path: PathBuf,
     reader: Option<BufReader<File>>,
     open_error: Option<io::Error>,
@@ -461,13 +472,8 @@ pub struct TraceLines {
 
 impl TraceLines {
     /// 1-based line number of the item most recently returned (0 before the first).
-    pub fn line_number(&self) -> u64 {
+    pub(crate) fn line_number(&self) -> u64 {
         self.line_no
-    }
-
-    /// The file being read.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -475,7 +481,7 @@ impl TraceLines {
 /// decode yields an `Err` naming file and line, and reading continues with the next line; an
 /// I/O error (including failure to open the file) yields one `Err` and ends the iteration.
 /// A trailing `\r` is tolerated; a final line without `\n` is accepted if it decodes.
-pub fn read_trace_lines(path: &Path) -> TraceLines {
+pub(crate) fn read_trace_lines(path: &Path) -> TraceLines {
     let (reader, open_error) = match File::open(path) {
         Ok(f) => (Some(BufReader::new(f)), None),
         Err(e) => (None, Some(e)),

@@ -3,17 +3,15 @@
 //! `spool.rs` for records Kafka cannot take right now), and sends one ack per record back to
 //! the owning worker together with the emptied buffers.
 //!
-//! May depend on: `handoff`, `capture` types, the sink back-ends (which use `kafka`). Never
-//! runs on a worker.
+//! May depend on: `handoff`, `stats` (histograms, rate limiter), `cpu` (pinning the thread), the
+//! back-ends (`file.rs`, `kafka.rs`, `spool.rs`). Never runs on a worker.
 //!
 //! Invariant: every record received is acknowledged exactly once; on shutdown everything
 //! received before `SinkMsg::Shutdown` is committed (or failed) and the sink is synced.
 
-pub mod file;
+pub(crate) mod file;
 pub mod kafka;
 pub mod spool;
-// Moved to `kafka::msk_iam`; re-exported while `runtime` still names it here.
-pub use crate::kafka::msk_iam;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,7 +78,7 @@ impl Default for SinkStats {
 }
 
 /// The configured back-end, opened before the thread starts so start-up errors surface.
-pub enum Backend {
+pub(crate) enum Backend {
     /// `--noCapture`: workers produce no records; the thread only answers shutdown.
     Null,
     File(file::FileSink),
@@ -99,7 +97,7 @@ const KAFKA_POLL_SLICE: Duration = Duration::from_micros(200);
 /// systemd unit's TimeoutStopSec (60 s) after the 30 s drain.
 const KAFKA_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub struct SinkThread {
+pub(crate) struct SinkThread {
     backend: Backend,
     rx: BatchReceiver,
     inboxes: Vec<Arc<Inbox>>,
@@ -119,7 +117,7 @@ pub struct SinkThread {
 }
 
 impl SinkThread {
-    pub fn new(
+    pub(crate) fn new(
         backend: Backend,
         rx: BatchReceiver,
         inboxes: Vec<Arc<Inbox>>,
@@ -142,7 +140,7 @@ impl SinkThread {
     }
 
     /// Runs until `SinkMsg::Shutdown`.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         loop {
             let busy = self.kafka_unacked() > 0;
             // While Kafka holds unacknowledged records, serve its delivery reports at least
@@ -605,7 +603,7 @@ impl SinkThread {
     /// Adds the durable spool (Kafka back-end only; ignored otherwise).
     /// `kafka_max_unacked_bytes` is the producer's `KafkaSettings::max_unacked_bytes`;
     /// `max_record_bytes` the largest record.
-    pub fn with_spool(
+    pub(crate) fn with_spool(
         mut self,
         spool: spool::Spool,
         kafka_max_unacked_bytes: usize,
@@ -780,7 +778,7 @@ impl SinkThread {
 }
 
 /// Starts the sink thread, pinned to `cpu` when given.
-pub fn spawn(
+pub(crate) fn spawn(
     thread: SinkThread,
     cpu: Option<usize>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -788,7 +786,7 @@ pub fn spawn(
         .name("cp-sink".into())
         .spawn(move || {
             if let Some(c) = cpu {
-                crate::runtime::pin_current_thread(c);
+                crate::cpu::pin_current_thread(c);
             }
             thread.run()
         })

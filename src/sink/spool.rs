@@ -58,10 +58,10 @@
 //!
 //! Invariants:
 //! - An entry is acknowledged to its worker only after its bytes are fsynced.
-//! - A key counted in [`Spool::holds_key`] has at least one entry in the spool that Kafka has
+//! - A key counted in `Spool::holds_key` has at least one entry in the spool that Kafka has
 //!   not acknowledged yet; the caller sends every later record of that key to the spool too,
 //!   so a connection's records reach Kafka in order.
-//! - Entries are handed out by [`Spool::next_drain`] in log order; after a failure nothing
+//! - Entries are handed out by `Spool::next_drain` in log order; after a failure nothing
 //!   new is handed out until every in-flight entry is resolved, then (after a short pause) the
 //!   failed ones are handed out again, in log order, before anything newer (the pause doubles
 //!   with each failed round, up to 16×). Only an entry Kafka refuses for its own sake (too
@@ -81,14 +81,14 @@ use std::time::{Duration, Instant};
 use crate::handoff::{FailKind, Outcome};
 
 /// First bytes of every segment file (format name and version).
-pub const SEGMENT_MAGIC: [u8; 8] = *b"CPSPOOL1";
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"CPSPOOL1";
 /// Bytes of the segment header.
-pub const SEGMENT_HEADER_BYTES: u64 = SEGMENT_MAGIC.len() as u64;
+pub(crate) const SEGMENT_HEADER_BYTES: u64 = SEGMENT_MAGIC.len() as u64;
 /// First bytes of every entry. Not ASCII and not a plausible protobuf prefix, so a search for
 /// it after a corrupt entry rarely stops anywhere but at a real entry (the CRC decides).
-pub const ENTRY_MAGIC: [u8; 4] = [0xC5, 0x70, 0x0F, 0xE1];
+pub(crate) const ENTRY_MAGIC: [u8; 4] = [0xC5, 0x70, 0x0F, 0xE1];
 /// Entry header: magic, body length, CRC.
-pub const ENTRY_HEADER_BYTES: usize = 12;
+pub(crate) const ENTRY_HEADER_BYTES: usize = 12;
 /// Fixed part of an entry body: key length (2), record number (4), flags (1).
 const BODY_FIXED_BYTES: usize = 7;
 /// Flag bit: the connection's final record.
@@ -136,6 +136,8 @@ const SEGMENT_SUFFIX: &str = ".spool";
 /// The reflected Castagnoli polynomial.
 const CRC32C_POLY: u32 = 0x82F6_3B78;
 
+// Evaluated at compile time (`CRC_TABLES`): an index out of bounds would fail the build.
+#[allow(clippy::indexing_slicing)]
 const fn crc_tables() -> [[u32; 256]; 8] {
     let mut t = [[0u32; 256]; 8];
     let mut i = 0;
@@ -179,7 +181,7 @@ fn tab(t: usize, b: u32) -> u32 {
 }
 
 /// Continues a CRC-32C: `crc32c_update(crc32c_update(0, a), b) == crc32c(a ++ b)`.
-pub fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
+pub(crate) fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
     let mut c = !crc;
     let mut chunks = data.chunks_exact(8);
     for ch in &mut chunks {
@@ -203,7 +205,7 @@ pub fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
 }
 
 /// CRC-32C of `data`.
-pub fn crc32c(data: &[u8]) -> u32 {
+pub(crate) fn crc32c(data: &[u8]) -> u32 {
     crc32c_update(0, data)
 }
 
@@ -212,7 +214,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(thiserror::Error, Debug)]
-pub enum SpoolError {
+pub(crate) enum SpoolError {
     #[error("spool directory {}: {source}", .dir.display())]
     Dir {
         dir: PathBuf,
@@ -235,7 +237,7 @@ pub enum SpoolError {
 
 /// One decoded entry, borrowing from the buffer it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryRef<'a> {
+pub(crate) struct EntryRef<'a> {
     pub key: &'a [u8],
     pub number: u32,
     pub is_final: bool,
@@ -244,7 +246,7 @@ pub struct EntryRef<'a> {
 
 /// What [`decode_entry`] found at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decoded<'a> {
+pub(crate) enum Decoded<'a> {
     /// A whole, valid entry of `len` bytes (header included).
     Entry { entry: EntryRef<'a>, len: usize },
     /// The buffer ends before the entry does (a torn tail when at the end of a file).
@@ -254,13 +256,13 @@ pub enum Decoded<'a> {
 }
 
 /// Bytes the entry for `key`/`value` takes on disk.
-pub fn entry_len(key: &[u8], value: &[u8]) -> usize {
+pub(crate) fn entry_len(key: &[u8], value: &[u8]) -> usize {
     ENTRY_HEADER_BYTES + BODY_FIXED_BYTES + key.len() + value.len()
 }
 
 /// Appends one entry to `out`; returns its length. Fails only when the key is over 64 KiB or
 /// the body over 4 GiB (nothing is appended then).
-pub fn encode_entry(
+pub(crate) fn encode_entry(
     out: &mut Vec<u8>,
     key: &[u8],
     number: u32,
@@ -313,9 +315,12 @@ fn le_u16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Decodes the entry at the start of `buf` (trailing bytes are ignored).
-pub fn decode_entry(buf: &[u8]) -> Decoded<'_> {
+pub(crate) fn decode_entry(buf: &[u8]) -> Decoded<'_> {
     let Some(header) = buf.get(..ENTRY_HEADER_BYTES) else {
-        return if buf.is_empty() || buf.starts_with(&ENTRY_MAGIC[..buf.len().min(4)]) {
+        let magic_so_far = ENTRY_MAGIC
+            .get(..buf.len().min(ENTRY_MAGIC.len()))
+            .is_some_and(|m| buf.starts_with(m));
+        return if buf.is_empty() || magic_so_far {
             Decoded::Incomplete
         } else {
             Decoded::Corrupt
@@ -599,10 +604,10 @@ pub fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// Where the spool lives and how large it may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolSettings {
+pub(crate) struct SpoolSettings {
     pub dir: PathBuf,
-    /// Most bytes of segment files (drained parts not yet deleted included); beyond this,
-    /// [`Spool::append`] fails with [`SpoolError::Full`].
+    /// `--spool-max-bytes`: most bytes of segment files (drained parts not yet deleted
+    /// included); beyond this, [`Spool::append`] fails with [`SpoolError::Full`].
     pub max_bytes: u64,
     /// A new segment file is started once the current one holds this many bytes.
     pub segment_bytes: u64,
@@ -612,7 +617,7 @@ pub struct SpoolSettings {
 
 impl SpoolSettings {
     /// Settings for `dir` bounded by `max_bytes`; segments are 1/16 of that (64 KiB..64 MiB).
-    pub fn new(dir: PathBuf, max_bytes: u64) -> SpoolSettings {
+    pub(crate) fn new(dir: PathBuf, max_bytes: u64) -> SpoolSettings {
         SpoolSettings {
             dir,
             max_bytes,
@@ -625,7 +630,7 @@ impl SpoolSettings {
 
 /// Cumulative counters (since the spool was opened).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpoolCounters {
+pub(crate) struct SpoolCounters {
     /// Entries made durable (acknowledged to workers).
     pub spooled: u64,
     /// Entries Kafka acknowledged (the spool may forget them).
@@ -644,7 +649,7 @@ pub struct SpoolCounters {
 /// An entry handed out for sending to Kafka; report its outcome with [`Spool::drain_ack`]
 /// under `id`, and give `value` back with [`Spool::recycle`].
 #[derive(Debug)]
-pub struct DrainEntry {
+pub(crate) struct DrainEntry {
     pub id: u64,
     pub key: Arc<str>,
     pub number: u32,
@@ -690,7 +695,7 @@ struct Pos {
     off: u64,
 }
 
-pub struct Spool {
+pub(crate) struct Spool {
     settings: SpoolSettings,
     /// Held (flock) while the spool is open.
     _lock: File,
@@ -784,7 +789,7 @@ fn read_checkpoint(dir: &Path) -> Option<Pos> {
 impl Spool {
     /// Opens (creating it if needed) and locks the spool directory, and takes stock of what
     /// earlier runs left there; that is drained before anything this run spools.
-    pub fn open(settings: SpoolSettings) -> Result<Spool, SpoolError> {
+    pub(crate) fn open(settings: SpoolSettings) -> Result<Spool, SpoolError> {
         let dir = settings.dir.clone();
         let dir_err = |source| SpoolError::Dir {
             dir: dir.clone(),
@@ -873,49 +878,41 @@ impl Spool {
         })
     }
 
-    pub fn settings(&self) -> &SpoolSettings {
-        &self.settings
-    }
-
     /// Bytes of segment files on disk (what counts against the bound).
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    pub fn counters(&self) -> SpoolCounters {
+    pub(crate) fn counters(&self) -> SpoolCounters {
         self.counters
     }
 
     /// True when nothing is stored: everything spooled was acknowledged by Kafka.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.segments.is_empty() && self.wbuf.is_empty()
     }
 
     /// True while the spool can take records (below its bound, last write succeeded).
-    pub fn accepting(&self) -> bool {
+    pub(crate) fn accepting(&self) -> bool {
         !self.broken && self.bytes < self.settings.max_bytes
     }
 
     /// True when records of `key` are in the spool and not yet acknowledged by Kafka: later
     /// records of that connection must be spooled too (order).
-    pub fn holds_key(&self, key: &str) -> bool {
+    pub(crate) fn holds_key(&self, key: &str) -> bool {
         // The common case (nothing spooled) without hashing the key.
         !self.keys.is_empty() && self.keys.contains_key(key)
     }
 
-    /// Connections (of this run) with records in the spool.
-    pub fn held_keys(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Value bytes of drained entries Kafka has not resolved yet.
-    pub fn pending_bytes(&self) -> usize {
+    pub(crate) fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
 
     /// Adds one record to the current batch. Nothing is durable (or may be acknowledged)
     /// before [`Spool::commit`] succeeds. Fails when the bound would be passed.
-    pub fn append(
+    pub(crate) fn append(
         &mut self,
         key: &Arc<str>,
         number: u32,
@@ -961,7 +958,7 @@ impl Spool {
     /// Writes the batch built by [`Spool::append`] and fsyncs it (the fsync policy); returns
     /// how many entries became durable. On failure none of them counts as spooled: the
     /// segment is cut back to where the batch began (or abandoned if even that fails).
-    pub fn commit(&mut self) -> Result<usize, SpoolError> {
+    pub(crate) fn commit(&mut self) -> Result<usize, SpoolError> {
         let n = self.batch_keys.len();
         if n == 0 {
             return Ok(0);
@@ -1071,7 +1068,7 @@ impl Spool {
     /// The next entry to send to Kafka, in log order: first failed entries due for another
     /// try, then the next unread one. `None` when nothing is due: all caught up, waiting for
     /// in-flight entries after a failure, or backing off after a read error.
-    pub fn next_drain(&mut self) -> Option<DrainEntry> {
+    pub(crate) fn next_drain(&mut self) -> Option<DrainEntry> {
         if self.hold || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
@@ -1241,7 +1238,7 @@ impl Spool {
     }
 
     /// Gives a drained entry's value buffer back for reuse.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+    pub(crate) fn recycle(&mut self, mut buf: Vec<u8>) {
         if buf.capacity() > 0 && self.values.len() < VALUE_POOL_MAX {
             buf.clear();
             self.values.push(buf);
@@ -1251,7 +1248,7 @@ impl Spool {
     /// Kafka's outcome for drained entry `id`. Committed (or refused for good: too large)
     /// lets the spool forget it; any other failure makes it due for another try once every
     /// in-flight entry is resolved.
-    pub fn drain_ack(&mut self, id: u64, outcome: Outcome) {
+    pub(crate) fn drain_ack(&mut self, id: u64, outcome: Outcome) {
         let Some(i) = id
             .checked_sub(self.base_id)
             .and_then(|i| usize::try_from(i).ok())
@@ -1361,7 +1358,7 @@ impl Spool {
 
     /// Deletes drained segment files and, at most once a second, records the drain position.
     /// Call it regularly (the sink thread does after every poll).
-    pub fn maintain(&mut self) {
+    pub(crate) fn maintain(&mut self) {
         self.truncate();
         let due = self
             .checkpoint_at
@@ -1436,7 +1433,7 @@ impl Spool {
 
     /// At shutdown: truncates what was drained and records the drain position. What is still
     /// stored stays for the next start.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.truncate();
         if !self.segments.is_empty() {
             if self.checkpoint_written != Some(self.floor()) {
