@@ -46,8 +46,8 @@ use crate::worker::{ConnState, Ctx, StopReason};
 const RESP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n";
 const RESP_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest head too large\r\n";
-const RESP_417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nconnection: close\r\n\r\nonly Expect: 100-continue is supported\n";
-const RESP_501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: 48\r\nconnection: close\r\n\r\nonly Transfer-Encoding: chunked alone is handled\n";
+const RESP_417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\ncontent-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\nonly Expect: 100-continue is supported\n";
+const RESP_501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: 49\r\nconnection: close\r\n\r\nonly Transfer-Encoding: chunked alone is handled\n";
 const RESP_502: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\nbad gateway: destination unreachable\n";
 const RESP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\ncapture unavailable, retry\r\n";
 
@@ -1158,4 +1158,28 @@ fn warn_hold_failed(kind: FailKind) {
             );
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every synthetic answer's Content-Length is its body's length (a wrong one leaves a
+    /// stray byte in the client's stream or cuts the body).
+    #[test]
+    fn synthetic_answers_declare_their_body_length() {
+        for resp in [
+            RESP_400, RESP_408, RESP_417, RESP_431, RESP_501, RESP_502, RESP_503,
+        ] {
+            let text = std::str::from_utf8(resp).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let declared: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(declared, body.len(), "{head}");
+        }
+    }
 }
