@@ -248,8 +248,10 @@ pub fn frame_run(limits: FramerLimits, input: &[u8], cuts: &[usize]) -> FrameRun
                         &input[at - head_len..at],
                         "raw head differs from the stream bytes before the event"
                     );
-                    // `RequestFramer::new` raises the limit to the 18-byte HTTP/2 preface.
-                    let limit = limits.max_head_bytes.max(b"PRI * HTTP/2.0\r\n\r\n".len());
+                    // `RequestFramer::new` raises the limit to the 24-byte HTTP/2 preface.
+                    let limit = limits
+                        .max_head_bytes
+                        .max(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len());
                     assert!(head_len <= limit, "head over the limit");
                     assert_eq!(
                         line_lengths(h.raw),
