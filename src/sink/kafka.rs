@@ -1327,6 +1327,19 @@ mod tests {
         out
     }
 
+    /// Makes the sink's producer fatally failed, as librdkafka would on a fatal broker error.
+    fn make_fatal(sink: &KafkaSink) {
+        let reason = std::ffi::CString::new("test fatal").unwrap();
+        // SAFETY: a valid client handle and NUL-terminated reason; test-only librdkafka API.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                sink.producer.client().native_ptr(),
+                RespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     fn assert_committed_in_order(acks: &[Ack], slots: &[u32], per_slot: u32) {
         for s in slots {
             let nums: Vec<u32> = acks
@@ -1719,15 +1732,7 @@ mod tests {
         send(&mut sink, rec(1, 2, value(1, 2)), &mut acks);
         sink.poll(Duration::from_millis(50), &mut |a, _| acks.push(a));
         assert_eq!(acks.len(), 1);
-        let reason = std::ffi::CString::new("test fatal").unwrap();
-        // SAFETY: a valid client handle and NUL-terminated reason; test-only librdkafka API.
-        unsafe {
-            rdkafka::bindings::rd_kafka_test_fatal_error(
-                sink.producer.client().native_ptr(),
-                RespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                reason.as_ptr(),
-            );
-        }
+        make_fatal(&sink);
         let deadline = Instant::now() + Duration::from_secs(5);
         while sink.counters().rebuilds == 0 && Instant::now() < deadline {
             sink.poll(Duration::from_millis(20), &mut |a, _| acks.push(a));
@@ -1739,15 +1744,7 @@ mod tests {
         m.broker_up(1).unwrap();
         send(&mut sink, rec(1, 3, value(1, 3)), &mut acks);
         poll_until(&mut sink, &mut acks, 3, Duration::from_secs(8));
-        let got: Vec<(u32, Outcome)> = acks.iter().map(|a| (a.number, a.outcome)).collect();
-        assert_eq!(
-            got,
-            vec![
-                (1, Outcome::Committed),
-                (2, Outcome::Committed),
-                (3, Outcome::Committed)
-            ]
-        );
+        assert_committed_in_order(&acks, &[1], 3);
         assert_eq!(sink.unacked(), (0, 0));
         assert_eq!(sink.counters().failed, [0; 5]);
     }
@@ -1757,30 +1754,14 @@ mod tests {
         let m = mock(1);
         let mut sink = KafkaSink::new(&kcfg(&m.bootstrap_servers()), settings(), None).unwrap();
         let mut acks = Vec::new();
-        let reason = std::ffi::CString::new("test fatal").unwrap();
-        // SAFETY: a valid client handle and NUL-terminated reason; test-only librdkafka API.
-        unsafe {
-            rdkafka::bindings::rd_kafka_test_fatal_error(
-                sink.producer.client().native_ptr(),
-                RespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                reason.as_ptr(),
-            );
-        }
+        make_fatal(&sink);
         // The producer is dead before `poll` noticed: these must not fail with it.
         for n in 1..=3 {
             send(&mut sink, rec(1, n, value(1, n)), &mut acks);
         }
         assert!(acks.is_empty(), "{acks:?}");
         poll_until(&mut sink, &mut acks, 3, Duration::from_secs(8));
-        let got: Vec<(u32, Outcome)> = acks.iter().map(|a| (a.number, a.outcome)).collect();
-        assert_eq!(
-            got,
-            vec![
-                (1, Outcome::Committed),
-                (2, Outcome::Committed),
-                (3, Outcome::Committed)
-            ]
-        );
+        assert_committed_in_order(&acks, &[1], 3);
         assert_eq!(sink.counters().rebuilds, 1);
     }
 
