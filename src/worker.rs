@@ -524,6 +524,13 @@ impl Ctx {
         }
     }
 
+    /// Hands the current batch to the sink queue now (tests that drive a connection without
+    /// the worker's flusher).
+    #[cfg(test)]
+    pub(crate) fn hand_over_now(&self) {
+        self.hand_over();
+    }
+
     /// True while batches are waiting because the sink queue is full.
     pub fn sink_congested(&self) -> bool {
         !self.out.batch.borrow().pending.is_empty()

@@ -19,9 +19,10 @@ use super::{
 
 /// A forwarded request, as far as its response's framing depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpectedResponse {
-    /// Opaque caller value returned with this request's response events.
-    pub id: u64,
+pub struct ExpectedResponse<T = u64> {
+    /// The caller's value for this request, returned with its response events (the
+    /// connection keeps its per-request facts here, so this queue is its only one).
+    pub id: T,
     /// The request was HEAD: its response has no body whatever its headers say.
     pub method_head: bool,
     /// The request was CONNECT: a 2xx response turns the connection into a tunnel.
@@ -30,30 +31,30 @@ pub struct ExpectedResponse {
 
 /// What a [`ResponseFramer`] call reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RStep {
+pub struct RStep<T = u64> {
     pub consumed: usize,
-    pub event: Option<REvent>,
+    pub event: Option<REvent<T>>,
 }
 
 /// Something that happened exactly at the end of a call's consumed bytes. `id` is the
 /// [`ExpectedResponse::id`] of the request being answered, `None` when the response came with
 /// no request outstanding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum REvent {
+pub enum REvent<T = u64> {
     /// A response head is complete. `interim` = 1xx other than 101: another head follows for
     /// the same request, and no `MessageComplete` is reported for the interim one.
     HeadComplete {
-        id: Option<u64>,
+        id: Option<T>,
         status: u16,
         interim: bool,
     },
     /// The final response is fully received (for a response without a body, on the call
     /// after `HeadComplete`, with `consumed == 0`).
-    MessageComplete { id: Option<u64>, keep_alive: bool },
+    MessageComplete { id: Option<T>, keep_alive: bool },
     /// 101 Switching Protocols, or 2xx to CONNECT (reported on the call after its
     /// `HeadComplete`, with `consumed == 0`): the connection is opaque from here on, every
     /// later `advance` consumes all input without events.
-    Upgraded { id: Option<u64> },
+    Upgraded { id: Option<T> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +74,8 @@ enum RState {
 
 /// The response in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Current {
-    id: Option<u64>,
+struct Current<T> {
+    id: Option<T>,
     /// It answers the queue's front entry (popped when the final response completes).
     matched: bool,
     keep_alive: bool,
@@ -93,16 +94,16 @@ struct RespMeta {
 
 /// Frames the responses of one destination connection.
 #[derive(Debug)]
-pub struct ResponseFramer {
+pub struct ResponseFramer<T = u64> {
     limits: FramerLimits,
     config: httparse::ParserConfig,
     state: RState,
     accum: HeadAccum,
-    expected: VecDeque<ExpectedResponse>,
-    cur: Current,
+    expected: VecDeque<ExpectedResponse<T>>,
+    cur: Current<T>,
 }
 
-impl ResponseFramer {
+impl<T: Copy> ResponseFramer<T> {
     pub fn new(mut limits: FramerLimits) -> Self {
         // A response's bytes go to the client unchanged: a bare LF ends a line here.
         limits.crlf_only = false;
@@ -129,14 +130,24 @@ impl ResponseFramer {
     }
 
     /// Records that a request was forwarded; call in forwarding order.
-    pub fn expect(&mut self, req: ExpectedResponse) {
+    pub fn expect(&mut self, req: ExpectedResponse<T>) {
         self.expected.push_back(req);
     }
 
     /// Forwarded requests whose final response is not complete yet.
-    #[cfg(test)]
     pub(crate) fn outstanding(&self) -> usize {
         self.expected.len()
+    }
+
+    /// The caller's value of the oldest forwarded request whose final response is not complete
+    /// (the one the response in progress answers, if any).
+    pub(crate) fn front_mut(&mut self) -> Option<&mut T> {
+        self.expected.front_mut().map(|e| &mut e.id)
+    }
+
+    /// The caller's value of the newest forwarded request whose final response is not complete.
+    pub(crate) fn back_mut(&mut self) -> Option<&mut T> {
+        self.expected.back_mut().map(|e| &mut e.id)
     }
 
     /// No request outstanding and nothing partial (false once opaque or failed).
@@ -155,7 +166,7 @@ impl ResponseFramer {
     /// the end of the consumed prefix. Same calling convention as
     /// [`RequestFramer::advance`](super::RequestFramer::advance): a call without an event
     /// consumes everything; after an event call again, even with an empty rest.
-    pub fn advance(&mut self, input: &[u8]) -> Result<RStep, FrameError> {
+    pub fn advance(&mut self, input: &[u8]) -> Result<RStep<T>, FrameError> {
         match self.advance_inner(input) {
             Ok((consumed, event)) => Ok(RStep { consumed, event }),
             Err(e) => {
@@ -168,7 +179,7 @@ impl ResponseFramer {
     /// The destination closed its side. Completes a close-delimited response (reporting
     /// `MessageComplete` with `keep_alive: false`); otherwise `None` (a message cut short
     /// stays incomplete).
-    pub(crate) fn on_eof(&mut self) -> Option<REvent> {
+    pub(crate) fn on_eof(&mut self) -> Option<REvent<T>> {
         if self.state != RState::Body(Body::CloseDelimited) {
             return None;
         }
@@ -177,7 +188,7 @@ impl ResponseFramer {
         Some(self.complete())
     }
 
-    fn complete(&mut self) -> REvent {
+    fn complete(&mut self) -> REvent<T> {
         if self.cur.matched {
             self.expected.pop_front();
         }
@@ -187,7 +198,7 @@ impl ResponseFramer {
         }
     }
 
-    fn advance_inner(&mut self, input: &[u8]) -> Result<(usize, Option<REvent>), FrameError> {
+    fn advance_inner(&mut self, input: &[u8]) -> Result<(usize, Option<REvent<T>>), FrameError> {
         let mut pos = 0usize;
         loop {
             let rest = input.get(pos..).unwrap_or_default();
@@ -265,7 +276,7 @@ impl ResponseFramer {
     }
 
     /// Decides the framing of the response whose head was just parsed (RFC 9112 §6.3).
-    fn head_parsed(&mut self, m: RespMeta) -> REvent {
+    fn head_parsed(&mut self, m: RespMeta) -> REvent<T> {
         let front = self.expected.front().copied();
         let id = front.map(|e| e.id);
         let method_head = front.is_some_and(|e| e.method_head);
