@@ -24,16 +24,18 @@ use crate::stats::WorkerStats;
 use crate::worker::{self, Control, Ctx, Settings};
 
 /// Start-up failures (exit status 1 from `main`, except configuration errors found here,
-/// which are reported like bad flag values).
+/// which are reported like bad flag values). Each variant says what failed; the cause is its
+/// typed `source()` (not flattened into the message), so `main` prints the whole chain and a
+/// caller can match on it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot resolve destination {host}:{port}: {reason}")]
+    #[error("cannot resolve destination {host}:{port}")]
     Resolve {
         host: String,
         port: u16,
-        reason: String,
+        source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -42,13 +44,21 @@ pub enum StartError {
     NoUring,
     #[error("{0}")]
     Unsupported(String),
-    #[error("capture sink: {0}")]
-    Sink(String),
+    #[error("capture settings")]
+    Capture(#[source] crate::capture::builder::CaptureError),
+    #[error("capture sink (files)")]
+    FileSink(#[source] crate::sink::file::FileSinkError),
+    #[error("capture sink (Kafka)")]
+    Kafka(#[source] crate::sink::kafka::KafkaSinkError),
+    #[error("capture sink (Kafka): msk-iam credentials")]
+    MskIam(#[source] crate::kafka::msk_iam::MskIamError),
+    #[error("spool (--spool-dir)")]
+    Spool(#[source] crate::sink::spool::SpoolError),
     #[error("worker {worker}: {reason}")]
     Worker { worker: usize, reason: String },
-    #[error("cannot start thread: {0}")]
-    Thread(std::io::Error),
-    #[error("TLS: {0}")]
+    #[error("cannot start thread")]
+    Thread(#[source] std::io::Error),
+    #[error("TLS")]
     Tls(#[from] crate::tls::TlsError),
 }
 
@@ -130,17 +140,20 @@ impl Handle {
 
 fn resolve(cfg: &Config) -> Result<Vec<SocketAddr>, StartError> {
     let d = &cfg.destination;
-    let err = |reason: String| StartError::Resolve {
+    let err = |source: std::io::Error| StartError::Resolve {
         host: d.host.clone(),
         port: d.port,
-        reason,
+        source,
     };
     let addrs: Vec<SocketAddr> = (d.host.as_str(), d.port)
         .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?
         .collect();
     if addrs.is_empty() {
-        return Err(err("no addresses".into()));
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses",
+        )));
     }
     Ok(addrs)
 }
@@ -327,18 +340,17 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         SinkConfig::None => None,
         _ => Some(Arc::new(
             CaptureSettings::new(node_id.clone(), cfg.max_record_bytes())
-                .map_err(|e| StartError::Sink(e.to_string()))?,
+                .map_err(StartError::Capture)?,
         )),
     };
     let backend = match &cfg.sink {
         SinkConfig::None => Backend::Null,
         SinkConfig::File(f) => Backend::File(
             crate::sink::file::FileSink::open(&f.dir, &node_id, f.max_file_bytes)
-                .map_err(|e| StartError::Sink(e.to_string()))?,
+                .map_err(StartError::FileSink)?,
         ),
         SinkConfig::Kafka(k) => {
-            let token = crate::kafka::token_provider(&k.auth)
-                .map_err(|e| StartError::Sink(format!("msk-iam: {e}")))?;
+            let token = crate::kafka::token_provider(&k.auth).map_err(StartError::MskIam)?;
             let settings = crate::sink::kafka::KafkaSettings {
                 max_record_bytes: cfg.max_record_bytes(),
                 max_unacked_bytes: KAFKA_MAX_UNACKED_BYTES.max(cfg.max_record_bytes()),
@@ -346,7 +358,7 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
             };
             Backend::Kafka(Box::new(
                 crate::sink::kafka::KafkaSink::new(k, settings, token)
-                    .map_err(|e| StartError::Sink(e.to_string()))?,
+                    .map_err(StartError::Kafka)?,
             ))
         }
     };
@@ -506,7 +518,7 @@ fn open_spool(cfg: &Config) -> Result<Option<crate::sink::spool::Spool>, StartEr
     let settings = crate::sink::spool::SpoolSettings::new(dir.clone(), cfg.spool_max_bytes);
     crate::sink::spool::Spool::open(settings)
         .map(Some)
-        .map_err(|e| StartError::Sink(e.to_string()))
+        .map_err(StartError::Spool)
 }
 
 /// Most bytes of records handed to Kafka and not yet acknowledged (256 MiB): about 25 s of

@@ -941,7 +941,7 @@ fn bad_pem_is_a_start_error_naming_the_file() {
                 h.shutdown();
                 panic!("start succeeded")
             }
-            Err(e) => e.to_string(),
+            Err(e) => error_chain(&e),
         }
     };
     // No key in the key file.
@@ -977,11 +977,20 @@ fn bad_pem_is_a_start_error_naming_the_file() {
         port: 9,
     };
     cfg.destination_ca_file = Some(garbage.clone());
-    let msg = capture_proxy::start(cfg)
-        .err()
-        .expect("start fails")
-        .to_string();
+    let msg = error_chain(&capture_proxy::start(cfg).err().expect("start fails"));
     assert!(msg.contains(&garbage.display().to_string()), "{msg}");
+}
+
+/// A start-up error as `main` prints it: what failed, then its typed causes.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
 }
 
 #[test]

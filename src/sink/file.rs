@@ -48,7 +48,7 @@ const FILE_SUFFIX: &str = ".log";
 
 /// Errors of the writer side.
 #[derive(thiserror::Error, Debug)]
-pub(crate) enum FileSinkError {
+pub enum FileSinkError {
     #[error("trace file {}: {source}", .path.display())]
     Io {
         path: PathBuf,
