@@ -10,7 +10,9 @@ percentile minus direct's in the same repetition (direct: the load generator str
 nginx origin, no proxy in between); bars are medians over repetitions, whiskers min..max.
 
 Usage: plot.py --raw RESULTS.raw.tsv --meta RESULTS.meta --out-prefix PREFIX
-Exit status: 0 drawn; 1 unusable input (nothing drawn); 3 matplotlib missing (nothing drawn).
+       plot.py --check   (only: can pictures be drawn here?)
+Exit status: 0 drawn (or --check: matplotlib found); 1 unusable input (nothing drawn);
+3 matplotlib missing (nothing drawn).
 """
 import argparse
 import math
@@ -246,10 +248,13 @@ def pyplot_or_none():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--raw", required=True)
-    ap.add_argument("--meta", required=True)
-    ap.add_argument("--out-prefix", required=True, help="writes PREFIX.rps.png, PREFIX.latency.png, PREFIX.figures.tsv")
+    ap.add_argument("--raw")
+    ap.add_argument("--meta")
+    ap.add_argument("--out-prefix", help="writes PREFIX.rps.png, PREFIX.latency.png, PREFIX.figures.tsv")
+    ap.add_argument("--check", action="store_true", help="exit 0 if matplotlib is found, 3 if not")
     args = ap.parse_args()
+    if not args.check and not (args.raw and args.meta and args.out_prefix):
+        ap.error("--raw, --meta and --out-prefix are required (or --check)")
 
     plt = pyplot_or_none()
     if plt is None:
@@ -261,6 +266,8 @@ def main():
         print(f"plot: pictures skipped: matplotlib is not installed for {sys.executable}; "
               f"install it with: {INSTALL_HINT}", file=sys.stderr)
         return MISSING_MATPLOTLIB
+    if args.check:
+        return 0
     try:
         meta, runs = load(args.raw, args.meta)
         figs = figures(runs)
