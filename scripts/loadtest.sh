@@ -7,7 +7,10 @@
 # min…max; proxy CPU-µs per request from /proc/PID/stat; foreign CPU checked before and during
 # every run; zero-loss checked with `capture-proxy inspect`.
 # Everything it starts is stopped at exit. Writes the Markdown table to stdout and to
-# target/loadtest/results-<date>.md (raw per-run records next to it).
+# target/loadtest/results-<date>.md (raw per-run records next to it), and draws req/s and the
+# added p50/p99 as results-<date>.{rps,latency}.png beside it (scripts/load/plot.py; needs
+# python3-matplotlib, skipped with a note without it). --publish DIR also copies the run into DIR
+# as latest.* (scripts/load/publish.sh; docs/loadtest is what the README shows).
 # Scenarios (see --help): closed-loop keep-alive GETs and POSTs, new connection per request, idle
 # connections, TLS from the client (tls), a fixed rate at half of nginx's peak (small-half, open
 # loop paced to the µs by examples/openloop.rs) and a 50 ms slower Kafka broker (kafka-slow: GET
@@ -47,6 +50,7 @@ BUILD=0
 LABEL=""               # free text describing the binary (e.g. the commit it was built from)
 KEEP=0
 OUT_DIR="$ROOT/target/loadtest"
+PUBLISH=""             # --publish DIR: copy the run there as latest.* (scripts/load/publish.sh)
 
 usage() {
   cat <<EOF
@@ -83,7 +87,10 @@ Options:
                         \${CARGO_TARGET_DIR:-target}/release/capture-proxy, built if missing]
   --label TEXT          describe the binary in the report (e.g. "built from commit abc123")
   --build               run 'cargo build --release --bin capture-proxy' first
-  --out DIR             where results-<date>.md goes [default: target/loadtest]
+  --out DIR             where results-<date>.md goes [default: target/loadtest]; the pictures
+                        results-<date>.rps.png and .latency.png go beside it
+  --publish DIR         at the end, also write the run to DIR as latest.{md,rps.png,latency.png,
+                        raw.tsv,meta} (scripts/load/publish.sh; the README shows docs/loadtest)
   --keep                keep the run directory (configs, logs, captures) at exit
   -h, --help            this help
 
@@ -130,6 +137,7 @@ while (($#)); do
     --label) LABEL=$2; shift 2 ;;
     --build) BUILD=1; shift ;;
     --out) OUT_DIR=$2; shift 2 ;;
+    --publish) PUBLISH=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "loadtest: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -147,7 +155,7 @@ for t in ${TARGETS//,/ }; do
 done
 
 # ---------------------------------------------------------------- dependencies and binary
-bash "$ROOT/scripts/install-deps.sh" wrk nginx libnginx-mod-http-echo haproxy hey >&2 ||
+bash "$ROOT/scripts/install-deps.sh" wrk nginx libnginx-mod-http-echo haproxy hey python3-matplotlib >&2 ||
   die "installing dependencies failed"
 for tool in wrk nginx haproxy taskset python3; do
   command -v "$tool" >/dev/null || die "$tool not found"
@@ -156,6 +164,8 @@ WANT_TLS=0
 [[ ",$SCENARIOS," == *,tls,* ]] && WANT_TLS=1
 ((WANT_TLS)) && { command -v openssl >/dev/null || die "openssl not found (needed by the tls scenario)"; }
 awk -v f="$PACE_FRACTION" 'BEGIN {exit !(f > 0 && f <= 1)}' || die "--pace-fraction must be in (0, 1]"
+# Publishing is for the pictures: find out before the run, not after it.
+if [ -n "$PUBLISH" ]; then python3 "$LOAD/plot.py" --check || die "--publish needs the pictures (matplotlib)"; fi
 [ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ] || die "nginx echo module missing (libnginx-mod-http-echo)"
 TANSU=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
 
@@ -919,6 +929,8 @@ set_paced_rate() {
 START_TIME=0  # $SECONDS counts from the script start
 {
   echo "date=$DATE"
+  echo "label=$LABEL"
+  echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)"
   echo "nproc=$NPROC"
   echo "cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "kernel=$(uname -sr)"
@@ -962,6 +974,17 @@ done
 
 echo "elapsed=$(((SECONDS - START_TIME) / 60)) min $(((SECONDS - START_TIME) % 60)) s; wait budget left $WAIT_BUDGET s" >>"$META"
 REPORT="$OUT_DIR/results-$DATE.md"
-python3 "$LOAD/report.py" --raw "$RAW" --meta "$META" >"$REPORT" || die "report failed"
+# The pictures first, so that the report can embed them; the report is written either way.
+CHARTS=()
+python3 "$LOAD/plot.py" --raw "$RAW" --meta "$META" --out-prefix "$OUT_DIR/results-$DATE"
+case $? in
+  0) CHARTS=("results-$DATE.rps.png" "results-$DATE.latency.png") ;;
+  3) ;;  # matplotlib missing: plot.py said so and how to install it, in one line
+  *) log "ERROR: drawing the pictures failed (above); the report is written without them" ;;
+esac
+python3 "$LOAD/report.py" --raw "$RAW" --meta "$META" --charts "${CHARTS[@]}" >"$REPORT" || die "report failed"
 cat "$REPORT"
 log "report: $REPORT (raw records: $RAW; redo with: python3 scripts/load/report.py --raw $RAW --meta $META)"
+if [ -n "$PUBLISH" ]; then
+  bash "$LOAD/publish.sh" "$OUT_DIR/results-$DATE" "$PUBLISH" || die "publishing to $PUBLISH failed"
+fi

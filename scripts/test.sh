@@ -10,9 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh
+# python3-matplotlib: tests/load_script.rs draws scripts/loadtest.sh's pictures (plot.py).
+scripts/install-deps.sh python3-matplotlib
 
 echo "== unit + integration tests (io_uring driver)"
+# The picture tests skip without matplotlib; here, where it was just installed, that fails.
+export CAPTURE_PROXY_REQUIRE_PLOTS=1
 cargo test --all-targets --locked 2>&1
 
 echo "== systemd unit: systemd-analyze verify + security on the unit as scripts/install.sh installs it"

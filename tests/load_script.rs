@@ -3,10 +3,13 @@
 //! OpenSearch-like fake origin written here, the script run through it with `--check-capture`
 //! against both the admin `/metrics` counter and `capture-proxy inspect` of the trace
 //! directory; plus the script's failure exits (capture mismatch, error rate, setup failure).
+//! Also the pictures of `scripts/loadtest.sh`: `scripts/load/plot.py` and `publish.sh` on the
+//! committed raw records `tests/fixtures/loadtest/results.{raw.tsv,meta}`.
 //!
 //! May depend on: the binary (`CARGO_BIN_EXE_capture-proxy`), `python3` on PATH (Debian's, the
-//! standard library only), `tests/common::binary` (spawning the proxy), serde_json, tempfile,
-//! std.
+//! standard library only; matplotlib for the pictures, which are skipped without it unless
+//! `CAPTURE_PROXY_REQUIRE_PLOTS=1`), `bash`, `tests/common::binary` (spawning the proxy),
+//! serde_json, tempfile, std.
 //!
 //! Invariant: every wait is bounded (a broken proxy or script fails a test, never hangs it);
 //! readiness is the proxy's own `listening … addr=` log lines, never a sleep; all traffic stays
@@ -19,8 +22,8 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -324,7 +327,7 @@ impl ScriptRun {
 
 /// Runs the script with `args` plus `--json` (bounded by [`SCRIPT_TIMEOUT`]).
 fn run_script(args: &[String]) -> ScriptRun {
-    let mut child = Command::new("python3")
+    let child = Command::new("python3")
         .arg(script())
         .args(args)
         .arg("--json")
@@ -334,6 +337,24 @@ fn run_script(args: &[String]) -> ScriptRun {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn python3 (is it on PATH?)");
+    let (status, stdout, stderr) = wait_bounded(child);
+    let summary = stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(Value::is_object)
+        .unwrap_or(Value::Null);
+    ScriptRun {
+        code: status.code(),
+        stdout,
+        stderr,
+        summary,
+    }
+}
+
+/// Waits for `child` (stdout and stderr piped) for at most [`SCRIPT_TIMEOUT`], killing it
+/// after that; its status and output.
+fn wait_bounded(mut child: Child) -> (ExitStatus, String, String) {
     let reader = |mut r: Box<dyn Read + Send>| {
         thread::spawn(move || {
             let mut s = String::new();
@@ -358,20 +379,7 @@ fn run_script(args: &[String]) -> ScriptRun {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let stdout = out.join().unwrap();
-    let stderr = err.join().unwrap();
-    let summary = stdout
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(Value::is_object)
-        .unwrap_or(Value::Null);
-    ScriptRun {
-        code: status.code(),
-        stdout,
-        stderr,
-        summary,
-    }
+    (status, out.join().unwrap(), err.join().unwrap())
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -646,4 +654,344 @@ fn capture_mismatch_errors_and_setup_failure_exit_nonzero() {
     assert_eq!(r.code, Some(2), "{}", r.context());
     assert!(r.stderr.contains("setup failed"), "{}", r.context());
     assert_eq!(origin.seen().total, before + 1, "only the PUT was sent");
+}
+
+// ----------------------------------------------------------------------------------------
+// scripts/loadtest.sh's pictures: scripts/load/plot.py and publish.sh on a committed fixture
+// ----------------------------------------------------------------------------------------
+
+/// plot.py's exit status when matplotlib is missing (nothing drawn).
+const PLOT_NO_MATPLOTLIB: i32 = 3;
+/// Smallest believable chart (bytes): the fixture's four panels draw to ~100 KB; a blank
+/// canvas of the same size compresses to a few KB.
+const MIN_PNG_BYTES: usize = 20 * 1024;
+/// Smallest believable chart size (pixels): three 5.2-inch panels across at 100 dpi.
+const MIN_PNG_WIDTH: u32 = 1000;
+const MIN_PNG_HEIGHT: u32 = 500;
+
+fn load_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/load")
+        .join(name)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/loadtest")
+        .join(name)
+}
+
+/// Runs `program` (python3 or bash) on `args` (bounded by [`SCRIPT_TIMEOUT`]); stdout and
+/// stderr in the returned [`ScriptRun`], no JSON summary.
+fn run_tool(program: &str, args: &[&Path]) -> ScriptRun {
+    let child = Command::new(program)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let (status, stdout, stderr) = wait_bounded(child);
+    ScriptRun {
+        code: status.code(),
+        stdout,
+        stderr,
+        summary: Value::Null,
+    }
+}
+
+/// plot.py on `raw` with the fixture's meta, drawing to `prefix`.
+fn run_plot(raw: &Path, prefix: &Path) -> ScriptRun {
+    run_tool(
+        "python3",
+        &[
+            &load_file("plot.py"),
+            Path::new("--raw"),
+            raw,
+            Path::new("--meta"),
+            &fixture("results.meta"),
+            Path::new("--out-prefix"),
+            prefix,
+        ],
+    )
+}
+
+/// report.py on the fixture, embedding `charts`.
+fn run_report(charts: &[&str]) -> ScriptRun {
+    let report = load_file("report.py");
+    let (raw, meta) = (fixture("results.raw.tsv"), fixture("results.meta"));
+    let mut args = vec![
+        report.as_path(),
+        Path::new("--raw"),
+        &raw,
+        Path::new("--meta"),
+        &meta,
+    ];
+    if !charts.is_empty() {
+        args.push(Path::new("--charts"));
+        args.extend(charts.iter().map(Path::new));
+    }
+    run_tool("python3", &args)
+}
+
+/// Whether plot.py can draw here. Without matplotlib the picture tests are skipped with the
+/// reason printed, unless `CAPTURE_PROXY_REQUIRE_PLOTS=1` (scripts/test.sh, which installs
+/// python3-matplotlib) makes that a failure.
+fn plots_available() -> bool {
+    let r = run_tool("python3", &[&load_file("plot.py"), Path::new("--check")]);
+    match r.code {
+        Some(0) => true,
+        Some(PLOT_NO_MATPLOTLIB) => {
+            assert_ne!(
+                std::env::var("CAPTURE_PROXY_REQUIRE_PLOTS").as_deref(),
+                Ok("1"),
+                "CAPTURE_PROXY_REQUIRE_PLOTS=1 but plot.py cannot draw:\n{}",
+                r.context()
+            );
+            eprintln!(
+                "SKIPPED (set CAPTURE_PROXY_REQUIRE_PLOTS=1 to fail instead): {}",
+                r.stderr.trim()
+            );
+            false
+        }
+        _ => panic!("plot.py --check: {}", r.context()),
+    }
+}
+
+/// `path` is a whole PNG (signature, IHDR first, IEND last) of a believable size.
+#[track_caller]
+fn assert_png(path: &Path) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let p = path.display();
+    assert!(b.starts_with(b"\x89PNG\r\n\x1a\n"), "{p}: no PNG signature");
+    assert_eq!(&b[12..16], b"IHDR", "{p}: IHDR is not the first chunk");
+    assert!(
+        b.ends_with(b"IEND\xaeB`\x82"),
+        "{p}: truncated (no IEND at the end)"
+    );
+    let width = u32::from_be_bytes(b[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(b[20..24].try_into().unwrap());
+    assert!(
+        width >= MIN_PNG_WIDTH && height >= MIN_PNG_HEIGHT,
+        "{p}: {width}×{height} px"
+    );
+    assert!(b.len() >= MIN_PNG_BYTES, "{p}: only {} bytes", b.len());
+}
+
+/// plot.py's `PREFIX.figures.tsv`: "scenario/kind/target" → column → cell.
+fn read_figures(path: &Path) -> HashMap<String, HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split('\t').collect();
+    lines
+        .map(|l| {
+            let row: HashMap<String, String> = header
+                .iter()
+                .zip(l.split('\t'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (
+                format!("{}/{}/{}", row["scenario"], row["kind"], row["target"]),
+                row,
+            )
+        })
+        .collect()
+}
+
+/// The cell `column` of row `key` (`scenario/kind/target`) of `figs`.
+#[track_caller]
+fn cell<'a>(
+    figs: &'a HashMap<String, HashMap<String, String>>,
+    key: &str,
+    column: &str,
+) -> &'a str {
+    let row = figs
+        .get(key)
+        .unwrap_or_else(|| panic!("no row {key} in {figs:?}"));
+    &row[column]
+}
+
+/// The fixture run drawn: both PNGs are whole charts; the medians drawn are the fixture's
+/// (per-repetition added latency over direct, the discarded noisy run and the failed run left
+/// out) and the same as report.py's table; report.py embeds the pictures it is given, and
+/// publish.sh writes a run as latest.* whose report links its own pictures.
+#[test]
+fn plot_draws_the_fixture_run_with_the_reports_figures() {
+    if !plots_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("run");
+    let r = run_plot(&fixture("results.raw.tsv"), &prefix);
+    assert_eq!(r.code, Some(0), "{}", r.context());
+    assert_png(&dir.path().join("run.rps.png"));
+    assert_png(&dir.path().join("run.latency.png"));
+
+    let figs = read_figures(&dir.path().join("run.figures.tsv"));
+    // cp-file, small: added p50 300, 350, 300 µs → 300; p99 1400, 1300, 1200 → 1300
+    assert_eq!(cell(&figs, "small//cp-file", "rps"), "33600.0");
+    assert_eq!(cell(&figs, "small//cp-file", "added_p50_us"), "300.0");
+    assert_eq!(cell(&figs, "small//cp-file", "added_p99_us"), "1300.0");
+    assert_eq!(
+        cell(&figs, "small//direct", "added_p50_us"),
+        "",
+        "direct adds nothing to itself"
+    );
+    // haproxy, small: rep 2's noisy attempt (1 000 req/s, kept=0) left out, rep 3 failed
+    assert_eq!(cell(&figs, "small//haproxy", "runs"), "2");
+    assert_eq!(cell(&figs, "small//haproxy", "failed"), "1");
+    assert_eq!(cell(&figs, "small//haproxy", "rps"), "28850.0");
+    assert_eq!(cell(&figs, "small-half//cp-file", "added_p50_us"), "75.0");
+    // kafka-slow: one panel per request kind
+    assert_eq!(
+        cell(&figs, "kafka-slow/POST/cp-kafka-slow", "added_p50_us"),
+        "101200.0"
+    );
+    assert_eq!(
+        cell(&figs, "kafka-slow/GET/cp-kafka-slow", "added_p99_us"),
+        "6200.0"
+    );
+    assert_eq!(figs.len(), 16, "{figs:?}");
+
+    // report.py's small table shows the same medians (req/s, +p50 ms, +p99 ms)
+    let plain = run_report(&[]);
+    assert_eq!(plain.code, Some(0), "{}", plain.context());
+    assert!(!plain.stdout.contains("## Charts"), "{}", plain.stdout);
+    let small_rows = plain
+        .stdout
+        .split("## small: ")
+        .nth(1)
+        .expect("small section")
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2); // header and alignment rows
+    let mut compared = 0;
+    for row in small_rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let key = format!("small//{}", cells[1]);
+        // the table's median, which report.py rounds: to 1 req/s, to 0.01 ms
+        let median = |c: &str| -> f64 {
+            let m = c.split(" (").next().unwrap().replace(' ', "");
+            m.parse().unwrap_or_else(|_| panic!("{c:?} in {row}"))
+        };
+        let rps: f64 = cell(&figs, &key, "rps").parse().unwrap();
+        assert!(
+            (median(cells[2]) - rps).abs() <= 0.5,
+            "req/s {rps} drawn for {row}"
+        );
+        for (col, name) in [(7, "added_p50_us"), (8, "added_p99_us")] {
+            let drawn = cell(&figs, &key, name);
+            if drawn.is_empty() {
+                assert_eq!(cells[col], "–", "{name} of {row}");
+                continue;
+            }
+            let ms = drawn.parse::<f64>().unwrap() / 1000.0;
+            assert!(
+                (median(cells[col]) - ms).abs() <= 0.005 + 1e-9,
+                "{name} {ms} ms drawn for {row}"
+            );
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 6, "targets compared in report.py's small table");
+
+    let with_charts = run_report(&["a.rps.png", "a.latency.png"]);
+    assert_eq!(with_charts.code, Some(0), "{}", with_charts.context());
+    assert!(
+        with_charts.stdout.contains("## Charts")
+            && with_charts.stdout.contains("(a.rps.png)")
+            && with_charts.stdout.contains("(a.latency.png)"),
+        "{}",
+        with_charts.stdout
+    );
+
+    // publish.sh: the run as DIR/latest.*, its report linking pictures that exist beside it
+    let publish = dir.path().join("docs");
+    let r = run_tool(
+        "bash",
+        &[&load_file("publish.sh"), &fixture("results.md"), &publish],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.context());
+    let md = std::fs::read_to_string(publish.join("latest.md")).unwrap();
+    for png in ["latest.rps.png", "latest.latency.png"] {
+        assert!(
+            md.contains(&format!("]({png})")),
+            "latest.md does not embed {png}"
+        );
+        assert_png(&publish.join(png));
+    }
+    for f in ["latest.raw.tsv", "latest.meta", "latest.figures.tsv"] {
+        assert!(publish.join(f).is_file(), "publish wrote no {f}");
+    }
+}
+
+/// Records with a target missing from a scenario, a scenario without its direct runs and a
+/// target whose every run failed still draw (those bars left out, marked n/a or failed); raw
+/// records with no kept run, or a record without its scenario, fail with exit 1, say why and
+/// draw nothing.
+#[test]
+fn plot_handles_missing_targets_and_rejects_unusable_records() {
+    if !plots_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixture_raw = std::fs::read_to_string(fixture("results.raw.tsv")).unwrap();
+    let holey: String = fixture_raw
+        .lines()
+        .filter(|l| !(l.starts_with("scenario=small-half\t") && l.contains("\ttarget=direct\t")))
+        .filter(|l| !(l.starts_with("scenario=small\t") && l.contains("\ttarget=cp-kafka\t")))
+        .map(|l| {
+            if l.contains("\ttarget=haproxy\t") {
+                l.replace("\tstatus=ok\t", "\tstatus=failed\t")
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let raw = dir.path().join("holey.raw.tsv");
+    std::fs::write(&raw, holey).unwrap();
+    let r = run_plot(&raw, &dir.path().join("holey"));
+    assert_eq!(r.code, Some(0), "{}", r.context());
+    assert_png(&dir.path().join("holey.rps.png"));
+    assert_png(&dir.path().join("holey.latency.png"));
+    let figs = read_figures(&dir.path().join("holey.figures.tsv"));
+    assert!(!figs.contains_key("small//cp-kafka"), "{figs:?}");
+    assert!(!figs.contains_key("small-half//direct"), "{figs:?}");
+    assert_eq!(cell(&figs, "small-half//cp-file", "rps"), "10789.0");
+    assert_eq!(
+        cell(&figs, "small-half//cp-file", "added_p50_us"),
+        "",
+        "no direct to add to"
+    );
+    assert_eq!(cell(&figs, "small//haproxy", "runs"), "0");
+    assert_eq!(cell(&figs, "small//haproxy", "failed"), "3");
+    assert_eq!(cell(&figs, "small//haproxy", "rps"), "");
+
+    for (name, content, why) in [
+        ("empty", "", "no kept run"),
+        (
+            "discarded",
+            "scenario=small\trep=1\ttarget=direct\tkept=0\tstatus=ok\trps=1\n",
+            "no kept run",
+        ),
+        (
+            "unnamed",
+            "rep=1\ttarget=direct\tkept=1\tstatus=ok\trps=1\n",
+            "line 1: no scenario",
+        ),
+    ] {
+        let raw = dir.path().join(format!("{name}.raw.tsv"));
+        std::fs::write(&raw, content).unwrap();
+        let prefix = dir.path().join(name);
+        let r = run_plot(&raw, &prefix);
+        assert_eq!(r.code, Some(1), "{name}: {}", r.context());
+        assert!(r.stderr.contains(why), "{name}: {}", r.context());
+        assert!(
+            !dir.path().join(format!("{name}.rps.png")).exists(),
+            "{name}: drew anyway"
+        );
+    }
 }

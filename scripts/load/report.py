@@ -25,6 +25,11 @@ CAPTURE_TARGETS = ["cp-file", "cp-kafka"]
 # Issue 6 targets checked in the report.
 HALF_RATE_MAX_ADDED_P50_US = 100  # small-half: added p50 over direct with capture on
 SLOW_KAFKA_MAX_GET_P99_RATIO = 1.10  # kafka-slow: GET p99 within 10 % of the fast-Kafka run
+# plot.py's pictures, by file-name ending: their alt text in the report.
+CHART_ALT = {
+    ".rps.png": "req/s per scenario and target",
+    ".latency.png": "latency added over direct, p50 and p99, per scenario and target",
+}
 # small-half: below this share of the asked rate the run did not hold the rate (target or
 # generator fell behind).
 PACED_RATE_REACHED = 0.95
@@ -167,6 +172,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
     ap.add_argument("--meta", required=True)
+    ap.add_argument(
+        "--charts", nargs="*", default=[], metavar="PNG",
+        help="pictures to embed (plot.py's), as paths relative to the report",
+    )
     args = ap.parse_args()
 
     meta = OrderedDict()
@@ -215,6 +224,15 @@ def main():
         "`+k` = k requests captured whose response the generator did not wait for."
     )
     w("")
+    if args.charts:
+        w("## Charts")
+        w("")
+        w("Drawn by scripts/load/plot.py from the same raw records: medians, whiskers min…max.")
+        w("")
+        for png in args.charts:
+            alt = next((a for end, a in CHART_ALT.items() if png.endswith(end)), png)
+            w(f"![{alt}]({png})")
+            w("")
 
     by_scn = OrderedDict()
     for r in runs:
