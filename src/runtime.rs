@@ -51,7 +51,7 @@ pub enum StartError {
     #[error("capture sink (Kafka)")]
     Kafka(#[source] crate::sink::kafka::KafkaSinkError),
     #[error("capture sink (Kafka): msk-iam credentials")]
-    MskIam(#[source] crate::kafka::msk_iam::MskIamError),
+    MskIam(#[source] crate::kafka::aws_creds::AwsCredsError),
     #[error("spool (--spool-dir)")]
     Spool(#[source] crate::sink::spool::SpoolError),
     #[error("worker {worker}: {reason}")]
