@@ -28,8 +28,6 @@ STABLE_VERSION=v1.67.0
 CONTRIB_VERSION=v0.161.0
 
 CACHE=${CAPTURE_PROXY_CACHE:-$HOME/.cache/capture-proxy}
-DIR="$CACHE/otelcol-$CORE_VERSION"
-BIN="$DIR/otelcol"
 if [[ -z "${GO:-}" ]]; then
   if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else GO=go; fi
 fi
@@ -95,6 +93,7 @@ func main() {
 		ConfigProviderSettings: otelcol.ConfigProviderSettings{
 			ResolverSettings: confmap.ResolverSettings{
 				ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory()},
+				DefaultScheme:     "file",
 			},
 		},
 	}
@@ -104,7 +103,16 @@ func main() {
 	}
 }
 EOF
+  cat "$src/go.mod" "$src/main.go" | sha256sum | cut -c1-12
 }
+
+# The cache directory is named after the release and a hash of the generated sources, so a
+# change to main.go or go.mod below builds anew instead of reusing a stale binary.
+SRC_TMP=$(mktemp -d)
+SRC_HASH=$(write_sources "$SRC_TMP")
+rm -rf "$SRC_TMP"
+DIR="$CACHE/otelcol-$CORE_VERSION-$SRC_HASH"
+BIN="$DIR/otelcol"
 
 build() {
   if [[ -x "$BIN" ]]; then
@@ -114,7 +122,7 @@ build() {
   command -v "$GO" >/dev/null 2>&1 || [[ -x "$GO" ]] || die "Go not found (set GO=/path/to/go)"
   local src="$DIR/src"
   rm -rf "$src"
-  write_sources "$src"
+  write_sources "$src" >/dev/null
   (
     cd "$src"
     timeout "${GO_BUILD_TIMEOUT_S:-1200}" "$GO" mod tidy >&2
