@@ -9,7 +9,9 @@
 #                         there already (Go modules stay in ~/go/pkg/mod, the Go build cache in
 #                         ~/.cache/go-build); prints the binary's path
 #   path                  prints the binary's path; exit 1 when it is not built
-#   config PORT OUTFILE   prints a collector configuration: OTLP/gRPC on 127.0.0.1:PORT, metrics
+#   config PORT OUTFILE [CERT KEY]
+#                         prints a collector configuration: OTLP/gRPC on 127.0.0.1:PORT (TLS with
+#                         the PEM certificate chain CERT and key KEY when given), metrics
 #                         appended to OUTFILE as JSON lines, the collector's own telemetry off
 #   start PORT OUTFILE    starts the built collector in the background with that configuration
 #                         (log: OUTFILE.log, pid: OUTFILE.pid), waits until PORT listens, prints
@@ -133,13 +135,22 @@ build() {
 }
 
 config() {
-  local port=$1 out=$2
+  local port=$1 out=$2 cert=${3:-} key=${4:-}
   cat <<EOF
 receivers:
   otlp:
     protocols:
       grpc:
         endpoint: 127.0.0.1:$port
+EOF
+  if [[ -n "$cert" ]]; then
+    cat <<EOF
+        tls:
+          cert_file: $cert
+          key_file: $key
+EOF
+  fi
+  cat <<EOF
 exporters:
   file:
     path: $out
@@ -163,8 +174,8 @@ case "${1:-}" in
     echo "$BIN"
     ;;
   config)
-    [[ $# -eq 3 ]] || die "usage: config PORT OUTFILE"
-    config "$2" "$3"
+    [[ $# -eq 3 || $# -eq 5 ]] || die "usage: config PORT OUTFILE [CERT KEY]"
+    config "${@:2}"
     ;;
   start)
     [[ $# -eq 3 ]] || die "usage: start PORT OUTFILE"

@@ -76,6 +76,11 @@ struct Collector {
 
 impl Collector {
     fn start(bin: &Path) -> Collector {
+        Self::start_with(bin, None)
+    }
+
+    /// `tls`: PEM files (certificate chain, key) for the receiver's TLS.
+    fn start_with(bin: &Path, tls: Option<(&Path, &Path)>) -> Collector {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("metrics.jsonl");
         // A free port: the collector cannot report the port of `:0`.
@@ -84,8 +89,17 @@ impl Collector {
             .local_addr()
             .unwrap()
             .port();
+        let mut args = vec![
+            "config".to_string(),
+            port.to_string(),
+            out.to_str().unwrap().to_string(),
+        ];
+        if let Some((cert, key)) = tls {
+            args.push(cert.to_str().unwrap().to_string());
+            args.push(key.to_str().unwrap().to_string());
+        }
         let config = Command::new(repo().join("scripts/otel-collector.sh"))
-            .args(["config", &port.to_string(), out.to_str().unwrap()])
+            .args(&args)
             .output()
             .expect("collector config");
         assert!(config.status.success());
@@ -262,7 +276,16 @@ impl Export {
 
 /// The proxy with metrics export to `endpoint` and the flags of every test here.
 fn start_proxy(origin: &Origin, dir: &Path, endpoint: &str, interval: &str) -> ProxyProcess {
-    let mut cmd = proxy_command();
+    start_proxy_with(proxy_command(), origin, dir, endpoint, interval)
+}
+
+fn start_proxy_with(
+    mut cmd: Command,
+    origin: &Origin,
+    dir: &Path,
+    endpoint: &str,
+    interval: &str,
+) -> ProxyProcess {
     cmd.args([
         "--destinationUri",
         &format!("http://{}", origin.addr()),
@@ -445,6 +468,65 @@ fn shutdown_makes_one_final_export() {
     // kafkaCommitCount from acks, have stopped by then: the sink's own count is the total).
     assert_eq!(e.value("sinkRecordsCommitted"), e.value("captureRecords"));
     assert!(e.value("captureRecords") >= 1);
+}
+
+/// `https://`: TLS with ALPN h2 to a collector whose certificate a private CA signed; the CA
+/// reaches the proxy as `SSL_CERT_FILE` (read by its system-roots loader).
+#[test]
+fn exports_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let Some(bin) = collector_binary() else {
+        return;
+    };
+    let pki = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        pki.path().join("ca.pem"),
+        pki.path().join("cert.pem"),
+        pki.path().join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, leaf.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let collector = Collector::start_with(&bin, Some((&cert_pem, &key_pem)));
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = proxy_command();
+    cmd.env("SSL_CERT_FILE", &ca_pem);
+    let mut proxy = start_proxy_with(
+        cmd,
+        &origin,
+        dir.path(),
+        &format!("https://localhost:{}", collector.port),
+        "200ms",
+    );
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/tls"));
+    c.read_response(false);
+    finish_client(&mut c);
+    let e = collector.wait_export("the request", |e| e.value("gatheringRequestCount") == 1);
+    assert_eq!(
+        e.resource.get("service.name").map(String::as_str),
+        Some("capture")
+    );
+    assert_eq!(e.value("bytesRead"), c.sent.len() as u64);
+    assert_eq!(
+        prometheus_counters(proxy.admin())
+            .get("otlpExportFailures")
+            .copied(),
+        Some(0),
+        "{}",
+        proxy.stderr()
+    );
+    proxy.stop_ok(EXIT_WAIT);
 }
 
 #[test]

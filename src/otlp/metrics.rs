@@ -106,7 +106,7 @@ fn histogram_metric(h: &HistogramSnapshot, start_ns: u64, now_ns: u64) -> Metric
     point.bucket_counts.push(total.saturating_sub(below));
     point.count = total;
     point.sum = Some(h.merged.as_ref().map_or(0.0, sum_ms));
-    if let Some(m) = h.merged.as_ref().filter(|m| m.len() > 0) {
+    if let Some(m) = h.merged.as_ref().filter(|m| !m.is_empty()) {
         point.min = Some(m.min() as f64 / 1000.0);
         point.max = Some(m.max() as f64 / 1000.0);
     }
