@@ -81,14 +81,18 @@ impl Collector {
 
     /// `tls`: PEM files (certificate chain, key) for the receiver's TLS.
     fn start_with(bin: &Path, tls: Option<(&Path, &Path)>) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("metrics.jsonl");
         // A free port: the collector cannot report the port of `:0`.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(bin, port, tls)
+    }
+
+    fn start_on(bin: &Path, port: u16, tls: Option<(&Path, &Path)>) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("metrics.jsonl");
         let mut args = vec![
             "config".to_string(),
             port.to_string(),
@@ -526,6 +530,37 @@ fn exports_over_tls() {
         "{}",
         proxy.stderr()
     );
+    proxy.stop_ok(EXIT_WAIT);
+}
+
+/// The collector restarts (a new process on the same port): the exporter's kept connection is
+/// dead; exports reach the new collector without restarting the proxy.
+#[test]
+fn reconnects_after_a_collector_restart() {
+    let Some(bin) = collector_binary() else {
+        return;
+    };
+    let first = Collector::start(&bin);
+    let port = first.port;
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = start_proxy(&origin, dir.path(), &format!("127.0.0.1:{port}"), "200ms");
+    first.wait_export("a first export", |_| true);
+    drop(first);
+    let second = Collector::start_on(&bin, port, None);
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/after-restart"));
+    c.read_response(false);
+    finish_client(&mut c);
+    let e = second.wait_export("the request, after the restart", |e| {
+        e.value("gatheringRequestCount") == 1
+    });
+    assert!(
+        e.value("otlpExports") >= 1,
+        "the count goes on: {:?}",
+        e.points
+    );
+    proxy.assert_running();
     proxy.stop_ok(EXIT_WAIT);
 }
 

@@ -1,6 +1,7 @@
 //! The OTLP/gRPC client: one unary `MetricsService/Export` call over HTTP/2 (h2; cleartext by
 //! prior knowledge for `http://`, TLS with ALPN `h2` for `https://`), keeping the connection
-//! between calls and reconnecting after any failure.
+//! between calls, reconnecting after any failure (and retrying once at once when a kept
+//! connection turns out to be closed).
 //!
 //! May depend on: `config` (the endpoint), `tls` (the collector's TLS configuration),
 //! `super::proto` (the response), h2, tokio, tokio-rustls.
@@ -103,11 +104,18 @@ impl Client {
     /// One export of an encoded `ExportMetricsServiceRequest`. Must run inside the exporter's
     /// tokio runtime. On error the connection is dropped; the next call reconnects.
     pub async fn export(&mut self, message: &[u8]) -> Result<Accepted, ExportError> {
-        let send = match self.conn.take() {
-            Some(c) => c,
-            None => self.connect().await?,
+        let (send, reused) = match self.conn.take() {
+            Some(c) => (c, true),
+            None => (self.connect().await?, false),
         };
-        let result = self.call(send.clone(), message).await;
+        let mut result = self.call(send.clone(), message).await;
+        let mut send = send;
+        // A kept connection the collector has since closed (idle timeout, restart, GOAWAY)
+        // fails at the HTTP/2 layer: one more try on a new connection.
+        if reused && matches!(result, Err(ExportError::H2(_))) {
+            send = self.connect().await?;
+            result = self.call(send.clone(), message).await;
+        }
         if result.is_ok() {
             self.conn = Some(send);
         }
