@@ -605,6 +605,63 @@ fn unreachable_collector_is_counted_not_fatal() {
     proxy.stop_ok(EXIT_WAIT);
 }
 
+/// A collector that accepts connections and never answers: each export fails at its 5 s
+/// timeout, traffic is not delayed meanwhile, and shutdown still ends within its bound.
+#[test]
+fn silent_collector_times_out_without_delaying_traffic() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and keeps every connection open, reading nothing.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held2 = held.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            held2.lock().unwrap().push(s);
+        }
+    });
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = start_proxy(&origin, dir.path(), &format!("127.0.0.1:{port}"), "100ms");
+    let mut c = Client::connect(proxy.addr);
+    let deadline = Instant::now() + EXPORT_WAIT;
+    // Requests answered quickly while exports hang, until one export has timed out.
+    while prometheus_counters(proxy.admin())
+        .get("otlpExportFailures")
+        .copied()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no timeout counted:\n{}",
+            proxy.stderr()
+        );
+        let t = Instant::now();
+        c.send(&get("/during-hang"));
+        assert_eq!(c.read_response(false).status, 404);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "request took {:?}",
+            t.elapsed()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    finish_client(&mut c);
+    assert!(
+        proxy.stderr().contains("did not finish within 5s"),
+        "{}",
+        proxy.stderr()
+    );
+    // Shutdown: an export in flight (<= 5 s) plus the final one (<= 2 s), plus the drain.
+    let t = Instant::now();
+    proxy.stop_ok(EXIT_WAIT);
+    assert!(
+        t.elapsed() < Duration::from_secs(12),
+        "exit took {:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn trace_endpoint_is_accepted_with_a_warning() {
     let origin = Origin::start();
