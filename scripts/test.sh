@@ -4,14 +4,22 @@
 # Kafka end-to-end tests against a local tansu broker, the Kafka fault matrix against real
 # brokers (Apache Kafka 4.4 from Maven Central and tansu; scripts/kafka-local.sh starts them),
 # the framing differential tests against the sources' real Netty (scripts/netty-origins.sh)
-# and the fuzz smoke. Brokers, Netty origins and their downloads are cached (~/.m2,
-# ~/.cache/capture-proxy, ~/.cargo/bin).
+# and the fuzz smoke. The OTLP metrics test (tests/otlp_export.rs) runs with the integration
+# tests against a real OpenTelemetry Collector (scripts/otel-collector.sh builds it with Go).
+# Brokers, Netty origins, the collector and their downloads are cached (~/.m2,
+# ~/.cache/capture-proxy, ~/go, ~/.cargo/bin).
 # Installs what it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # python3-matplotlib: tests/load_script.rs draws scripts/loadtest.sh's pictures (plot.py).
 scripts/install-deps.sh python3-matplotlib
+
+echo "== OpenTelemetry Collector for tests/otlp_export.rs (scripts/otel-collector.sh)"
+# Built once from the Go module proxy (~3 min cold; a cached binary is reused at once); the
+# OTLP tests fail instead of skipping from here on.
+scripts/otel-collector.sh build >/dev/null
+export CAPTURE_PROXY_REQUIRE_OTEL=1
 
 echo "== unit + integration tests (io_uring driver)"
 # The picture tests skip without matplotlib; here, where it was just installed, that fails.

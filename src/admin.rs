@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sink::SinkStats;
-use crate::stats::{Counter, RateLimit, WorkerStats};
+use crate::stats::{Counter, ExportStats, RateLimit, WorkerStats};
 
 /// What the endpoint reports on.
 #[derive(Clone)]
@@ -34,6 +34,8 @@ pub(crate) struct AdminState {
     pub node_id: Arc<str>,
     /// The endpoint's own counters (`admin*` metrics).
     pub stats: Arc<AdminStats>,
+    /// The OTLP exporter's counters (`otlp*` metrics; 0 without one).
+    pub export: Arc<ExportStats>,
 }
 
 /// The endpoint's own counters; only its thread writes them.
@@ -693,89 +695,238 @@ fn readiness(state: &AdminState) -> (bool, &'static str) {
     (true, "")
 }
 
-/// Prometheus text exposition of every counter (summed over workers), the derived gauges and
-/// the merged histograms.
-pub(crate) fn render_metrics(state: &AdminState) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(8192);
+/// How a [`Scalar`] behaves over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScalarKind {
+    /// Only increases (Prometheus `<name>_total`, OTLP monotonic cumulative sum).
+    Counter,
+    /// A current value (Prometheus gauge, OTLP gauge or non-monotonic sum).
+    Gauge,
+}
+
+/// One counter or gauge of a [`Snapshot`]. `name` is the base name: the Prometheus text adds
+/// `_total` to counters; OTLP uses it as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scalar {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: ScalarKind,
+    pub value: u64,
+}
+
+/// One latency histogram of a [`Snapshot`], merged over its writers (microseconds).
+pub(crate) struct HistogramSnapshot {
+    /// Base name; exported in milliseconds (Prometheus: `<name>_milliseconds`).
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `None` when no writer's histogram could be read.
+    pub merged: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Every metric the process exports, read at one moment off the hot path: the `/metrics`
+/// text and the OTLP exporter both render this one list, so they never disagree.
+pub(crate) struct Snapshot {
+    pub scalars: Vec<Scalar>,
+    pub histograms: Vec<HistogramSnapshot>,
+}
+
+/// Reads every counter (summed over workers), the derived gauges and the merged histograms.
+pub(crate) fn snapshot(state: &AdminState) -> Snapshot {
+    use ScalarKind::{Counter as C, Gauge as G};
+    let mut scalars = Vec::with_capacity(Counter::ALL.len() + 40);
     for c in Counter::ALL {
-        let v = crate::stats::total(&state.workers, *c);
-        let _ = writeln!(out, "# HELP {}_total {}", c.name(), c.help());
-        let _ = writeln!(out, "# TYPE {}_total counter", c.name());
-        let _ = writeln!(out, "{}_total {}", c.name(), v);
+        scalars.push(Scalar {
+            name: c.name(),
+            help: c.help(),
+            kind: C,
+            value: crate::stats::total(&state.workers, *c),
+        });
     }
-    let accepted = crate::stats::total(&state.workers, Counter::ConnAccepted);
-    let closed = crate::stats::total(&state.workers, Counter::ConnClosed);
-    let _ = writeln!(
-        out,
-        "# HELP activeConnection client connections currently open"
-    );
-    let _ = writeln!(out, "# TYPE activeConnection gauge");
-    let _ = writeln!(out, "activeConnection {}", accepted.saturating_sub(closed));
-    let waited = crate::stats::total(&state.workers, Counter::FinalRecordWaited);
-    let ended = crate::stats::total(&state.workers, Counter::FinalRecordWaitEnded);
-    let _ = writeln!(
-        out,
-        "# HELP captureFinalRecordsAwaitingAcks closed connections whose final record waits for earlier records' acks"
-    );
-    let _ = writeln!(out, "# TYPE captureFinalRecordsAwaitingAcks gauge");
-    let _ = writeln!(
-        out,
-        "captureFinalRecordsAwaitingAcks {}",
-        waited.saturating_sub(ended)
-    );
+    let total = |c| crate::stats::total(&state.workers, c);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let s = &state.sink;
-    let sink_metrics: [(&str, &str, u64); 4] = [
+    let a = &state.stats;
+    let e = &state.export;
+    let rows: [(&'static str, ScalarKind, &'static str, u64); 24] = [
         (
-            "sinkRecordsCommitted_total",
-            "records committed by the sink thread",
-            s.records_committed.load(Ordering::Relaxed),
+            "activeConnection",
+            G,
+            "client connections currently open",
+            total(Counter::ConnAccepted).saturating_sub(total(Counter::ConnClosed)),
         ),
         (
-            "sinkBytesCommitted_total",
-            "bytes committed by the sink thread",
-            s.bytes_committed.load(Ordering::Relaxed),
+            "captureFinalRecordsAwaitingAcks",
+            G,
+            "closed connections whose final record waits for earlier records' acks",
+            total(Counter::FinalRecordWaited).saturating_sub(total(Counter::FinalRecordWaitEnded)),
+        ),
+        ("sinkRecordsCommitted", C, "records committed by the sink thread", load(&s.records_committed)),
+        ("sinkBytesCommitted", C, "bytes committed by the sink thread", load(&s.bytes_committed)),
+        ("sinkRecordsFailed", C, "records the sink thread failed", load(&s.records_failed)),
+        ("sinkBatches", C, "batches received by the sink thread", load(&s.batches)),
+        ("sinkHealthy", G, "1 when the capture sink accepts records", load(&s.healthy)),
+        (
+            "kafkaConnected",
+            G,
+            "1 while a Kafka broker is reachable (with --spool-dir, records go to the spool while 0)",
+            load(&s.kafka_connected),
+        ),
+        ("spoolBytes", G, "bytes of spool files on disk (--spool-dir)", load(&s.spool_bytes)),
+        (
+            "spoolRecordsSpooled",
+            C,
+            "records written to the spool and fsynced (acknowledged as committed)",
+            load(&s.spool_records_spooled),
         ),
         (
-            "sinkRecordsFailed_total",
-            "records the sink thread failed",
-            s.records_failed.load(Ordering::Relaxed),
+            "spoolRecordsDrained",
+            C,
+            "spooled records Kafka has acknowledged since",
+            load(&s.spool_records_drained),
         ),
         (
-            "sinkBatches_total",
-            "batches received by the sink thread",
-            s.batches.load(Ordering::Relaxed),
+            "spoolRecordsRefused",
+            C,
+            "records the spool could not take (full or write error); they failed",
+            load(&s.spool_records_refused),
+        ),
+        (
+            "spoolCorruptSkipped",
+            C,
+            "torn or corrupt spool regions skipped during replay",
+            load(&s.spool_corrupt_skipped),
+        ),
+        (
+            "spoolRecordsDropped",
+            C,
+            "spooled records Kafka refused for their own sake (too large for the topic); lost",
+            load(&s.spool_records_dropped),
+        ),
+        (
+            "kafkaProducerRestarts",
+            C,
+            "times the Kafka producer was replaced by a new one (fatal error, or records taken back for the spool)",
+            load(&s.kafka_producer_restarts),
+        ),
+        (
+            "kafkaRecordsReturnedToSpool",
+            C,
+            "records the Kafka producer failed (time-out, broker or producer error) that went to the spool instead of being lost",
+            load(&s.kafka_records_returned),
+        ),
+        (
+            "sinkQueueBytes",
+            G,
+            "bytes of records queued between the workers and the sink thread",
+            load(&s.queued_bytes),
+        ),
+        (
+            "draining",
+            G,
+            "1 while the proxy shuts down",
+            u64::from(state.draining.load(Ordering::Acquire)),
+        ),
+        (
+            "adminConnections",
+            G,
+            "admin endpoint connections open now (this scrape's included)",
+            load(&a.open),
+        ),
+        (
+            "adminRequestTimeouts",
+            C,
+            "admin connections closed at the 2 s deadline (from accept) before their answer was sent",
+            load(&a.timeouts),
+        ),
+        (
+            "adminRequestsRejected",
+            C,
+            "admin requests answered 400 (malformed), 405 (method other than GET/HEAD) or 431 (head too large)",
+            load(&a.rejected),
+        ),
+        (
+            "adminConnectionsShed",
+            C,
+            "unanswered admin connections closed because 1024 were open (the oldest first)",
+            load(&a.shed),
+        ),
+        (
+            "otlpExports",
+            C,
+            "OTLP metrics exports the collector accepted (--otelMetricsCollectorEndpoint)",
+            load(&e.exports),
+        ),
+        (
+            "otlpExportFailures",
+            C,
+            "OTLP metrics exports that failed (collector unreachable, refused or too slow; warned at most once a minute)",
+            load(&e.failures),
         ),
     ];
-    for (name, help, v) in sink_metrics {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {v}");
+    for (name, kind, help, value) in rows {
+        scalars.push(Scalar {
+            name,
+            help,
+            kind,
+            value,
+        });
     }
-    let _ = writeln!(
-        out,
-        "# HELP sinkHealthy 1 when the capture sink accepts records"
-    );
-    let _ = writeln!(out, "# TYPE sinkHealthy gauge");
-    let _ = writeln!(out, "sinkHealthy {}", s.healthy.load(Ordering::Relaxed));
-    render_spool_metrics(&mut out, s);
-    let _ = writeln!(
-        out,
-        "# HELP sinkQueueBytes bytes of records queued between the workers and the sink thread"
-    );
-    let _ = writeln!(out, "# TYPE sinkQueueBytes gauge");
-    let _ = writeln!(
-        out,
-        "sinkQueueBytes {}",
-        s.queued_bytes.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(out, "# HELP draining 1 while the proxy shuts down");
-    let _ = writeln!(out, "# TYPE draining gauge");
-    let _ = writeln!(
-        out,
-        "draining {}",
-        u8::from(state.draining.load(Ordering::Acquire))
-    );
+    let histograms = vec![
+        merged_histogram(
+            "upstreamResponseDuration",
+            "time from a request's head going to the destination (a held request: its release) to the first byte of its response (ms)",
+            state.workers.iter().map(|w| &w.upstream_response_us),
+        ),
+        merged_histogram(
+            "blockedDuration",
+            "time a mutating request was held until its record was committed or failed (ms)",
+            state.workers.iter().map(|w| &w.hold_us),
+        ),
+        merged_histogram(
+            "kafkaCommitDuration",
+            "time from handing a record to the Kafka producer to its acknowledgement (ms)",
+            std::iter::once(&state.sink.commit_us),
+        ),
+    ];
+    Snapshot {
+        scalars,
+        histograms,
+    }
+}
+
+fn merged_histogram<'a>(
+    name: &'static str,
+    help: &'static str,
+    hists: impl Iterator<Item = &'a std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+) -> HistogramSnapshot {
+    let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+    for h in hists {
+        if let Ok(g) = h.lock() {
+            match merged.as_mut() {
+                Some(m) => {
+                    let _ = m.add(&*g);
+                }
+                None => merged = Some(g.clone()),
+            }
+        }
+    }
+    HistogramSnapshot { name, help, merged }
+}
+
+/// Prometheus text exposition of the [`snapshot`].
+pub(crate) fn render_metrics(state: &AdminState) -> String {
+    use std::fmt::Write as _;
+    let snap = snapshot(state);
+    let mut out = String::with_capacity(8192);
+    for s in &snap.scalars {
+        let (suffix, kind) = match s.kind {
+            ScalarKind::Counter => ("_total", "counter"),
+            ScalarKind::Gauge => ("", "gauge"),
+        };
+        let _ = writeln!(out, "# HELP {}{suffix} {}", s.name, s.help);
+        let _ = writeln!(out, "# TYPE {}{suffix} {kind}", s.name);
+        let _ = writeln!(out, "{}{suffix} {}", s.name, s.value);
+    }
     let _ = writeln!(
         out,
         "# HELP captureProxyInfo constant 1, labelled with this process's capture node id and version"
@@ -787,25 +938,9 @@ pub(crate) fn render_metrics(state: &AdminState) -> String {
         LabelValue(&state.node_id),
         env!("CARGO_PKG_VERSION")
     );
-    render_admin_metrics(&mut out, &state.stats);
-    render_histogram(
-        &mut out,
-        "upstreamResponseDuration",
-        "time from a request's head going to the destination (a held request: its release) to the first byte of its response (ms)",
-        state.workers.iter().map(|w| &w.upstream_response_us),
-    );
-    render_histogram(
-        &mut out,
-        "blockedDuration",
-        "time a mutating request was held until its record was committed or failed (ms)",
-        state.workers.iter().map(|w| &w.hold_us),
-    );
-    render_histogram(
-        &mut out,
-        "kafkaCommitDuration",
-        "time from handing a record to the Kafka producer to its acknowledgement (ms)",
-        std::iter::once(&state.sink.commit_us),
-    );
+    for h in &snap.histograms {
+        render_histogram(&mut out, h);
+    }
     out
 }
 
@@ -835,138 +970,29 @@ const BUCKETS_MS: [f64; 18] = [
     10000.0, 30000.0, 60000.0,
 ];
 
-fn render_histogram<'a>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    hists: impl Iterator<Item = &'a std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
-) {
+/// Bucket upper bounds (ms) as `hdrhistogram` values (µs), with the bound itself.
+pub(crate) fn bucket_bounds_us() -> impl Iterator<Item = (f64, u64)> {
+    BUCKETS_MS.into_iter().map(|b| (b, (b * 1000.0) as u64))
+}
+
+/// Sum of a histogram's samples in milliseconds, derived from it (within its 1 % precision).
+pub(crate) fn sum_ms(h: &hdrhistogram::Histogram<u64>) -> f64 {
+    h.mean() * h.len() as f64 / 1000.0
+}
+
+fn render_histogram(out: &mut String, hs: &HistogramSnapshot) {
     use std::fmt::Write as _;
-    let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
-    for h in hists {
-        if let Ok(g) = h.lock() {
-            match merged.as_mut() {
-                Some(m) => {
-                    let _ = m.add(&*g);
-                }
-                None => merged = Some(g.clone()),
-            }
-        }
-    }
-    let _ = writeln!(out, "# HELP {name}_milliseconds {help}");
+    let name = hs.name;
+    let _ = writeln!(out, "# HELP {name}_milliseconds {}", hs.help);
     let _ = writeln!(out, "# TYPE {name}_milliseconds histogram");
-    let Some(h) = merged else { return };
-    for b in BUCKETS_MS {
-        let us = (b * 1000.0) as u64;
+    let Some(h) = &hs.merged else { return };
+    for (b, us) in bucket_bounds_us() {
         let count = h.count_between(0, us);
         let _ = writeln!(out, "{name}_milliseconds_bucket{{le=\"{b}\"}} {count}");
     }
     let _ = writeln!(out, "{name}_milliseconds_bucket{{le=\"+Inf\"}} {}", h.len());
-    let sum_ms = h.mean() * h.len() as f64 / 1000.0;
-    let _ = writeln!(out, "{name}_milliseconds_sum {sum_ms}");
+    let _ = writeln!(out, "{name}_milliseconds_sum {}", sum_ms(h));
     let _ = writeln!(out, "{name}_milliseconds_count {}", h.len());
-}
-
-/// The admin endpoint's own gauge and counters.
-fn render_admin_metrics(out: &mut String, a: &AdminStats) {
-    use std::fmt::Write as _;
-    let rows: [(&str, &str, &str, &AtomicU64); 4] = [
-        (
-            "adminConnections",
-            "gauge",
-            "admin endpoint connections open now (this scrape's included)",
-            &a.open,
-        ),
-        (
-            "adminRequestTimeouts_total",
-            "counter",
-            "admin connections closed at the 2 s deadline (from accept) before their answer was sent",
-            &a.timeouts,
-        ),
-        (
-            "adminRequestsRejected_total",
-            "counter",
-            "admin requests answered 400 (malformed), 405 (method other than GET/HEAD) or 431 (head too large)",
-            &a.rejected,
-        ),
-        (
-            "adminConnectionsShed_total",
-            "counter",
-            "unanswered admin connections closed because 1024 were open (the oldest first)",
-            &a.shed,
-        ),
-    ];
-    for (name, kind, help, v) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-    }
-}
-
-/// The Kafka reachability gauge and the `--spool-dir` metrics (all 0 without a spool).
-fn render_spool_metrics(out: &mut String, s: &SinkStats) {
-    use std::fmt::Write as _;
-    let rows: [(&str, &str, &str, &AtomicU64); 9] = [
-        (
-            "kafkaConnected",
-            "gauge",
-            "1 while a Kafka broker is reachable (with --spool-dir, records go to the spool while 0)",
-            &s.kafka_connected,
-        ),
-        (
-            "spoolBytes",
-            "gauge",
-            "bytes of spool files on disk (--spool-dir)",
-            &s.spool_bytes,
-        ),
-        (
-            "spoolRecordsSpooled_total",
-            "counter",
-            "records written to the spool and fsynced (acknowledged as committed)",
-            &s.spool_records_spooled,
-        ),
-        (
-            "spoolRecordsDrained_total",
-            "counter",
-            "spooled records Kafka has acknowledged since",
-            &s.spool_records_drained,
-        ),
-        (
-            "spoolRecordsRefused_total",
-            "counter",
-            "records the spool could not take (full or write error); they failed",
-            &s.spool_records_refused,
-        ),
-        (
-            "spoolCorruptSkipped_total",
-            "counter",
-            "torn or corrupt spool regions skipped during replay",
-            &s.spool_corrupt_skipped,
-        ),
-        (
-            "spoolRecordsDropped_total",
-            "counter",
-            "spooled records Kafka refused for their own sake (too large for the topic); lost",
-            &s.spool_records_dropped,
-        ),
-        (
-            "kafkaProducerRestarts_total",
-            "counter",
-            "times the Kafka producer was replaced by a new one (fatal error, or records taken back for the spool)",
-            &s.kafka_producer_restarts,
-        ),
-        (
-            "kafkaRecordsReturnedToSpool_total",
-            "counter",
-            "records the Kafka producer failed (time-out, broker or producer error) that went to the spool instead of being lost",
-            &s.kafka_records_returned,
-        ),
-    ];
-    for (name, kind, help, v) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-    }
 }
 
 #[cfg(test)]
@@ -984,6 +1010,7 @@ mod tests {
             draining: Arc::new(AtomicBool::new(false)),
             node_id: Arc::from("n"),
             stats: Arc::default(),
+            export: Arc::default(),
         }
     }
 

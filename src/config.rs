@@ -182,6 +182,25 @@ pub struct Config {
     /// `--spool-max-bytes`: most bytes of spool files; beyond it records Kafka cannot take
     /// fail (the failure policy applies).
     pub spool_max_bytes: u64,
+    /// `--otelMetricsCollectorEndpoint`: the OTLP/gRPC collector metrics are exported to;
+    /// `None` when the flag is unset (no export).
+    pub otel_metrics: Option<OtelMetricsConfig>,
+    /// `--otel-metrics-export-interval`: time between exports (the Java proxy's is 1 s); the
+    /// same value as `otel_metrics.export_interval`, kept when there is no endpoint.
+    pub otel_metrics_export_interval: Duration,
+    /// `--otelTraceCollectorEndpoint`, as given: accepted, but no spans are produced (one
+    /// warning at start).
+    pub otel_trace_endpoint: Option<String>,
+}
+
+/// OTLP metrics export (`--otelMetricsCollectorEndpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelMetricsConfig {
+    /// The collector: `http://` (h2c) or `https://` (TLS, ALPN h2); `http://` is assumed when
+    /// the flag has no scheme, as the Java proxy does. Default ports 80/443; the path is ignored.
+    pub endpoint: Destination,
+    /// `--otel-metrics-export-interval`: time between exports (the Java proxy's is 1 s).
+    pub export_interval: Duration,
 }
 
 impl Config {
@@ -232,6 +251,9 @@ impl Config {
             destination_pool_timeout: DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
             spool_dir: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            otel_metrics: None,
+            otel_metrics_export_interval: DEFAULT_OTEL_METRICS_EXPORT_INTERVAL,
+            otel_trace_endpoint: None,
         }
     }
 }
@@ -264,6 +286,8 @@ pub(crate) const DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT: Duration = Duratio
 pub(crate) const DEFAULT_TRACE_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// `--io-driver`: io_uring, falling back to epoll.
 pub(crate) const DEFAULT_IO_DRIVER: IoDriver = IoDriver::Auto;
+/// `--otel-metrics-export-interval`: the Java proxy's periodic metric reader interval (1 s).
+pub(crate) const DEFAULT_OTEL_METRICS_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// `--admin-listen`: loopback only, so metrics are not exposed by accident.
 pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9901);

@@ -51,6 +51,7 @@ pub mod http1;
 pub mod inspect;
 pub mod kafka;
 pub mod notify;
+pub mod otlp;
 mod runtime;
 mod signal;
 pub mod sink;

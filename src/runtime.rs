@@ -5,7 +5,8 @@
 //! May depend on: `worker` (runs it per core), `conn` (what each worker serves), `sink`, `admin`,
 //! `cpu` (the pinning plan), `upstream` (the destination), `kafka` (the MSK IAM token
 //! provider), `handoff`, `config`, `capture` (settings), `http1` (the `--setHeader` rewriter),
-//! `stats`, `tls` (building the TLS configurations; `Handle::reload_tls`).
+//! `stats`, `tls` (building the TLS configurations; `Handle::reload_tls`), `otlp` (the metrics
+//! exporter thread).
 //!
 //! Invariant: `start` returns only when every worker listens (or fails with the reason);
 //! `Handle::shutdown` returns only when every connection's final record has been handed to
@@ -60,6 +61,8 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
     #[error("TLS")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Otlp(crate::otlp::OtlpStartError),
 }
 
 /// Listen backlog (connections). Large so bursts wait in the kernel rather than being
@@ -84,6 +87,8 @@ pub struct Handle {
     draining: Arc<std::sync::atomic::AtomicBool>,
     admin_addr: Option<SocketAddr>,
     server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The OTLP metrics exporter (`--otelMetricsCollectorEndpoint`).
+    otlp: Option<crate::otlp::Exporter>,
 }
 
 impl Handle {
@@ -134,6 +139,10 @@ impl Handle {
         self.sender.send_shutdown();
         if let Some(s) = self.sink.take() {
             let _ = s.join();
+        }
+        // Last, so the final export holds the final counts (bounded: see `otlp`).
+        if let Some(o) = self.otlp.take() {
+            o.shutdown();
         }
     }
 }
@@ -455,20 +464,30 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
     }
     drop(ready_tx);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin_state = crate::admin::AdminState {
+        workers: worker_stats.clone(),
+        sink: sink_stats.clone(),
+        draining: draining.clone(),
+        node_id: node_id.clone(),
+        stats: Default::default(),
+        export: Default::default(),
+    };
     let admin_addr = match cfg.admin_listen {
         Some(addr) => Some(
-            crate::admin::start(
-                addr,
-                crate::admin::AdminState {
-                    workers: worker_stats.clone(),
-                    sink: sink_stats.clone(),
-                    draining: draining.clone(),
-                    node_id: node_id.clone(),
-                    stats: Default::default(),
-                },
-            )
-            .map_err(|source| StartError::Listen { addr, source })?,
+            crate::admin::start(addr, admin_state.clone())
+                .map_err(|source| StartError::Listen { addr, source })?,
         ),
+        None => None,
+    };
+    if let Some(endpoint) = &cfg.otel_trace_endpoint {
+        tracing::warn!(
+            endpoint = %endpoint,
+            "--otelTraceCollectorEndpoint is accepted but this proxy produces no spans; \
+             nothing is sent there (metrics: --otelMetricsCollectorEndpoint)"
+        );
+    }
+    let otlp = match &cfg.otel_metrics {
+        Some(m) => Some(crate::otlp::start(m.clone(), admin_state).map_err(StartError::Otlp)?),
         None => None,
     };
     let handle = Handle {
@@ -485,6 +504,7 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         draining,
         admin_addr,
         server_tls,
+        otlp,
     };
     for _ in 0..nworkers {
         match ready_rx.recv() {

@@ -155,6 +155,15 @@ pub fn total(workers: &[std::sync::Arc<WorkerStats>], c: Counter) -> u64 {
     workers.iter().map(|w| w.get(c)).sum()
 }
 
+/// The OTLP metrics exporter's counters; only its thread writes them.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Exports the collector accepted.
+    pub exports: AtomicU64,
+    /// Exports that failed (connect, TLS, HTTP/2 or gRPC error, or the timeout).
+    pub failures: AtomicU64,
+}
+
 /// Allows one event per `period`, counting the ones it suppressed.
 #[derive(Debug)]
 pub(crate) struct RateLimit {

@@ -341,6 +341,25 @@ impl DestinationTls {
     }
 }
 
+/// TLS toward an `https://` OTLP collector: system roots (webpki-roots fallback), ALPN `h2`
+/// (gRPC). Returns the configuration and the name to verify.
+pub(crate) fn otlp_client_config(
+    host: &str,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>), TlsError> {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+        TlsError::Config(format!(
+            "OTLP collector host {host:?} is not a valid TLS server name: {e}"
+        ))
+    })?;
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|e| TlsError::Config(format!("TLS protocol versions: {e}")))?
+        .with_root_certificates(system_roots())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(config), name))
+}
+
 /// The system's trust anchors; the bundled webpki roots when the system has none.
 fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();

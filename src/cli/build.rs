@@ -28,13 +28,14 @@ use super::values::{
 };
 use super::{sensitive_header, usage, CliError, MASK};
 use crate::config::{
-    ClientTrust, Config, FileSinkConfig, KafkaAuth, KafkaConfig, ServerTlsConfig, SetHeader,
-    SinkConfig, SuppressConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_CAPTURE_FAILURE_POLICY,
-    DEFAULT_CAPTURE_FLUSH_INTERVAL, DEFAULT_CLIENT_IDLE_TIMEOUT,
+    ClientTrust, Config, Destination, FileSinkConfig, KafkaAuth, KafkaConfig, OtelMetricsConfig,
+    ServerTlsConfig, SetHeader, SinkConfig, SuppressConfig, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_CAPTURE_FAILURE_POLICY, DEFAULT_CAPTURE_FLUSH_INTERVAL, DEFAULT_CLIENT_IDLE_TIMEOUT,
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT, DEFAULT_KAFKA_CLIENT_ID,
     DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_OTEL_METRICS_EXPORT_INTERVAL, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
     DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
     DEFAULT_TRACE_FILE_MAX_BYTES,
 };
@@ -42,9 +43,6 @@ use crate::config::{
 /// Smallest `--maxTrafficBufferSize`: a TrafficStream must hold more than the 500-byte Kafka
 /// envelope reserve plus a useful observation; below 1 KiB every record would be all overhead.
 pub(crate) const MIN_MAX_TRAFFIC_BUFFER_SIZE: usize = 1024;
-/// Reason given for the OpenTelemetry flags, which are rejected rather than ignored.
-const OTEL_UNSUPPORTED: &str = "OpenTelemetry export is not supported yet; scrape the \
-                                Prometheus endpoint (--admin-listen) instead";
 
 pub(super) fn bad_raw(raw: &Raw, id: Flag, reason: String) -> CliError {
     CliError::BadValue {
@@ -326,12 +324,10 @@ pub(super) fn build_config(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, CliError> {
     check_structure(c)?;
-    for id in [
-        Flag::OtelMetricsCollectorEndpoint,
-        Flag::OtelTraceCollectorEndpoint,
-    ] {
-        c.typed(id, |_| Err::<(), _>(OTEL_UNSUPPORTED.to_string()))?;
-    }
+    let (otel_metrics, otel_metrics_export_interval) = build_otel_metrics(c)?;
+    let otel_trace_endpoint = c.typed(Flag::OtelTraceCollectorEndpoint, |t| {
+        parse_otlp_endpoint(t).map(|_| t.trim().to_string())
+    })?;
     let destination = c
         .typed(Flag::DestinationUri, parse_destination)?
         .ok_or_else(|| usage("missing required flag --destinationUri"))?;
@@ -506,7 +502,44 @@ pub(super) fn build_config(
         spool_max_bytes,
         source_max_initial_line_length,
         source_max_header_size,
+        otel_metrics,
+        otel_metrics_export_interval,
+        otel_trace_endpoint,
     })
+}
+
+/// `--otelMetricsCollectorEndpoint` as the Java proxy reads it: `http://` prepended when the
+/// value has no scheme; then an `http://` or `https://` URL (default ports 80/443, path ignored).
+fn parse_otlp_endpoint(t: &str) -> Result<Destination, String> {
+    let t = t.trim();
+    if t.contains("://") {
+        parse_destination(t)
+    } else {
+        parse_destination(&format!("http://{t}"))
+    }
+}
+
+/// The metrics export settings and the interval (also kept without an endpoint, so
+/// `--check-config` shows it).
+fn build_otel_metrics(c: &Collected) -> Result<(Option<OtelMetricsConfig>, Duration), CliError> {
+    let interval = c
+        .typed(Flag::OtelMetricsExportInterval, |t| {
+            parse_duration(t).and_then(|d| {
+                if d < Duration::from_millis(100) {
+                    Err("must be at least 100ms".to_string())
+                } else {
+                    Ok(d)
+                }
+            })
+        })?
+        .unwrap_or(DEFAULT_OTEL_METRICS_EXPORT_INTERVAL);
+    let metrics = c
+        .typed(Flag::OtelMetricsCollectorEndpoint, parse_otlp_endpoint)?
+        .map(|endpoint| OtelMetricsConfig {
+            endpoint,
+            export_interval: interval,
+        });
+    Ok((metrics, interval))
 }
 
 /// `x.pipe(f)` = `f(x)`, to keep the field list above readable.
@@ -838,19 +871,64 @@ mod tests {
     }
 
     #[test]
-    fn otel_flags_are_rejected_not_ignored() {
+    fn otel_flags_are_accepted() {
         for flag in [
             "--otelMetricsCollectorEndpoint",
             "--otel-metrics-collector-endpoint",
+        ] {
+            let c = cfg(&base(&[flag, "collector:4317"]));
+            let m = c.otel_metrics.expect("metrics export configured");
+            assert_eq!(
+                m.endpoint,
+                Destination {
+                    tls: false,
+                    host: "collector".into(),
+                    port: 4317
+                }
+            );
+            assert_eq!(m.export_interval, Duration::from_secs(1));
+            let c = cfg(&base(&[flag, "https://collector"]));
+            let m = c.otel_metrics.expect("metrics export configured");
+            assert!(m.endpoint.tls);
+            assert_eq!(m.endpoint.port, 443);
+            bad_err(&base(&[flag, "ftp://collector"]), flag);
+            bad_err(&base(&[flag, ""]), flag);
+        }
+        for flag in [
             "--otelTraceCollectorEndpoint",
             "--otel-trace-collector-endpoint",
         ] {
-            let e = bad_err(&base(&[flag, "http://collector:4317"]), flag);
-            assert!(e
-                .to_string()
-                .contains("OpenTelemetry export is not supported yet"));
-            assert!(e.to_string().contains("--admin-listen"));
+            let c = cfg(&base(&[flag, "http://collector:4317"]));
+            assert_eq!(
+                c.otel_trace_endpoint.as_deref(),
+                Some("http://collector:4317")
+            );
+            assert!(c.otel_metrics.is_none());
         }
+        assert!(cfg(&base(&[])).otel_metrics.is_none());
+        let c = cfg(&base(&[
+            "--otelMetricsCollectorEndpoint",
+            "127.0.0.1:4317",
+            "--otel-metrics-export-interval",
+            "250ms",
+        ]));
+        assert_eq!(
+            c.otel_metrics.unwrap().export_interval,
+            Duration::from_millis(250)
+        );
+        bad_err(
+            &base(&[
+                "--otelMetricsCollectorEndpoint",
+                "127.0.0.1:4317",
+                "--otel-metrics-export-interval",
+                "10ms",
+            ]),
+            "--otel-metrics-export-interval",
+        );
+        // Without an endpoint the interval is kept (shown by --check-config), nothing exported.
+        let c = cfg(&base(&["--otel-metrics-export-interval", "5s"]));
+        assert!(c.otel_metrics.is_none());
+        assert_eq!(c.otel_metrics_export_interval, Duration::from_secs(5));
     }
 
     /// Runs an addition (kebab-case only) and checks its camelCase spelling is refused.
@@ -1313,7 +1391,7 @@ mod tests {
                 "--kafkaPassword",
                 "hunter2",
                 "--otelTraceCollectorEndpoint",
-                "x",
+                "ftp://x",
             ]),
             "--otelTraceCollectorEndpoint",
         );

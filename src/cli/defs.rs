@@ -22,7 +22,8 @@ use crate::config::{
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT, DEFAULT_KAFKA_CLIENT_ID,
     DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_OTEL_METRICS_EXPORT_INTERVAL, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
     DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
     DEFAULT_TRACE_FILE_MAX_BYTES,
 };
@@ -84,6 +85,7 @@ pub(super) enum Flag {
     DrainTimeout,
     TraceFileMaxBytes,
     LogFormat,
+    OtelMetricsExportInterval,
     CheckConfig,
 }
 
@@ -314,9 +316,9 @@ pub(super) static FLAGS: &[FlagSpec] = &[
     java(Flag::SuppressMethodAndPath, "suppressMethodAndPath", V, GRu, "REGEX", D::None,
         "do not capture requests whose \"METHOD target\" fully matches"),
     java(Flag::OtelMetricsCollectorEndpoint, "otelMetricsCollectorEndpoint", V, GTu, "URL",
-        D::None, "rejected: OpenTelemetry export is not supported yet (use --admin-listen)"),
+        D::None, "OTLP/gRPC collector for metrics (http:// assumed without a scheme)"),
     java(Flag::OtelTraceCollectorEndpoint, "otelTraceCollectorEndpoint", V, GTu, "URL", D::None,
-        "rejected: OpenTelemetry export is not supported yet"),
+        "accepted, but no spans are produced (warned at start)"),
     ours(Flag::ListenAddress, "listen-address", V, "IP", D::Unset("0.0.0.0 and [::]"),
         "bind address for the client-facing listener"),
     ours(Flag::DestinationCaFile, "destination-ca-file", V, "PEM", D::Unset("system roots"),
@@ -366,6 +368,9 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "rotate a trace file at this size (e.g. 64MiB, 1GiB, 1000000)"),
     ours(Flag::LogFormat, "log-format", V, "text|json", D::LogFormat(DEFAULT_LOG_FORMAT),
         "log format on stderr"),
+    ours(Flag::OtelMetricsExportInterval, "otel-metrics-export-interval", V, "DURATION",
+        D::Duration(DEFAULT_OTEL_METRICS_EXPORT_INTERVAL),
+        "time between OTLP metrics exports (with --otelMetricsCollectorEndpoint)"),
     ours(Flag::CheckConfig, "check-config", B, "", D::None,
         "validate, print the effective configuration (secrets masked), exit"),
 ];
@@ -451,7 +456,7 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(FLAGS.len(), 52);
+        assert_eq!(FLAGS.len(), 53);
         for (i, s) in FLAGS.iter().enumerate() {
             assert_eq!(index_of(s.id), i, "{} appears twice", s.name);
             assert!(std::ptr::eq(lookup(s.name).unwrap(), s));

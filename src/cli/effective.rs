@@ -248,6 +248,31 @@ pub fn render_effective(cfg: &Config) -> String {
             Flag::TcpKeepalive => out.flag(id, fmt_opt_duration(cfg.tcp_keepalive)),
             Flag::DrainTimeout => out.flag(id, fmt_duration(cfg.drain_timeout)),
             Flag::LogFormat => out.flag(id, choice_name(cfg.log_format)),
+            Flag::OtelMetricsCollectorEndpoint => out.flag(
+                id,
+                cfg.otel_metrics.as_ref().map_or_else(
+                    || unset(id),
+                    |m| {
+                        let e = &m.endpoint;
+                        let scheme = if e.tls { "https" } else { "http" };
+                        if e.host.contains(':') {
+                            format!("{scheme}://[{}]:{}", e.host, e.port)
+                        } else {
+                            format!("{scheme}://{}:{}", e.host, e.port)
+                        }
+                    },
+                ),
+            ),
+            Flag::OtelMetricsExportInterval => {
+                out.flag(id, fmt_duration(cfg.otel_metrics_export_interval))
+            }
+            Flag::OtelTraceCollectorEndpoint => out.flag(
+                id,
+                cfg.otel_trace_endpoint.as_ref().map_or_else(
+                    || unset(id),
+                    |t| format!("{t} (accepted; no spans are produced)"),
+                ),
+            ),
             // Shown through another line (`listen`, `sink`, `kafka-auth-type`), or nothing to
             // show: orchestration metadata, rejected flags, the --check-config action itself.
             Flag::ListenAddress
@@ -255,8 +280,6 @@ pub fn render_effective(cfg: &Config) -> String {
             | Flag::EnableMskAuth
             | Flag::KafkaListenerName
             | Flag::KafkaSecretName
-            | Flag::OtelMetricsCollectorEndpoint
-            | Flag::OtelTraceCollectorEndpoint
             | Flag::CheckConfig => {}
         }
     }
@@ -352,7 +375,7 @@ mod tests {
             }
             checked += 1;
         }
-        assert_eq!(checked, 28, "rows with a default");
+        assert_eq!(checked, 29, "rows with a default");
     }
 
     /// `Config::for_test` starts from the same defaults as the flags, except where it says so.
