@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Netty test origins of tests/framing_parity.rs: the small Java HTTP server of
+# The Netty test origins of tests/integration/framing_parity.rs: the small Java HTTP server of
 # tests/netty-origin/ (the channel pipeline Elasticsearch / OpenSearch build on Netty's HTTP
 # codec), compiled once per Netty version that a supported source release ships.
 #
@@ -123,7 +123,7 @@ fuzz)
     seed="${2:-$(date +%s)}"
     cd "$HERE/.."
     CAPTURE_PROXY_TEST_NETTY=1 CAPTURE_PROXY_FUZZ_SECS="$secs" CAPTURE_PROXY_FUZZ_SEED="$seed" \
-        exec cargo test --test framing_parity -- --exact fuzz_parity_netty --nocapture
+        exec cargo test --test integration -- --exact framing_parity::fuzz_parity_netty --nocapture
     ;;
 where)
     echo "$CACHE"

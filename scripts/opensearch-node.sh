@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real OpenSearch node for tests/framing_parity.rs, put together from Maven Central artifacts
+# A real OpenSearch node for tests/integration/framing_parity.rs, put together from Maven Central artifacts
 # only: the server (org.opensearch:opensearch), its HTTP/transport module
 # (org.opensearch.plugin:transport-netty4-client) and their dependencies, started by the
 # server's own bootstrap (org.opensearch.bootstrap.OpenSearch, security manager on) in a node

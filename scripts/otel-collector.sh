@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real OpenTelemetry Collector for the OTLP metrics test (tests/otlp_export.rs): an OTLP/gRPC
+# A real OpenTelemetry Collector for the OTLP metrics test (tests/integration/otlp_export.rs): an OTLP/gRPC
 # receiver and the contrib file exporter (one JSON line per received batch), nothing else.
 # Built once from the Go module proxy with our own minimal main (the collector's builder tool
 # is not used: main.go below lists the two factories), cached per collector release.

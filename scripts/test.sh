@@ -4,7 +4,7 @@
 # Kafka end-to-end tests against a local tansu broker, the Kafka fault matrix against real
 # brokers (Apache Kafka 4.4 from Maven Central and tansu; scripts/kafka-local.sh starts them),
 # the framing differential tests against the sources' real Netty (scripts/netty-origins.sh)
-# and the fuzz smoke. The OTLP metrics test (tests/otlp_export.rs) runs with the integration
+# and the fuzz smoke. The OTLP metrics test (tests/integration/otlp_export.rs) runs with the integration
 # tests against a real OpenTelemetry Collector (scripts/otel-collector.sh builds it with Go).
 # Brokers, Netty origins, the collector and their downloads are cached (~/.m2,
 # ~/.cache/capture-proxy, ~/go, ~/.cargo/bin).
@@ -12,10 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3-matplotlib: tests/load_script.rs draws scripts/loadtest.sh's pictures (plot.py).
+# python3-matplotlib: tests/integration/load_script.rs draws scripts/loadtest.sh's pictures (plot.py).
 scripts/install-deps.sh python3-matplotlib
 
-echo "== OpenTelemetry Collector for tests/otlp_export.rs (scripts/otel-collector.sh)"
+echo "== OpenTelemetry Collector for tests/integration/otlp_export.rs (scripts/otel-collector.sh)"
 # Built once from the Go module proxy (~3 min cold; a cached binary is reused at once); the
 # OTLP tests fail instead of skipping from here on.
 scripts/otel-collector.sh build >/dev/null
@@ -68,19 +68,19 @@ if ! scripts/kafka-local.sh status --port "$KAFKA_PORT" >/dev/null 2>&1; then
   trap 'scripts/kafka-local.sh stop --port "$KAFKA_PORT"' EXIT
 fi
 KAFKA_BOOTSTRAP=$(scripts/kafka-local.sh start --port "$KAFKA_PORT")
-CAPTURE_PROXY_TEST_KAFKA="$KAFKA_BOOTSTRAP" cargo test --locked --test kafka_e2e -- --ignored 2>&1
+CAPTURE_PROXY_TEST_KAFKA="$KAFKA_BOOTSTRAP" cargo test --locked --test integration kafka_e2e:: -- --ignored 2>&1
 
-echo "== Kafka fault matrix against real brokers: Apache Kafka and tansu (tests/kafka_real_faults.rs)"
+echo "== Kafka fault matrix against real brokers: Apache Kafka and tansu (tests/integration/kafka_real_faults.rs)"
 # Each row starts its own broker through scripts/kafka-local.sh (Apache Kafka's jars are
 # resolved by Maven once and cached), behind a forwarder the test controls.
 CAPTURE_PROXY_TEST_KAFKA_IMPLS=tansu,apache \
-  cargo test --locked --test kafka_real_faults -- --ignored 2>&1
+  cargo test --locked --test integration kafka_real_faults:: -- --ignored 2>&1
 
-echo "== framing parity with the sources' Netty (tests/framing_parity.rs)"
+echo "== framing parity with the sources' Netty (tests/integration/framing_parity.rs)"
 # Builds (once, cached) the Netty origins at the versions Elasticsearch 7.10 and OpenSearch
 # 1.x-3.x ship, then compares captured with executed requests for every origin.
 scripts/netty-origins.sh build >/dev/null
-CAPTURE_PROXY_TEST_NETTY=1 cargo test --locked --test framing_parity 2>&1
+CAPTURE_PROXY_TEST_NETTY=1 cargo test --locked --test integration framing_parity:: 2>&1
 
 echo "== fuzz smoke: every cargo-fuzz target for a few seconds (scripts/fuzz.sh; long runs: fuzz/README.md)"
 # FUZZ_SMOKE_SECONDS=0 skips it (e.g. a quick local rerun).

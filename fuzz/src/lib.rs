@@ -1,5 +1,5 @@
 //! The fuzzed invariants of capture-proxy's sans-IO core, shared by the cargo-fuzz targets
-//! (`fuzz_targets/*.rs`, one line each) and the proptest suite (`tests/props.rs` includes this
+//! (`fuzz_targets/*.rs`, one line each) and the proptest suite (`tests/integration/props.rs` includes this
 //! file with `#[path]`), so both check exactly the same properties.
 //!
 //! Owns: the input decoders that turn fuzzer bytes into test cases ([`ByteSource`] and the

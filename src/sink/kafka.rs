@@ -1557,7 +1557,7 @@ mod tests {
     /// A broker that no longer knows the producer answers UNKNOWN_PRODUCER_ID: no record is
     /// lost, in order. (The mock answers so that librdkafka recovers by itself; the path where
     /// it gives up — tansu restarted without its state — and the producer is replaced runs in
-    /// tests/kafka_real_faults.rs, row "broker killed and restarted", against tansu.)
+    /// tests/integration/kafka_real_faults.rs, row "broker killed and restarted", against tansu.)
     #[test]
     fn unknown_producer_id_loses_nothing() {
         let sink =

@@ -3,7 +3,7 @@
 //! header, for keep-alive and pipelined requests and heads split at any byte; the capture keeps
 //! the client's original bytes; suppression rules match the original head.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ fn rewritten_toward_destination_original_in_capture() {
     let r1 = b"GET /small HTTP/1.1\r\nhost: client.example\r\nAuthorization: Basic b3JpZw==\r\naccept: */*\r\n\r\n".to_vec();
     let r2 = with_body("POST", "/echo", &body_with_fake_headers());
     // Any case of the name is rewritten. (Two Host fields are refused with 400 before any
-    // rewrite: tests/framing_rules.rs.)
+    // rewrite: tests/integration/framing_rules.rs.)
     let r3 = b"GET /small?3 HTTP/1.1\r\nHOST: a\r\nAuthorization: x\r\n\r\n".to_vec();
     let mut c = proxy.client();
     let mut got = Vec::new();

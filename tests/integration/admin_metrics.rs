@@ -11,7 +11,7 @@
 //! client's view, `KAFKA_WAIT` for broker state); the proxy only listens on and talks to
 //! 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -26,7 +26,7 @@
 //! (comma-separated case names: run only those). `scripts/netty-origins.sh fuzz SECS [SEED]`
 //! runs the fuzzer longer.
 
-mod common;
+use crate::common;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

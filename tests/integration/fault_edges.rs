@@ -37,7 +37,7 @@
 //! machine to themselves, and the many-connection tests size themselves to the descriptor
 //! limit.
 
-mod common;
+use crate::common;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -15,7 +15,7 @@
 //! address but 127.0.0.1; the tests run one at a time (`serial`): they assert latencies and
 //! the machine is small.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

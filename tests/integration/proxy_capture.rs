@@ -3,7 +3,7 @@
 //! (capture-format.md): reads == what the client sent, writes == what it received, markers,
 //! numbering, EOM lengths, flush points, and that the origin got exactly what the client sent.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::thread;

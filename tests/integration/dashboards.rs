@@ -5,7 +5,7 @@
 //!
 //! May depend on: the crate's public API, `tests/common`, serde_json, std.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -15,7 +15,7 @@
 //! admin endpoint, the process), never a sleep standing in for synchronisation; only
 //! 127.0.0.1 is contacted.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

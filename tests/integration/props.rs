@@ -12,7 +12,7 @@
 //!
 //! Also replays every saved fuzz reproducer under `fuzz/regressions/<target>/`.
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 mod invariants;
 
 use capture_proxy::capture::encode::Timestamp;

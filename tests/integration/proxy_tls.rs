@@ -11,7 +11,7 @@
 //! Certificates are generated per test with rcgen (the RSA key is a fixed test-only key:
 //! ring cannot generate RSA keys).
 
-mod common;
+use crate::common;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

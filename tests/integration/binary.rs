@@ -11,7 +11,7 @@
 //! readiness is the proxy's own `listening … addr=` log line, never a sleep; the proxy only
 //! ever listens on and talks to 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};

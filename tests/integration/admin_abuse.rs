@@ -12,7 +12,7 @@
 //! `adminConnectionsShed_total`), never from sleeps; only 127.0.0.1 is contacted; the tests of
 //! this file run one at a time (`serial`) so latency is measured without each other's load.
 
-mod common;
+use crate::common;
 
 /// How much earlier than its own deadline a client may see the close: the server's clock
 /// starts at accept, the client's after connect() returned (observed: 1.4 µs early).

@@ -4,7 +4,7 @@
 //! connections the destination closed discarded; a connection serves exactly one client and
 //! never returns to the pool.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -10,7 +10,7 @@
 //! the topic). The tests run one at a time (`serial`): several assert latencies, and the
 //! machine is small.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::thread;

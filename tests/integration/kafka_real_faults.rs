@@ -1,7 +1,7 @@
 //! The Kafka fault matrix against REAL brokers (issue 11, item 4): the real `capture-proxy`
 //! binary, a real origin, keep-alive GET/POST load, and a real broker — tansu and/or Apache
 //! Kafka — reached through a Kafka-aware TCP forwarder the test controls
-//! (`tests/common/forwarder.rs`). Each row applies one fault in the middle of the load, lets
+//! (`tests/integration/common/forwarder.rs`). Each row applies one fault in the middle of the load, lets
 //! the broker recover, and then checks the issue's "Done when" from three independent views:
 //! the proxy's `/metrics`, the topic read back record by record, and `capture-proxy inspect
 //! --kafkaConnection`.
@@ -43,7 +43,7 @@
 //! All rows run (a failing row does not stop the matrix); the test fails at the end listing
 //! every failed check.
 //!
-//! Run: `CAPTURE_PROXY_TEST_KAFKA_IMPLS=tansu,apache cargo test --test kafka_real_faults --
+//! Run: `CAPTURE_PROXY_TEST_KAFKA_IMPLS=tansu,apache cargo test --test integration kafka_real_faults:: --
 //! --ignored --nocapture`. Optional: `CAPTURE_PROXY_TEST_FAULT_ROWS=refused-5s,hung-8s` (row
 //! names, optionally with `/spool`, `/nospool` or `/reject`) runs a subset;
 //! `CAPTURE_PROXY_TEST_PROXY_BIN=PATH` runs another build of the binary (e.g. an older commit,
@@ -60,7 +60,7 @@
 //! proxy and admin endpoint are all loopback); load loops are bounded in time; brokers and
 //! proxies started here are stopped when the test ends (drop), also on failure.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -1213,7 +1213,7 @@ fn wait_broker_ready(boot: &str, topic: Option<&str>) {
 
 /// Every record of `topic`, each partition from its start to its end as the Fetch responses
 /// report it (partition EOF; tansu 0.6.0's ListOffsets(latest) can be too low, see
-/// `tests/kafka_e2e.rs`), by (partition, offset).
+/// `tests/integration/kafka_e2e.rs`), by (partition, offset).
 fn consume_all(boot: &str, topic: &str) -> Vec<Got> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", boot)

@@ -10,7 +10,7 @@
 //! per-partition reading is checked (and the test says so).
 //!
 //! The tests are `#[ignore]`d because they need the broker; run them with
-//! `CAPTURE_PROXY_TEST_KAFKA=127.0.0.1:9092 cargo test --test kafka_e2e -- --ignored`
+//! `CAPTURE_PROXY_TEST_KAFKA=127.0.0.1:9092 cargo test --test integration kafka_e2e:: -- --ignored`
 //! (`scripts/test.sh` does). Run without that variable they fail, they do not skip.
 //!
 //! May depend on: the binary (`CARGO_BIN_EXE_capture-proxy`), `tests/common` (origin, raw
@@ -21,7 +21,7 @@
 //! line, never a sleep; nothing talks to any address but 127.0.0.1 (the bootstrap address is
 //! checked to be loopback); each test uses its own fresh topic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -88,7 +88,7 @@ fn bootstrap() -> String {
         Ok(b) if !b.trim().is_empty() => b.trim().to_string(),
         _ => panic!(
             "{KAFKA_ENV} is not set: start a broker with `scripts/kafka-local.sh start` and run \
-             `{KAFKA_ENV}=127.0.0.1:9092 cargo test --test kafka_e2e -- --ignored`"
+             `{KAFKA_ENV}=127.0.0.1:9092 cargo test --test integration kafka_e2e:: -- --ignored`"
         ),
     };
     for b in boot.split(',') {

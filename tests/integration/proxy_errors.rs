@@ -2,7 +2,7 @@
 //! client resets, an origin dying mid-response, graceful shutdown with a request in flight.
 //! Each checks what the client sees, that the proxy keeps serving, and the decoded trace.
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::net::TcpListener;

@@ -1,4 +1,4 @@
-//! Origins for the framing-parity tests (tests/framing_parity.rs) and the rig that runs one
+//! Origins for the framing-parity tests (tests/integration/framing_parity.rs) and the rig that runs one
 //! case through the proxy: the request list the capture holds against the request list the
 //! origin executed.
 //!

@@ -17,7 +17,7 @@
 //! 400/404 to anything an OpenSearch cluster would reject, so a malformed script request shows
 //! up as an error in the script's summary.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

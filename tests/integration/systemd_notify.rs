@@ -11,7 +11,7 @@
 //!
 //! Invariant: every wait is bounded; the proxy only listens on and talks to 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

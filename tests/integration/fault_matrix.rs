@@ -2,7 +2,7 @@
 //! real sockets against an rdkafka mock cluster (one per test) and an in-process proxy. The
 //! README's "Failure behaviour" table maps every row of the matrix to its test, here or in the
 //! other files (retriable produce errors and a record refused for good *without* a spool are in
-//! `tests/proxy_kafka.rs`).
+//! `tests/integration/proxy_kafka.rs`).
 //!
 //! Covered here (test → fault → behaviour asserted):
 //! - `kafka_down_at_start_{with,without}_spool`: no broker reachable at start → the proxy
@@ -42,7 +42,7 @@
 //! assert latencies take `serial()`; the two 30 s outage tests do not (they mostly wait and
 //! assert only generous bounds), so they overlap and the file stays within about two minutes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

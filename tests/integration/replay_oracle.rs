@@ -14,7 +14,7 @@
 //! Skips only when the Java peers are not installed and `CAPTURE_PROXY_REQUIRE_JAVA_PEERS`
 //! is unset (CI sets it).
 
-mod common;
+use crate::common;
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! the proxy's peak resident memory stays far below the bytes that went through it, and the
 //! capture accounts for every byte.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -6,7 +6,7 @@
 //! (byte for byte) and the decoded capture. The differential tests against real Netty origins
 //! are in `framing_parity.rs`.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};

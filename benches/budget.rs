@@ -1,0 +1,147 @@
+//! The budget of capturing one MiB (issue 15): what the machine must spend at least, per MiB of
+//! captured body, on each step a capture cannot avoid — so the proxy's measured cost per
+//! captured MiB can be compared against it step by step.
+//!
+//! Steps, each on 1 MiB of `_bulk`-like NDJSON:
+//! - `memcpy_hot`: copy into a reused buffer (the one copy a record built by value makes).
+//! - `memcpy_fresh_pages`: the same copy into freshly mapped memory (page faults + zeroing:
+//!   what a record buffer that is not reused costs).
+//! - `base64`: SIMD base64 of the record (trace files), into a reused line buffer.
+//! - `write_page_cache`: `write(2)` of the 1.33 MiB base64 line to a file (the page cache; the
+//!   file is truncated every 64 MiB so fresh pages keep being allocated, as an appending sink's
+//!   are).
+//! - `loopback_send`: `write(2)` of 1 MiB to a 127.0.0.1 TCP socket whose reader (another
+//!   thread) drains it (what handing a record to a local broker costs the sender).
+//! - `lz4`: LZ4 block compression (what `compression.type=lz4` costs librdkafka per MiB;
+//!   `lz4_flex` stands in for librdkafka's bundled liblz4: same algorithm).
+//!
+//! Run: `cargo bench --bench budget`; README "Performance" has the latest figures.
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// One MiB: the body size of the loadtest's `bulk1m` scenario.
+const MIB: usize = 1 << 20;
+/// Truncate the page-cache file after this many bytes (64 MiB: well above the CPU caches,
+/// small enough to stay out of writeback pressure).
+const FILE_WRAP_BYTES: u64 = 64 << 20;
+
+/// `_bulk`-like NDJSON: an action line and a ~200-byte document, repeated.
+fn bulk_mib() -> Vec<u8> {
+    let mut out = Vec::with_capacity(MIB);
+    let mut i = 0u64;
+    while out.len() < MIB {
+        let line = format!(
+            "{{\"index\":{{\"_index\":\"logs-2026.12.07\",\"_id\":\"{i}\"}}}}\n{{\"@timestamp\":\"2026-12-07T03:{:02}:{:02}Z\",\"level\":\"info\",\"service\":\"checkout\",\"trace\":\"{:016x}\",\"message\":\"order {i} placed with {} items\"}}\n",
+            i % 60,
+            (i * 7) % 60,
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            i % 13
+        );
+        out.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    out.truncate(MIB);
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let body = bulk_mib();
+    let mut g = c.benchmark_group("budget_per_mib");
+    g.throughput(Throughput::Bytes(MIB as u64));
+
+    g.bench_function("memcpy_hot", |b| {
+        let mut dst = Vec::with_capacity(MIB);
+        b.iter(|| {
+            dst.clear();
+            dst.extend_from_slice(std::hint::black_box(&body));
+            std::hint::black_box(&dst);
+        })
+    });
+
+    g.bench_function("memcpy_fresh_pages", |b| {
+        b.iter(|| {
+            // SAFETY: an anonymous private mapping of MIB bytes, written within its length and
+            // unmapped before the next iteration; no reference outlives it.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    MIB,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(p, libc::MAP_FAILED);
+                std::ptr::copy_nonoverlapping(body.as_ptr(), p.cast::<u8>(), MIB);
+                std::hint::black_box(p);
+                libc::munmap(p, MIB);
+            }
+        })
+    });
+
+    let b64_len = base64_simd::STANDARD.encoded_length(MIB);
+    let mut line = vec![0u8; b64_len + 1];
+    g.bench_function("base64", |b| {
+        b.iter(|| {
+            let out = base64_simd::Out::from_slice(&mut line[..b64_len]);
+            std::hint::black_box(base64_simd::STANDARD.encode(&body, out));
+        })
+    });
+    let encoded_line = {
+        let mut l = base64_simd::STANDARD.encode_to_string(&body).into_bytes();
+        l.push(b'\n');
+        l
+    };
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(dir.path().join("budget.log"))
+        .expect("open");
+    g.throughput(Throughput::Bytes(MIB as u64));
+    g.bench_function("write_page_cache", |b| {
+        let mut off = 0u64;
+        b.iter(|| {
+            if off >= FILE_WRAP_BYTES {
+                file.set_len(0).expect("truncate");
+                off = 0;
+            }
+            file.write_all_at(&encoded_line, off).expect("write");
+            off += encoded_line.len() as u64;
+        })
+    });
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 256 * 1024];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let mut tx = TcpStream::connect(addr).expect("connect");
+    tx.set_nodelay(true).expect("nodelay");
+    g.bench_function("loopback_send", |b| {
+        b.iter(|| tx.write_all(&body).expect("send"))
+    });
+    drop(tx);
+    reader.join().expect("reader");
+
+    let mut compressed = vec![0u8; lz4_flex::block::get_maximum_output_size(MIB)];
+    g.bench_function("lz4", |b| {
+        b.iter(|| {
+            std::hint::black_box(
+                lz4_flex::block::compress_into(&body, &mut compressed).expect("lz4"),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
