@@ -458,6 +458,12 @@ async fn client_to_upstream<CR: StreamRead, UW: StreamWrite>(
                 break C2uEnd::ClientError;
             }
         };
+        if st.c2u_stop.get() == Some(StopReason::Drain) {
+            // The client's next request came as the drain closed the idle connection: serve
+            // it (the drain closes after its response) instead of dropping bytes already read.
+            st.c2u_stop.set(None);
+        }
+        st.used.set(true);
         let mut ts = Timestamp::now();
         let now_ms = ctx.now_ms();
         st.last_activity.set(now_ms);
@@ -1070,7 +1076,7 @@ async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
         if x.c2u_done.get() && st.outstanding.get() == 0 {
             break U2cEnd::Stopped;
         }
-        if ctx.draining() && st.is_exchange_idle() {
+        if ctx.draining() && st.drain_may_close(ctx.now_ms()) {
             st.stop_c2u(StopReason::Drain);
         }
     };
