@@ -12,6 +12,8 @@
 //! the sink and the sink has committed and synced everything it received.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -20,7 +22,7 @@ use crate::config::{Config, IoDriver, SinkConfig};
 use crate::cpu::{allowed_cpus, cpu_ranges, pin_current_thread, plan_cpus, Topology, SYS_CPU_DIR};
 use crate::handoff::{self, BatchSender, Inbox};
 use crate::sink::{self, Backend, SinkStats, SinkThread};
-use crate::stats::WorkerStats;
+use crate::stats::{HandoverStats, WorkerStats};
 use crate::worker::{self, Control, Ctx, Settings};
 
 /// Start-up failures (exit status 1 from `main`, except configuration errors found here,
@@ -74,6 +76,14 @@ pub struct Handle {
     draining: Arc<std::sync::atomic::AtomicBool>,
     admin_addr: Option<SocketAddr>,
     server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Duplicates of every client-facing listening socket (each distinct socket once), for
+    /// a handover: the new process gets these very sockets.
+    listen_fds: Vec<OwnedFd>,
+    /// Duplicate of the admin endpoint's listening socket.
+    admin_fd: Option<OwnedFd>,
+    /// Tells the admin endpoint to stop accepting (its listener was handed over).
+    admin_handed_over: Arc<AtomicBool>,
+    pub handover_stats: Arc<HandoverStats>,
 }
 
 impl Handle {
@@ -109,11 +119,31 @@ impl Handle {
         crate::stats::total(&self.worker_stats, c)
     }
 
+    /// The listening sockets to hand to a new process: the client-facing ones (every
+    /// distinct socket of the SO_REUSEPORT group once) and the admin endpoint's.
+    pub fn handover_fds(&self) -> (Vec<BorrowedFd<'_>>, Option<BorrowedFd<'_>>) {
+        (
+            self.listen_fds.iter().map(AsFd::as_fd).collect(),
+            self.admin_fd.as_ref().map(AsFd::as_fd),
+        )
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight exchanges finish (bounded by
     /// `--drain-timeout`), write every connection's final record, flush and sync the sink.
-    pub fn shutdown(mut self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::Release);
+    pub fn shutdown(self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain_and_stop();
+    }
+
+    /// Shutdown after a handover: as [`Handle::shutdown`], but the admin endpoint stops
+    /// accepting instead of answering `/ready` 503 (the listener it shares with the new
+    /// process must keep answering ready: the new process answers from now on).
+    pub fn shutdown_handed_over(self) {
+        self.admin_handed_over.store(true, Ordering::Release);
+        self.drain_and_stop();
+    }
+
+    fn drain_and_stop(mut self) {
         for (c, i) in self.controls.iter().zip(&self.inboxes) {
             c.drain.store(true, std::sync::atomic::Ordering::Release);
             i.poke_control();
@@ -162,6 +192,88 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(LISTEN_BACKLOG)?;
     Ok(s.into())
+}
+
+/// Client-facing sockets for `workers` workers.
+struct Bound {
+    per_worker: Vec<Vec<TcpListener>>,
+    addrs: Vec<SocketAddr>,
+    /// One duplicate of every distinct socket (for a handover).
+    dups: Vec<OwnedFd>,
+}
+
+fn dup_listener(l: &TcpListener) -> Result<OwnedFd, StartError> {
+    l.try_clone()
+        .map(OwnedFd::from)
+        .map_err(|source| StartError::Listen {
+            addr: l
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        })
+}
+
+/// Adopts inherited listening sockets (a handover or systemd socket activation): socket `i`
+/// goes to worker `i % workers`, so none is closed (closing one would reset the connections
+/// in its accept queue); a worker left without one (fewer sockets than workers) accepts on a
+/// duplicate of socket `w % n`, sharing its queue. The set handed on at the next handover is
+/// the inherited one, unchanged.
+fn adopt(
+    inherited: Vec<TcpListener>,
+    workers: usize,
+    wanted: &[SocketAddr],
+) -> Result<Bound, StartError> {
+    let mut dups = Vec::with_capacity(inherited.len());
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for l in &inherited {
+        dups.push(dup_listener(l)?);
+        let a = l.local_addr().map_err(|source| StartError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    for w in wanted {
+        if w.port() != 0 && !addrs.iter().any(|a| a.port() == w.port()) {
+            tracing::warn!(
+                wanted = %w,
+                inherited = ?addrs,
+                "the configured listen port differs from the inherited sockets'; serving on the inherited ones"
+            );
+        }
+    }
+    let workers = workers.max(1);
+    let n = inherited.len();
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, l) in inherited.into_iter().enumerate() {
+        if let Some(w) = per_worker.get_mut(i % workers) {
+            w.push(l);
+        }
+    }
+    for (w, ls) in per_worker.iter_mut().enumerate() {
+        if ls.is_empty() {
+            if let Some(d) = dups.get(w % n.max(1)) {
+                let l =
+                    d.try_clone()
+                        .map(TcpListener::from)
+                        .map_err(|source| StartError::Listen {
+                            addr: addrs
+                                .first()
+                                .copied()
+                                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                            source,
+                        })?;
+                ls.push(l);
+            }
+        }
+    }
+    Ok(Bound {
+        per_worker,
+        addrs,
+        dups,
+    })
 }
 
 /// Binds `workers` SO_REUSEPORT sockets per listen address (all on the same port, so port
@@ -229,8 +341,19 @@ pub fn raise_nofile_limit() -> Option<u64> {
     Some(lim.rlim_cur)
 }
 
-/// Starts the proxy described by `cfg`.
+/// Starts the proxy described by `cfg`, binding its listeners.
 pub fn start(cfg: Config) -> Result<Handle, StartError> {
+    start_with(cfg, Vec::new(), None)
+}
+
+/// Starts the proxy described by `cfg` on inherited listening sockets, where given
+/// (`proxy` non-empty: those instead of binding `--listenPort`; `admin`: that one instead of
+/// binding `--admin-listen`) — a handover or systemd socket activation.
+pub fn start_with(
+    cfg: Config,
+    proxy: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+) -> Result<Handle, StartError> {
     if let Some(n) = raise_nofile_limit() {
         // Two descriptors per proxied connection (client + destination).
         tracing::info!(
@@ -321,7 +444,26 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
             "--cpu-list names CPUs this process may not run on (CPUAffinity=, cgroup cpuset): workers planned there float"
         );
     }
-    let (listeners, addrs) = bind_all(&cfg.listen, nworkers)?;
+    let Bound {
+        per_worker: listeners,
+        addrs,
+        dups: listen_fds,
+    } = if proxy.is_empty() {
+        let (per_worker, addrs) = bind_all(&cfg.listen, nworkers)?;
+        let mut dups = Vec::new();
+        for ls in &per_worker {
+            for l in ls {
+                dups.push(dup_listener(l)?);
+            }
+        }
+        Bound {
+            per_worker,
+            addrs,
+            dups,
+        }
+    } else {
+        adopt(proxy, nworkers, &cfg.listen)?
+    };
 
     let capture = match &cfg.sink {
         SinkConfig::None => None,
@@ -442,22 +584,33 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         workers.push(h);
     }
     drop(ready_tx);
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admin_addr = match cfg.admin_listen {
-        Some(addr) => Some(
-            crate::admin::start(
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_handed_over = Arc::new(AtomicBool::new(false));
+    let handover_stats = Arc::new(HandoverStats::default());
+    let (admin_addr, admin_fd) = match cfg.admin_listen {
+        Some(addr) => {
+            let (a, fd) = crate::admin::start(
                 addr,
+                admin,
                 crate::admin::AdminState {
                     workers: worker_stats.clone(),
                     sink: sink_stats.clone(),
                     draining: draining.clone(),
                     node_id: node_id.clone(),
                     stats: Default::default(),
+                    handover: handover_stats.clone(),
+                    handed_over: admin_handed_over.clone(),
                 },
             )
-            .map_err(|source| StartError::Listen { addr, source })?,
-        ),
-        None => None,
+            .map_err(|source| StartError::Listen { addr, source })?;
+            (Some(a), Some(fd))
+        }
+        None => {
+            if admin.is_some() {
+                tracing::warn!("an admin listener was passed in but the admin endpoint is off (--admin-listen none); closing it");
+            }
+            (None, None)
+        }
     };
     let handle = Handle {
         addrs,
@@ -473,6 +626,10 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         draining,
         admin_addr,
         server_tls,
+        listen_fds,
+        admin_fd,
+        admin_handed_over,
+        handover_stats,
     };
     for _ in 0..nworkers {
         match ready_rx.recv() {

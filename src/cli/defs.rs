@@ -20,9 +20,10 @@ use crate::config::{
     FailurePolicy, IoDriver, LogFormat, DEFAULT_ADMIN_LISTEN, DEFAULT_CAPTURE_FAILURE_POLICY,
     DEFAULT_CAPTURE_FLUSH_INTERVAL, DEFAULT_CLIENT_IDLE_TIMEOUT,
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT, DEFAULT_KAFKA_CLIENT_ID,
-    DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDOVER_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT,
+    DEFAULT_KAFKA_CLIENT_ID, DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT,
+    DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
     DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
     DEFAULT_TRACE_FILE_MAX_BYTES,
 };
@@ -82,6 +83,7 @@ pub(super) enum Flag {
     SourceMaxHeaderSize,
     TcpKeepalive,
     DrainTimeout,
+    HandoverTimeout,
     TraceFileMaxBytes,
     LogFormat,
     CheckConfig,
@@ -361,6 +363,9 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "TCP keepalive idle time on both sides; 0 = off"),
     ours(Flag::DrainTimeout, "drain-timeout", V, "DURATION", D::Duration(DEFAULT_DRAIN_TIMEOUT),
         "on SIGTERM, most time to let in-flight exchanges finish"),
+    ours(Flag::HandoverTimeout, "handover-timeout", V, "DURATION",
+        D::Duration(DEFAULT_HANDOVER_TIMEOUT),
+        "on SIGUSR2, most time the new process may take to become ready; past it the handover is abandoned and this process keeps serving"),
     ours(Flag::TraceFileMaxBytes, "trace-file-max-bytes", V, "SIZE",
         D::Size(DEFAULT_TRACE_FILE_MAX_BYTES),
         "rotate a trace file at this size (e.g. 64MiB, 1GiB, 1000000)"),
@@ -451,7 +456,7 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(FLAGS.len(), 52);
+        assert_eq!(FLAGS.len(), 53);
         for (i, s) in FLAGS.iter().enumerate() {
             assert_eq!(index_of(s.id), i, "{} appears twice", s.name);
             assert!(std::ptr::eq(lookup(s.name).unwrap(), s));

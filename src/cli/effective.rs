@@ -247,6 +247,7 @@ pub fn render_effective(cfg: &Config) -> String {
             Flag::RequestBodyTimeout => out.flag(id, fmt_opt_duration(cfg.request_body_timeout)),
             Flag::TcpKeepalive => out.flag(id, fmt_opt_duration(cfg.tcp_keepalive)),
             Flag::DrainTimeout => out.flag(id, fmt_duration(cfg.drain_timeout)),
+            Flag::HandoverTimeout => out.flag(id, fmt_duration(cfg.handover_timeout)),
             Flag::LogFormat => out.flag(id, choice_name(cfg.log_format)),
             // Shown through another line (`listen`, `sink`, `kafka-auth-type`), or nothing to
             // show: orchestration metadata, rejected flags, the --check-config action itself.
@@ -352,7 +353,7 @@ mod tests {
             }
             checked += 1;
         }
-        assert_eq!(checked, 28, "rows with a default");
+        assert_eq!(checked, 29, "rows with a default");
     }
 
     /// `Config::for_test` starts from the same defaults as the flags, except where it says so.
