@@ -310,9 +310,15 @@ impl Successor {
         self.child.id()
     }
 
-    /// Waits (at most `timeout`) for the new process to report ready. On error the caller
+    /// Waits (at most `timeout`) for the new process to report ready, calling `tick` at least
+    /// every `tick_every` meanwhile (the service manager's watchdog). On error the caller
     /// keeps serving and calls [`Successor::abandon`].
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), HandoverError> {
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        tick_every: Option<Duration>,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(), HandoverError> {
         let pid = self.child.id();
         let deadline = Instant::now() + timeout;
         let mut got: Vec<u8> = Vec::with_capacity(READY_MSG.len());
@@ -327,7 +333,8 @@ impl Successor {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            let wait = tick_every.map_or(left, |t| t.min(left));
+            let ms = libc::c_int::try_from(wait.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut pfd, 1, ms) };
             if r < 0 {
@@ -338,6 +345,9 @@ impl Successor {
                 return Err(HandoverError::Wait(e));
             }
             if r == 0 {
+                if tick_every.is_some() {
+                    tick();
+                }
                 continue;
             }
             match self.ready.read(&mut buf) {
@@ -466,14 +476,25 @@ mod tests {
             None,
         )
         .unwrap();
-        ok.wait_ready(Duration::from_secs(10)).unwrap();
+        ok.wait_ready(Duration::from_secs(10), None, &mut || {})
+            .unwrap();
         let mut exits = spawn_successor(sh, &args("exit 3"), &[fd], None).unwrap();
-        let e = exits.wait_ready(Duration::from_secs(10)).unwrap_err();
+        let e = exits
+            .wait_ready(Duration::from_secs(10), None, &mut || {})
+            .unwrap_err();
         assert!(matches!(e, HandoverError::Exited { .. }), "{e}");
         exits.abandon();
         let mut hangs = spawn_successor(sh, &args("exec sleep 30"), &[fd], None).unwrap();
-        let e = hangs.wait_ready(Duration::from_millis(200)).unwrap_err();
+        let mut ticks = 0;
+        let e = hangs
+            .wait_ready(
+                Duration::from_millis(300),
+                Some(Duration::from_millis(50)),
+                &mut || ticks += 1,
+            )
+            .unwrap_err();
         assert!(matches!(e, HandoverError::NotReady { .. }), "{e}");
+        assert!(ticks >= 3, "watchdog ticks while waiting: {ticks}");
         hangs.abandon();
     }
 }

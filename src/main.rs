@@ -240,7 +240,9 @@ fn handover(
     tracing::info!(exe = %exe.display(), sockets = proxy.len(), admin = admin.is_some(), "SIGUSR2: handing the listening sockets to a new process");
     let started = std::time::Instant::now();
     let result = capture_proxy::handover::spawn_successor(exe, args, &proxy, admin).and_then(
-        |mut s| match s.wait_ready(timeout) {
+        |mut s| match s.wait_ready(timeout, notifier.watchdog_interval(), &mut || {
+            notifier.watchdog()
+        }) {
             Ok(()) => Ok(s.pid()),
             Err(e) => {
                 s.abandon();
