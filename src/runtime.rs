@@ -1,6 +1,7 @@
-//! Process structure: binds the listeners, plans CPUs, starts the pinned worker threads (each
-//! with its own monoio runtime and SO_REUSEPORT listener) and the single sink thread, and
-//! shuts everything down in order (drain workers → flush sink).
+//! Process structure: binds the listeners (or adopts inherited ones: a handover, systemd socket
+//! activation), plans CPUs, starts the pinned worker threads (each with its own monoio runtime
+//! and SO_REUSEPORT listener) and the single sink thread, and shuts everything down in order
+//! (drain workers → flush sink). Keeps a duplicate of every listening socket for a handover.
 //!
 //! May depend on: `worker` (runs it per core), `conn` (what each worker serves), `sink`, `admin`,
 //! `cpu` (the pinning plan), `upstream` (the destination), `kafka` (the MSK IAM token
@@ -450,10 +451,15 @@ pub fn start_with(
         dups: listen_fds,
     } = if proxy.is_empty() {
         let (per_worker, addrs) = bind_all(&cfg.listen, nworkers)?;
+        // Address-major (all workers' sockets of the first address, then the next address's),
+        // so that the successor's `adopt` gives each worker one socket of every address.
         let mut dups = Vec::new();
-        for ls in &per_worker {
-            for l in ls {
-                dups.push(dup_listener(l)?);
+        let naddrs = per_worker.first().map_or(0, Vec::len);
+        for j in 0..naddrs {
+            for ls in &per_worker {
+                if let Some(l) = ls.get(j) {
+                    dups.push(dup_listener(l)?);
+                }
             }
         }
         Bound {
@@ -756,6 +762,43 @@ mod tests {
             });
             assert_eq!(v, 7);
         }
+    }
+
+    /// Inherited sockets, address-major as a predecessor passes them: with the same worker
+    /// count each worker gets one socket of each address; with fewer workers some take two;
+    /// with more, the extra ones share a duplicate. None is dropped.
+    #[test]
+    fn adopt_spreads_inherited_sockets_over_the_workers() {
+        let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (per_worker, addrs) = bind_all(&[a, "127.0.0.2:0".parse().unwrap()], 2).unwrap();
+        assert_eq!(addrs.len(), 2);
+        let mut passed = Vec::new();
+        for j in 0..2 {
+            for ls in &per_worker {
+                passed.push(ls[j].try_clone().unwrap());
+            }
+        }
+        let clone = |v: &[TcpListener]| -> Vec<TcpListener> {
+            v.iter().map(|l| l.try_clone().unwrap()).collect()
+        };
+        let ip = |l: &TcpListener| l.local_addr().unwrap().ip();
+        let same = adopt(clone(&passed), 2, &[]).unwrap();
+        assert_eq!(same.addrs, addrs);
+        assert_eq!(same.dups.len(), 4);
+        for ls in &same.per_worker {
+            let mut ips: Vec<_> = ls.iter().map(ip).collect();
+            ips.sort();
+            assert_eq!(ips, vec![addrs[0].ip(), addrs[1].ip()]);
+        }
+        let fewer = adopt(clone(&passed), 1, &[]).unwrap();
+        assert_eq!(fewer.per_worker[0].len(), 4);
+        let more = adopt(clone(&passed), 6, &[]).unwrap();
+        assert!(more.per_worker.iter().all(|ls| !ls.is_empty()));
+        assert_eq!(
+            more.dups.len(),
+            4,
+            "the set handed on stays the inherited one"
+        );
     }
 
     #[test]
