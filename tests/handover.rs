@@ -215,6 +215,21 @@ impl Fleet {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits (bounded) for the first process (our child) to exit; its exit code. Through
+    /// `Child`, so that its drop never signals a reaped (maybe reused) pid.
+    fn wait_child(&mut self) -> Option<i32> {
+        let end = Instant::now() + BOUND;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGUSR2 to `pid`; waits for its "the new process serves" line; the new pid.
     fn handover(&self, pid: i32) -> i32 {
         kill(pid, libc::SIGUSR2);
@@ -572,7 +587,7 @@ fn two_handovers_under_load_lose_and_duplicate_nothing() {
     let bin = Binary::new();
     let origin = Origin::start();
     let trace = tempfile::tempdir().unwrap();
-    let fleet = Fleet::start(
+    let mut fleet = Fleet::start(
         &bin.path(),
         origin.addr(),
         trace.path(),
@@ -584,12 +599,8 @@ fn two_handovers_under_load_lose_and_duplicate_nothing() {
 
     // Handover 1: same binary.
     let pid2 = fleet.handover(pid1);
-    assert_eq!(
-        wait_pid(pid1, BOUND),
-        Some(0),
-        "old process exit:\n{}",
-        fleet.log()
-    );
+    let first = fleet.wait_child();
+    assert_eq!(first, Some(0), "old process exit:\n{}", fleet.log());
     load.wait_answered(200);
 
     // Handover 2: after an upgrade (a new file at the binary's path).
@@ -669,7 +680,7 @@ fn failed_handovers_keep_the_old_process_serving() {
     let bin = Binary::new();
     let origin = Origin::start();
     let trace = tempfile::tempdir().unwrap();
-    let fleet = Fleet::start(
+    let mut fleet = Fleet::start(
         &bin.path(),
         origin.addr(),
         trace.path(),
@@ -713,7 +724,8 @@ fn failed_handovers_keep_the_old_process_serving() {
     }
     assert_eq!(common::admin::metric(fleet.admin, "handovers_total"), 3);
     kill(pid, libc::SIGTERM);
-    assert_eq!(wait_pid(pid, BOUND), Some(0), "{}", fleet.log());
+    let code = fleet.wait_child();
+    assert_eq!(code, Some(0), "{}", fleet.log());
 }
 
 /// Plain SO_REUSEPORT co-existence: a second process started on the same port serves
@@ -724,7 +736,7 @@ fn a_second_process_can_share_the_port() {
     let bin = Binary::new();
     let origin = Origin::start();
     let trace = tempfile::tempdir().unwrap();
-    let a = Fleet::start(&bin.path(), origin.addr(), trace.path(), &[]);
+    let mut a = Fleet::start(&bin.path(), origin.addr(), trace.path(), &[]);
     let port = a.addr.port().to_string();
     let mut cmd = clean_command(&bin.path());
     cmd.args(["--destinationUri", &format!("http://{}", origin.addr())])
@@ -732,19 +744,19 @@ fn a_second_process_can_share_the_port() {
         .args(["--admin-listen", "127.0.0.1:0", "--numThreads", "1"])
         .args(["--traceDirectory", trace.path().to_str().unwrap()])
         .stderr(Stdio::piped());
-    let b = Fleet::spawn(cmd);
+    let mut b = Fleet::spawn(cmd);
     assert_eq!(b.addr, a.addr);
     let load = Load::start(a.addr, None);
     load.wait_answered(100);
     let t = load.finish();
     assert!(t.failures.lock().unwrap().is_empty());
-    for f in [&a, &b] {
+    for f in [&mut a, &mut b] {
         assert!(
             common::admin::metric(f.admin, "connectionsAccepted_total") > 0,
             "both processes accept"
         );
         kill(f.child.id() as i32, libc::SIGTERM);
-        assert_eq!(wait_pid(f.child.id() as i32, BOUND), Some(0));
+        assert_eq!(f.wait_child(), Some(0));
     }
 }
 
@@ -757,7 +769,7 @@ fn replace_without_handover(kill_old: bool) -> (usize, usize, usize) {
     let bin = Binary::new();
     let origin = Origin::start();
     let trace = tempfile::tempdir().unwrap();
-    let a = Fleet::start(&bin.path(), origin.addr(), trace.path(), &[]);
+    let mut a = Fleet::start(&bin.path(), origin.addr(), trace.path(), &[]);
     let load = Load::start(a.addr, None);
     load.wait_answered(200);
     let mut cmd = clean_command(&bin.path());
@@ -767,7 +779,7 @@ fn replace_without_handover(kill_old: bool) -> (usize, usize, usize) {
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--traceDirectory", trace.path().to_str().unwrap()])
         .stderr(Stdio::piped());
-    let b = Fleet::spawn(cmd);
+    let mut b = Fleet::spawn(cmd);
     let pid = a.child.id() as i32;
     kill(
         pid,
@@ -777,11 +789,11 @@ fn replace_without_handover(kill_old: bool) -> (usize, usize, usize) {
             libc::SIGTERM
         },
     );
-    let _ = wait_pid(pid, BOUND);
+    let _ = a.wait_child();
     load.wait_answered(200);
     let t = load.finish();
     kill(b.child.id() as i32, libc::SIGTERM);
-    let _ = wait_pid(b.child.id() as i32, BOUND);
+    let _ = b.wait_child();
     let failures = t.failures.lock().unwrap().clone();
     let answered = t.answered.lock().unwrap().clone();
     // A killed process may leave a partly written last line: read what is whole.
