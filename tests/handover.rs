@@ -40,6 +40,8 @@ use common::{Origin, Trace};
 
 /// Bound on start-up, a handover and an exit (s): generous, the machine is small and shared.
 const BOUND: Duration = Duration::from_secs(40);
+/// `--drain-timeout` of the processes (s): each old process must have exited well within it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the clients keep sending (s).
 const LOAD_FOR: Duration = Duration::from_secs(4);
 /// Client threads of each kind.
@@ -153,7 +155,8 @@ impl Fleet {
         cmd.args(["--destinationUri", &format!("http://{origin}")])
             .args(["--listenPort", "0", "--listen-address", "127.0.0.1"])
             .args(["--admin-listen", "127.0.0.1:0"])
-            .args(["--numThreads", "2", "--drain-timeout", "10s"])
+            .args(["--numThreads", "2"])
+            .args(["--drain-timeout", &format!("{}s", DRAIN_TIMEOUT.as_secs())])
             .args(["--traceDirectory", trace.to_str().unwrap()])
             .args(extra)
             .stderr(Stdio::piped());
@@ -599,20 +602,26 @@ fn two_handovers_under_load_lose_and_duplicate_nothing() {
 
     // Handover 1: same binary.
     let pid2 = fleet.handover(pid1);
+    let drain1 = Instant::now();
     let first = fleet.wait_child();
+    let drain1 = drain1.elapsed();
     assert_eq!(first, Some(0), "old process exit:\n{}", fleet.log());
+    assert!(drain1 < DRAIN_TIMEOUT, "first drain took {drain1:?}");
     load.wait_answered(200);
 
     // Handover 2: after an upgrade (a new file at the binary's path).
     bin.install_copy();
     let new_inode = bin.inode();
     let pid3 = fleet.handover(pid2);
+    let drain2 = Instant::now();
     assert_eq!(
         wait_pid(pid2, BOUND),
         Some(0),
         "second old process exit:\n{}",
         fleet.log()
     );
+    let drain2 = drain2.elapsed();
+    assert!(drain2 < DRAIN_TIMEOUT, "second drain took {drain2:?}");
     let running = std::fs::metadata(format!("/proc/{pid3}/exe"))
         .unwrap()
         .ino();
@@ -637,7 +646,7 @@ fn two_handovers_under_load_lose_and_duplicate_nothing() {
     let mismatches = capture_mismatches(trace.path(), &answered, true);
     let at_origin = origin.requests().len();
     eprintln!(
-        "handover test: {} requests answered, {} failed, {} stale keep-alive retries, {} /ready 200 and {} other, {} requests at the origin, {} capture mismatches, {} node ids",
+        "handover test: drains {drain1:?} and {drain2:?}; {} requests answered, {} failed, {} stale keep-alive retries, {} /ready 200 and {} other, {} requests at the origin, {} capture mismatches, {} node ids",
         answered.len(),
         failures.len(),
         t.stale_retries.load(Ordering::Relaxed),
