@@ -5,7 +5,11 @@
 //! (a new inode, as an upgrade installs it). Asserted: no client request fails, `/ready`
 //! answers 200 throughout, each old process exits 0, the last process runs the replaced
 //! file, and every tag appears exactly once in the union of all processes' capture records
-//! (and once at the origin). Fault cases: a replacement binary that exits, one that never
+//! (and once at the origin). Keep-alive clients behave as pooled HTTP clients do: a
+//! connection found closed before reuse is replaced, and a request on a reused connection
+//! that closes before any byte of its response is resent once on a new one (the keep-alive
+//! race; counted and printed, and the capture proves the first attempt was never forwarded).
+//! Fault cases: a replacement binary that exits, one that never
 //! becomes ready, and a missing one — the running process keeps serving, logs an error and
 //! counts `handoverFailures_total`.
 //!
@@ -263,6 +267,8 @@ struct Tally {
     /// closed before any byte of the response (the stale-connection rule every HTTP client
     /// applies; RFC 9112 §9.3.1). The capture shows they were never forwarded the first time.
     stale_retries: AtomicU64,
+    /// Keep-alive connections found closed by the server before reuse (nothing resent).
+    closed_between: AtomicU64,
     failures: Mutex<Vec<String>>,
     /// Tags of requests that got their response.
     answered: Mutex<Vec<String>>,
@@ -318,6 +324,21 @@ fn read_response(s: &mut TcpStream, tag: &str, buf: &mut Vec<u8>) -> Attempt {
     Attempt::Answered
 }
 
+/// Whether the peer has closed `s` (EOF or reset pending), without blocking.
+fn peer_closed(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let r = s.peek(&mut b);
+    let _ = s.set_nonblocking(false);
+    match r {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     s.set_nodelay(true)?;
@@ -354,6 +375,13 @@ fn keepalive_client(id: usize, addr: SocketAddr, stop: Arc<AtomicBool>, t: Arc<T
                     tag.len()
                 )
             };
+            if used > 0 && peer_closed(&s) {
+                // As pooled HTTP clients check before reusing a connection (urllib3, …): the
+                // server closed it between responses; take a new one, nothing was sent.
+                t.closed_between.fetch_add(1, Ordering::Relaxed);
+                n -= 1;
+                continue 'conns;
+            }
             let sent = s.write_all(req.as_bytes());
             let r = match sent {
                 Ok(()) => read_response(&mut s, &tag, &mut buf),
@@ -646,9 +674,10 @@ fn two_handovers_under_load_lose_and_duplicate_nothing() {
     let mismatches = capture_mismatches(trace.path(), &answered, true);
     let at_origin = origin.requests().len();
     eprintln!(
-        "handover test: drains {drain1:?} and {drain2:?}; {} requests answered, {} failed, {} stale keep-alive retries, {} /ready 200 and {} other, {} requests at the origin, {} capture mismatches, {} node ids",
+        "handover test: drains {drain1:?} and {drain2:?}; {} requests answered, {} failed, {} keep-alive connections closed between requests, {} stale keep-alive retries, {} /ready 200 and {} other, {} requests at the origin, {} capture mismatches, {} node ids",
         answered.len(),
         failures.len(),
+        t.closed_between.load(Ordering::Relaxed),
         t.stale_retries.load(Ordering::Relaxed),
         t.ready_ok.load(Ordering::Relaxed),
         ready_bad.len(),
