@@ -11,7 +11,9 @@
 //! race; counted and printed, and the capture proves the first attempt was never forwarded).
 //! Fault cases: a replacement binary that exits, one that never
 //! becomes ready, and a missing one — the running process keeps serving, logs an error and
-//! counts `handoverFailures_total`.
+//! counts `handoverFailures_total`. Also: a second process sharing the port by plain
+//! SO_REUSEPORT, and real systemd socket activation (`systemd-socket-activate`) followed by a
+//! handover.
 //!
 //! May depend on: the binary (`CARGO_BIN_EXE_capture-proxy`, run from a copy the tests may
 //! replace), `tests/common` (origin, admin client, trace reader), libc (signals, waitpid,
@@ -167,7 +169,12 @@ impl Fleet {
         Self::spawn(cmd)
     }
 
-    fn spawn(mut cmd: Command) -> Fleet {
+    fn spawn(cmd: Command) -> Fleet {
+        Self::spawn_hook(cmd, &mut |_| {})
+    }
+
+    /// [`Fleet::spawn`], calling `hook` with every line seen before the `listening` lines.
+    fn spawn_hook(mut cmd: Command, hook: &mut dyn FnMut(&str)) -> Fleet {
         let mut child = cmd.spawn().expect("spawn capture-proxy");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -190,6 +197,7 @@ impl Fleet {
         let (mut proxy, mut admin) = (None, None);
         while proxy.is_none() || admin.is_none() {
             let line = f.next_line("the `listening` lines");
+            hook(&line);
             match parse_listening(&line) {
                 Some(Listening::Proxy { addr, .. }) => proxy = Some(addr),
                 Some(Listening::Admin(a)) => admin = Some(a),
@@ -864,4 +872,77 @@ fn oracle_fails_when_the_old_process_is_killed() {
 fn oracle_on_plain_rebind() {
     let (_, failures, mismatches) = replace_without_handover(false);
     eprintln!("rebind: {failures} failures, {mismatches} mismatches");
+}
+
+/// Real systemd socket activation (`systemd-socket-activate`, as a `.socket` unit passes
+/// sockets: `LISTEN_PID`, `LISTEN_FDS`, one socket for all workers): the proxy serves on the
+/// passed socket, and a handover from it passes that socket on. Skipped (with a note) where
+/// the tool is not installed.
+#[test]
+fn socket_activation_then_handover() {
+    let Some(tool) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists()) else {
+        eprintln!("systemd-socket-activate not installed: skipped");
+        return;
+    };
+    become_subreaper();
+    let bin = Binary::new();
+    let origin = Origin::start();
+    let trace = tempfile::tempdir().unwrap();
+    // A free port: bind, note, release (the tool binds it again at once).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = clean_command(Path::new(tool));
+    cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=proxy"])
+        .arg(bin.path())
+        .args(["--destinationUri", &format!("http://{}", origin.addr())])
+        .args(["--listenPort", "0", "--listen-address", "127.0.0.1"])
+        .args(["--admin-listen", "127.0.0.1:0", "--numThreads", "2"])
+        .args(["--traceDirectory", trace.path().to_str().unwrap()])
+        .stderr(Stdio::piped());
+    // The tool starts the proxy on the first connection (as a `.socket` unit does).
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut first: Option<thread::JoinHandle<bool>> = None;
+    let mut fleet = Fleet::spawn_hook(cmd, &mut |line| {
+        if line.starts_with("Listening on") && first.is_none() {
+            first = Some(thread::spawn(move || {
+                let mut s = connect(addr).unwrap();
+                s.write_all(
+                    b"GET /small?tag=first0z HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut buf = Vec::new();
+                matches!(
+                    read_response(&mut s, "first0z", &mut buf),
+                    Attempt::Answered
+                )
+            }));
+        }
+    });
+    assert!(
+        first.expect("the tool listened").join().unwrap(),
+        "first request"
+    );
+    assert_eq!(fleet.addr.port(), port, "serves on the passed socket");
+    let load = Load::start(fleet.addr, None);
+    load.wait_answered(100);
+    let pid = fleet.child.id() as i32;
+    let next = fleet.handover(pid);
+    assert_eq!(fleet.wait_child(), Some(0), "{}", fleet.log());
+    load.wait_answered(100);
+    let t = load.finish();
+    kill(next, libc::SIGTERM);
+    assert_eq!(wait_pid(next, BOUND), Some(0), "{}", fleet.log());
+    let failures = t.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{failures:?}");
+    let answered = t.answered.lock().unwrap().clone();
+    let mismatches = capture_mismatches(trace.path(), &answered, true);
+    assert!(mismatches.is_empty(), "{mismatches:?}");
 }
