@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sink::SinkStats;
-use crate::stats::{Counter, ExportStats, RateLimit, WorkerStats};
+use crate::stats::{Counter, ExportStats, HandoverStats, RateLimit, WorkerStats};
 
 /// What the endpoint reports on.
 #[derive(Clone)]
@@ -36,6 +36,11 @@ pub(crate) struct AdminState {
     pub stats: Arc<AdminStats>,
     /// The OTLP exporter's counters (`otlp*` metrics; 0 without one).
     pub export: Arc<ExportStats>,
+    /// `SIGUSR2` handovers (`handovers*` metrics).
+    pub handover: Arc<HandoverStats>,
+    /// Set when the listener was handed to a new process: stop accepting on it (the new
+    /// process answers from then on; this one drains), without `/ready` turning 503.
+    pub handed_over: Arc<AtomicBool>,
 }
 
 /// The endpoint's own counters; only its thread writes them.
@@ -89,15 +94,24 @@ const WRITE_INTEREST: u32 = libc::EPOLLOUT as u32;
 /// Sent (best effort) to a connection closed at the deadline with part of a head.
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 
-/// Binds and serves on a background thread. Returns the bound address.
-pub(crate) fn start(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
-    let listener = bind(addr)?;
+/// Binds (or, with `inherited`, adopts that listener) and serves on a background thread.
+/// Returns the bound address and a duplicate of the listener (for a handover).
+pub(crate) fn start(
+    addr: SocketAddr,
+    inherited: Option<TcpListener>,
+    state: AdminState,
+) -> std::io::Result<(SocketAddr, OwnedFd)> {
+    let listener = match inherited {
+        Some(l) => l,
+        None => bind(addr)?,
+    };
     let bound = listener.local_addr()?;
+    let dup = OwnedFd::from(listener.try_clone()?);
     let server = Server::new(listener, state)?;
     std::thread::Builder::new()
         .name("cp-admin".into())
         .spawn(move || server.run())?;
-    Ok(bound)
+    Ok((bound, dup))
 }
 
 /// A nonblocking listener with `SO_REUSEADDR` (as std's) and a [`LISTEN_BACKLOG`] backlog.
@@ -195,6 +209,8 @@ struct Server {
     accept_paused_until: Option<Instant>,
     accept_warn: RateLimit,
     shed_warn: RateLimit,
+    /// The listener was handed over and taken out of the epoll set.
+    listener_dropped: bool,
     /// Every read lands here first; a head that comes whole is parsed from here.
     scratch: Box<[u8; MAX_HEAD_BYTES]>,
 }
@@ -220,6 +236,7 @@ impl Server {
             accept_paused_until: None,
             accept_warn: RateLimit::new(WARN_PERIOD),
             shed_warn: RateLimit::new(WARN_PERIOD),
+            listener_dropped: false,
             scratch: Box::new([0; MAX_HEAD_BYTES]),
         })
     }
@@ -288,6 +305,20 @@ impl Server {
     }
 
     fn accept(&mut self, now: Instant) {
+        if self.state.handed_over.load(Ordering::Acquire) {
+            // The new process accepts from the shared listener now; leave its queue alone.
+            if !self.listener_dropped {
+                let _ = self.epoll.ctl(
+                    libc::EPOLL_CTL_DEL,
+                    self.listener.as_raw_fd(),
+                    0,
+                    LISTENER_TOKEN,
+                );
+                self.listener_dropped = true;
+                self.accept_paused_until = None;
+            }
+            return;
+        }
         for _ in 0..ACCEPT_BATCH {
             // SAFETY: a plain syscall on our listener; no address is asked for.
             let fd = unsafe {
@@ -442,6 +473,9 @@ impl Server {
     }
 
     fn resume_accept(&mut self, now: Instant) {
+        if self.listener_dropped {
+            return;
+        }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             let fd = self.listener.as_raw_fd();
             let interest = libc::EPOLLIN as u32;
@@ -747,7 +781,7 @@ pub(crate) fn snapshot(state: &AdminState) -> Snapshot {
     let s = &state.sink;
     let a = &state.stats;
     let e = &state.export;
-    let rows: [(&'static str, ScalarKind, &'static str, u64); 24] = [
+    let rows: [(&'static str, ScalarKind, &'static str, u64); 26] = [
         (
             "activeConnection",
             G,
@@ -861,6 +895,18 @@ pub(crate) fn snapshot(state: &AdminState) -> Snapshot {
             C,
             "OTLP metrics exports that failed (collector unreachable, refused or too slow; warned at most once a minute)",
             load(&e.failures),
+        ),
+        (
+            "handovers",
+            C,
+            "SIGUSR2 handovers begun (a new process started with this one's listening sockets)",
+            load(&state.handover.started),
+        ),
+        (
+            "handoverFailures",
+            C,
+            "handovers that failed (the new process did not start or did not become ready); this process kept serving",
+            load(&state.handover.failed),
         ),
     ];
     for (name, kind, help, value) in rows {
@@ -1011,6 +1057,8 @@ mod tests {
             node_id: Arc::from("n"),
             stats: Arc::default(),
             export: Arc::default(),
+            handover: Arc::default(),
+            handed_over: Arc::default(),
         }
     }
 
@@ -1079,7 +1127,7 @@ mod tests {
         st.workers[1].add(Counter::BytesRead, 7);
         st.workers[0].inc(Counter::ConnAccepted);
         st.sink.healthy.store(1, Ordering::Relaxed);
-        let addr = start("127.0.0.1:0".parse().unwrap(), st.clone()).unwrap();
+        let (addr, _dup) = start("127.0.0.1:0".parse().unwrap(), None, st.clone()).unwrap();
         let m = get(addr, "/metrics");
         assert!(m.contains("\nbytesRead_total 12\n"), "{m}");
         assert!(m.contains("\nactiveConnection 1\n"), "{m}");
@@ -1181,7 +1229,7 @@ mod tests {
     fn slow_clients_do_not_block_and_are_closed_at_the_deadline() {
         let st = state();
         st.sink.healthy.store(1, Ordering::Relaxed);
-        let addr = start("127.0.0.1:0".parse().unwrap(), st.clone()).unwrap();
+        let (addr, _dup) = start("127.0.0.1:0".parse().unwrap(), None, st.clone()).unwrap();
         let t0 = Instant::now();
         let mut idle = TcpStream::connect(addr).unwrap();
         let mut half = TcpStream::connect(addr).unwrap();

@@ -170,6 +170,9 @@ pub struct Config {
     pub tcp_keepalive: Option<Duration>,
     /// `--drain-timeout` (ours): on SIGTERM, most time to let in-flight exchanges finish.
     pub drain_timeout: Duration,
+    /// `--handover-timeout` (ours): on SIGUSR2, most time the new process may take to report
+    /// ready before the handover is abandoned.
+    pub handover_timeout: Duration,
     pub log_format: LogFormat,
     pub suppress: SuppressConfig,
     pub set_headers: Vec<SetHeader>,
@@ -241,6 +244,7 @@ impl Config {
             source_max_header_size: DEFAULT_SOURCE_MAX_HEADER_SIZE,
             tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            handover_timeout: DEFAULT_HANDOVER_TIMEOUT,
             log_format: DEFAULT_LOG_FORMAT,
             suppress: SuppressConfig::default(),
             set_headers: Vec::new(),
@@ -322,5 +326,8 @@ pub(crate) const DEFAULT_SOURCE_MAX_HEADER_SIZE: u64 = 8 * 1024;
 pub(crate) const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// `--drain-timeout` on SIGTERM.
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--handover-timeout`: start-up takes well under a second, a Kafka sink's first metadata a
+/// few; a minute is far beyond either.
+pub(crate) const DEFAULT_HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// `--log-format`.
 pub(crate) const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;

@@ -47,6 +47,7 @@ pub mod config;
 mod conn;
 mod cpu;
 pub mod handoff;
+pub mod handover;
 pub mod http1;
 pub mod inspect;
 pub mod kafka;
@@ -63,5 +64,5 @@ mod worker;
 #[cfg(test)]
 mod layering;
 
-pub use runtime::{start, Handle, StartError};
+pub use runtime::{start, start_with, Handle, StartError};
 pub use tls::TlsError;

@@ -1,6 +1,11 @@
 //! The `capture-proxy` binary: flags → configuration → running proxy; signals; exit codes.
 //!
-//! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a successful `--check-config` /
+//! Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the client-facing TLS certificate;
+//! SIGUSR2 hands the listening sockets to a new process started from the binary on disk
+//! (same arguments), waits for it to report ready, then drains and exits (`handover`).
+//!
+//! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT, or a completed handover) or a
+//! successful `--check-config` /
 //! `inspect`; 1 when start-up fails (cannot bind, resolve, open the sink) or `inspect` finds
 //! a problem; 2 for usage errors (unknown/missing/conflicting flags); 3 for a flag with a bad
 //! value.
@@ -10,6 +15,8 @@ use std::io::Write;
 use anyhow::Context;
 use capture_proxy::cli::{self, Command};
 use capture_proxy::config::LogFormat;
+use capture_proxy::handover::Inherited;
+use std::sync::atomic::Ordering;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -84,6 +91,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -123,8 +131,27 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<std::time::Duration>) -> Op
 fn run(cfg: capture_proxy::config::Config) -> anyhow::Result<()> {
     let set = block_signals();
     let env = |k: &str| std::env::var(k).ok();
+    // First, before anything opens descriptors: sockets passed by a predecessor or systemd.
+    let mut inherited =
+        Inherited::from_env(&env).context("cannot adopt the passed listening sockets")?;
+    // The binary's path now, while it names the running file: a handover starts whatever
+    // file is at this path then (an upgraded binary), not /proc/self/exe (the old inode).
+    let exe = std::env::current_exe();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let notifier = capture_proxy::notify::Notifier::from_env(&env);
-    let handle = capture_proxy::start(cfg).context("start-up failed")?;
+    let handover_timeout = cfg.handover_timeout;
+    let proxy_socks = std::mem::take(&mut inherited.proxy);
+    let admin_sock = inherited.admin.take();
+    if !proxy_socks.is_empty() {
+        tracing::info!(
+            sockets = proxy_socks.len(),
+            admin = admin_sock.is_some(),
+            from_pid = ?inherited.from,
+            "adopting passed listening sockets"
+        );
+    }
+    let handle =
+        capture_proxy::start_with(cfg, proxy_socks, admin_sock).context("start-up failed")?;
     for a in handle.local_addrs() {
         tracing::info!(addr = %a, node_id = handle.node_id(), io = handle.io_driver(), "listening");
     }
@@ -132,6 +159,18 @@ fn run(cfg: capture_proxy::config::Config) -> anyhow::Result<()> {
         tracing::info!(addr = %a, "admin endpoint listening");
     }
     notifier.ready("listening");
+    if let Some(from) = inherited.from {
+        match inherited.report_ready() {
+            Ok(()) => tracing::info!(
+                from_pid = from,
+                "handover: took over; the previous process drains"
+            ),
+            Err(e) => {
+                tracing::error!(from_pid = from, error = %e, "handover: cannot report ready to the previous process (it will give up and keep serving)")
+            }
+        }
+    }
+    let mut handed_over = false;
     loop {
         let sig = match wait_signal(&set, notifier.watchdog_interval()) {
             Some(s) => s,
@@ -151,14 +190,82 @@ fn run(cfg: capture_proxy::config::Config) -> anyhow::Result<()> {
                     "SIGHUP: TLS reload failed; keeping the previous certificate"
                 ),
             },
+            libc::SIGUSR2 => match &exe {
+                Ok(exe) => {
+                    if handover(&handle, exe, &args, handover_timeout, &notifier) {
+                        handed_over = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    handle.handover_stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "SIGUSR2: handover impossible: the binary's path is unknown; still serving");
+                }
+            },
             _ => {
                 tracing::info!(signal = sig, "shutting down: draining connections");
                 break;
             }
         }
     }
-    notifier.stopping();
-    handle.shutdown();
-    tracing::info!("shutdown complete");
+    if handed_over {
+        handle.shutdown_handed_over();
+        tracing::info!(
+            pid = std::process::id(),
+            "handover complete: drained; exiting"
+        );
+    } else {
+        notifier.stopping();
+        handle.shutdown();
+        tracing::info!("shutdown complete");
+    }
     Ok(())
+}
+
+/// SIGUSR2: starts the binary at `exe` with this process's arguments and listening sockets
+/// and waits (bounded) for it to report ready. `true`: it serves, this process must drain and
+/// exit; `false`: the handover failed (logged, counted) and this process keeps serving.
+fn handover(
+    handle: &capture_proxy::Handle,
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    timeout: std::time::Duration,
+    notifier: &capture_proxy::notify::Notifier,
+) -> bool {
+    handle
+        .handover_stats
+        .started
+        .fetch_add(1, Ordering::Relaxed);
+    let (proxy, admin) = handle.handover_fds();
+    tracing::info!(exe = %exe.display(), sockets = proxy.len(), admin = admin.is_some(), "SIGUSR2: handing the listening sockets to a new process");
+    let started = std::time::Instant::now();
+    let result = capture_proxy::handover::spawn_successor(exe, args, &proxy, admin).and_then(
+        |mut s| match s.wait_ready(timeout, notifier.watchdog_interval(), &mut || {
+            notifier.watchdog()
+        }) {
+            Ok(()) => Ok(s.pid()),
+            Err(e) => {
+                s.abandon();
+                Err(e)
+            }
+        },
+    );
+    match result {
+        Ok(pid) => {
+            tracing::info!(
+                new_pid = pid,
+                pid = std::process::id(),
+                ms = started.elapsed().as_millis() as u64,
+                "handover: the new process serves; draining"
+            );
+            true
+        }
+        Err(e) => {
+            handle.handover_stats.failed.fetch_add(1, Ordering::Relaxed);
+            // The new process may have told the service manager it is the main process.
+            notifier.main_pid();
+            tracing::error!(error = %e, "handover failed; this process keeps serving");
+            false
+        }
+    }
 }

@@ -54,6 +54,11 @@ impl Notifier {
             std::process::id()
         ));
     }
+    /// Names this process the service's main process again (after a failed handover, whose
+    /// new process may have claimed it). Needs `NotifyAccess=all`.
+    pub fn main_pid(&self) {
+        self.send(&format!("MAINPID={}", std::process::id()));
+    }
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=draining connections");
     }

@@ -1,6 +1,7 @@
-//! Process structure: binds the listeners, plans CPUs, starts the pinned worker threads (each
-//! with its own monoio runtime and SO_REUSEPORT listener) and the single sink thread, and
-//! shuts everything down in order (drain workers → flush sink).
+//! Process structure: binds the listeners (or adopts inherited ones: a handover, systemd socket
+//! activation), plans CPUs, starts the pinned worker threads (each with its own monoio runtime
+//! and SO_REUSEPORT listener) and the single sink thread, and shuts everything down in order
+//! (drain workers → flush sink). Keeps a duplicate of every listening socket for a handover.
 //!
 //! May depend on: `worker` (runs it per core), `conn` (what each worker serves), `sink`, `admin`,
 //! `cpu` (the pinning plan), `upstream` (the destination), `kafka` (the MSK IAM token
@@ -13,6 +14,8 @@
 //! the sink and the sink has committed and synced everything it received.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -21,7 +24,7 @@ use crate::config::{Config, IoDriver, SinkConfig};
 use crate::cpu::{allowed_cpus, cpu_ranges, pin_current_thread, plan_cpus, Topology, SYS_CPU_DIR};
 use crate::handoff::{self, BatchSender, Inbox};
 use crate::sink::{self, Backend, SinkStats, SinkThread};
-use crate::stats::WorkerStats;
+use crate::stats::{HandoverStats, WorkerStats};
 use crate::worker::{self, Control, Ctx, Settings};
 
 /// Start-up failures (exit status 1 from `main`, except configuration errors found here,
@@ -89,6 +92,14 @@ pub struct Handle {
     server_tls: Option<Arc<crate::tls::ServerTls>>,
     /// The OTLP metrics exporter (`--otelMetricsCollectorEndpoint`).
     otlp: Option<crate::otlp::Exporter>,
+    /// Duplicates of every client-facing listening socket (each distinct socket once), for
+    /// a handover: the new process gets these very sockets.
+    listen_fds: Vec<OwnedFd>,
+    /// Duplicate of the admin endpoint's listening socket.
+    admin_fd: Option<OwnedFd>,
+    /// Tells the admin endpoint to stop accepting (its listener was handed over).
+    admin_handed_over: Arc<AtomicBool>,
+    pub handover_stats: Arc<HandoverStats>,
 }
 
 impl Handle {
@@ -124,11 +135,31 @@ impl Handle {
         crate::stats::total(&self.worker_stats, c)
     }
 
+    /// The listening sockets to hand to a new process: the client-facing ones (every
+    /// distinct socket of the SO_REUSEPORT group once) and the admin endpoint's.
+    pub fn handover_fds(&self) -> (Vec<BorrowedFd<'_>>, Option<BorrowedFd<'_>>) {
+        (
+            self.listen_fds.iter().map(AsFd::as_fd).collect(),
+            self.admin_fd.as_ref().map(AsFd::as_fd),
+        )
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight exchanges finish (bounded by
     /// `--drain-timeout`), write every connection's final record, flush and sync the sink.
-    pub fn shutdown(mut self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::Release);
+    pub fn shutdown(self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain_and_stop();
+    }
+
+    /// Shutdown after a handover: as [`Handle::shutdown`], but the admin endpoint stops
+    /// accepting instead of answering `/ready` 503 (the listener it shares with the new
+    /// process must keep answering ready: the new process answers from now on).
+    pub fn shutdown_handed_over(self) {
+        self.admin_handed_over.store(true, Ordering::Release);
+        self.drain_and_stop();
+    }
+
+    fn drain_and_stop(mut self) {
         for (c, i) in self.controls.iter().zip(&self.inboxes) {
             c.drain.store(true, std::sync::atomic::Ordering::Release);
             i.poke_control();
@@ -184,6 +215,88 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(LISTEN_BACKLOG)?;
     Ok(s.into())
+}
+
+/// Client-facing sockets for `workers` workers.
+struct Bound {
+    per_worker: Vec<Vec<TcpListener>>,
+    addrs: Vec<SocketAddr>,
+    /// One duplicate of every distinct socket (for a handover).
+    dups: Vec<OwnedFd>,
+}
+
+fn dup_listener(l: &TcpListener) -> Result<OwnedFd, StartError> {
+    l.try_clone()
+        .map(OwnedFd::from)
+        .map_err(|source| StartError::Listen {
+            addr: l
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        })
+}
+
+/// Adopts inherited listening sockets (a handover or systemd socket activation): socket `i`
+/// goes to worker `i % workers`, so none is closed (closing one would reset the connections
+/// in its accept queue); a worker left without one (fewer sockets than workers) accepts on a
+/// duplicate of socket `w % n`, sharing its queue. The set handed on at the next handover is
+/// the inherited one, unchanged.
+fn adopt(
+    inherited: Vec<TcpListener>,
+    workers: usize,
+    wanted: &[SocketAddr],
+) -> Result<Bound, StartError> {
+    let mut dups = Vec::with_capacity(inherited.len());
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for l in &inherited {
+        dups.push(dup_listener(l)?);
+        let a = l.local_addr().map_err(|source| StartError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    for w in wanted {
+        if w.port() != 0 && !addrs.iter().any(|a| a.port() == w.port()) {
+            tracing::warn!(
+                wanted = %w,
+                inherited = ?addrs,
+                "the configured listen port differs from the inherited sockets'; serving on the inherited ones"
+            );
+        }
+    }
+    let workers = workers.max(1);
+    let n = inherited.len();
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, l) in inherited.into_iter().enumerate() {
+        if let Some(w) = per_worker.get_mut(i % workers) {
+            w.push(l);
+        }
+    }
+    for (w, ls) in per_worker.iter_mut().enumerate() {
+        if ls.is_empty() {
+            if let Some(d) = dups.get(w % n.max(1)) {
+                let l =
+                    d.try_clone()
+                        .map(TcpListener::from)
+                        .map_err(|source| StartError::Listen {
+                            addr: addrs
+                                .first()
+                                .copied()
+                                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                            source,
+                        })?;
+                ls.push(l);
+            }
+        }
+    }
+    Ok(Bound {
+        per_worker,
+        addrs,
+        dups,
+    })
 }
 
 /// Binds `workers` SO_REUSEPORT sockets per listen address (all on the same port, so port
@@ -251,8 +364,19 @@ pub fn raise_nofile_limit() -> Option<u64> {
     Some(lim.rlim_cur)
 }
 
-/// Starts the proxy described by `cfg`.
+/// Starts the proxy described by `cfg`, binding its listeners.
 pub fn start(cfg: Config) -> Result<Handle, StartError> {
+    start_with(cfg, Vec::new(), None)
+}
+
+/// Starts the proxy described by `cfg` on inherited listening sockets, where given
+/// (`proxy` non-empty: those instead of binding `--listenPort`; `admin`: that one instead of
+/// binding `--admin-listen`) — a handover or systemd socket activation.
+pub fn start_with(
+    cfg: Config,
+    proxy: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+) -> Result<Handle, StartError> {
     if let Some(n) = raise_nofile_limit() {
         // Two descriptors per proxied connection (client + destination).
         tracing::info!(
@@ -343,7 +467,31 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
             "--cpu-list names CPUs this process may not run on (CPUAffinity=, cgroup cpuset): workers planned there float"
         );
     }
-    let (listeners, addrs) = bind_all(&cfg.listen, nworkers)?;
+    let Bound {
+        per_worker: listeners,
+        addrs,
+        dups: listen_fds,
+    } = if proxy.is_empty() {
+        let (per_worker, addrs) = bind_all(&cfg.listen, nworkers)?;
+        // Address-major (all workers' sockets of the first address, then the next address's),
+        // so that the successor's `adopt` gives each worker one socket of every address.
+        let mut dups = Vec::new();
+        let naddrs = per_worker.first().map_or(0, Vec::len);
+        for j in 0..naddrs {
+            for ls in &per_worker {
+                if let Some(l) = ls.get(j) {
+                    dups.push(dup_listener(l)?);
+                }
+            }
+        }
+        Bound {
+            per_worker,
+            addrs,
+            dups,
+        }
+    } else {
+        adopt(proxy, nworkers, &cfg.listen)?
+    };
 
     let capture = match &cfg.sink {
         SinkConfig::None => None,
@@ -463,7 +611,9 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         workers.push(h);
     }
     drop(ready_tx);
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_handed_over = Arc::new(AtomicBool::new(false));
+    let handover_stats = Arc::new(HandoverStats::default());
     let admin_state = crate::admin::AdminState {
         workers: worker_stats.clone(),
         sink: sink_stats.clone(),
@@ -471,13 +621,21 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         node_id: node_id.clone(),
         stats: Default::default(),
         export: Default::default(),
+        handover: handover_stats.clone(),
+        handed_over: admin_handed_over.clone(),
     };
-    let admin_addr = match cfg.admin_listen {
-        Some(addr) => Some(
-            crate::admin::start(addr, admin_state.clone())
-                .map_err(|source| StartError::Listen { addr, source })?,
-        ),
-        None => None,
+    let (admin_addr, admin_fd) = match cfg.admin_listen {
+        Some(addr) => {
+            let (a, fd) = crate::admin::start(addr, admin, admin_state.clone())
+                .map_err(|source| StartError::Listen { addr, source })?;
+            (Some(a), Some(fd))
+        }
+        None => {
+            if admin.is_some() {
+                tracing::warn!("an admin listener was passed in but the admin endpoint is off (--admin-listen none); closing it");
+            }
+            (None, None)
+        }
     };
     if let Some(endpoint) = &cfg.otel_trace_endpoint {
         tracing::warn!(
@@ -505,6 +663,10 @@ pub fn start(cfg: Config) -> Result<Handle, StartError> {
         admin_addr,
         server_tls,
         otlp,
+        listen_fds,
+        admin_fd,
+        admin_handed_over,
+        handover_stats,
     };
     for _ in 0..nworkers {
         match ready_rx.recv() {
@@ -631,6 +793,43 @@ mod tests {
             });
             assert_eq!(v, 7);
         }
+    }
+
+    /// Inherited sockets, address-major as a predecessor passes them: with the same worker
+    /// count each worker gets one socket of each address; with fewer workers some take two;
+    /// with more, the extra ones share a duplicate. None is dropped.
+    #[test]
+    fn adopt_spreads_inherited_sockets_over_the_workers() {
+        let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (per_worker, addrs) = bind_all(&[a, "127.0.0.2:0".parse().unwrap()], 2).unwrap();
+        assert_eq!(addrs.len(), 2);
+        let mut passed = Vec::new();
+        for j in 0..2 {
+            for ls in &per_worker {
+                passed.push(ls[j].try_clone().unwrap());
+            }
+        }
+        let clone = |v: &[TcpListener]| -> Vec<TcpListener> {
+            v.iter().map(|l| l.try_clone().unwrap()).collect()
+        };
+        let ip = |l: &TcpListener| l.local_addr().unwrap().ip();
+        let same = adopt(clone(&passed), 2, &[]).unwrap();
+        assert_eq!(same.addrs, addrs);
+        assert_eq!(same.dups.len(), 4);
+        for ls in &same.per_worker {
+            let mut ips: Vec<_> = ls.iter().map(ip).collect();
+            ips.sort();
+            assert_eq!(ips, vec![addrs[0].ip(), addrs[1].ip()]);
+        }
+        let fewer = adopt(clone(&passed), 1, &[]).unwrap();
+        assert_eq!(fewer.per_worker[0].len(), 4);
+        let more = adopt(clone(&passed), 6, &[]).unwrap();
+        assert!(more.per_worker.iter().all(|ls| !ls.is_empty()));
+        assert_eq!(
+            more.dups.len(),
+            4,
+            "the set handed on stays the inherited one"
+        );
     }
 
     #[test]

@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Handover counters of the process (not per worker): `SIGUSR2` handovers begun and those
+/// that failed (the process kept serving). Written by the main thread only.
+#[derive(Debug, Default)]
+pub struct HandoverStats {
+    pub started: AtomicU64,
+    pub failed: AtomicU64,
+}
+
 macro_rules! counters {
     ($( $variant:ident => $name:literal, $help:literal; )*) => {
         /// Every counter a worker keeps. The Prometheus name is the Java proxy's where one

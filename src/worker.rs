@@ -93,6 +93,11 @@ const MEMORY_RETURN_MIN_DROP: usize = 256;
 /// against an ack that never comes, far above that so it never cuts a real wait short.
 const LINGER_MAX_MS: u64 = 120_000;
 
+/// How long a drain lets a connection that has not sent a byte yet wait for its first request
+/// (ms): a client that connected just before the drain began sends within a round trip; one
+/// that stays silent is closed after this (or at `--drain-timeout`).
+pub const DRAIN_FIRST_REQUEST_GRACE_MS: u64 = 1000;
+
 /// Drain/stop flags set from outside the worker (main thread on SIGTERM).
 #[derive(Debug, Default)]
 pub struct Control {
@@ -127,6 +132,9 @@ pub struct ConnState {
     pub head_started: Cell<Option<u64>>,
     /// The request side is between requests.
     pub req_idle: Cell<bool>,
+    /// The client has sent at least one byte (a drain closes an idle connection at once only
+    /// then: a fresh one gets [`DRAIN_FIRST_REQUEST_GRACE_MS`] for its first request).
+    pub used: Cell<bool>,
     /// Forwarded requests whose final response has not completed.
     pub outstanding: Cell<usize>,
     /// Record number a held request waits for, and its outcome once known.
@@ -170,6 +178,17 @@ impl ConnState {
     pub fn is_exchange_idle(&self) -> bool {
         self.req_idle.get() && self.outstanding.get() == 0 && self.hold.get().is_none()
     }
+
+    /// Whether a drain may close this connection now (tick `now`): between exchanges, and
+    /// either it has served (a keep-alive connection between requests) or it has been open
+    /// [`DRAIN_FIRST_REQUEST_GRACE_MS`] without a byte. A connection accepted just before the
+    /// drain (its request on the way) is served, not closed under a client that cannot tell
+    /// a close from a failure.
+    pub fn drain_may_close(&self, now: u64) -> bool {
+        self.is_exchange_idle()
+            && (self.used.get()
+                || now.saturating_sub(self.last_activity.get()) >= DRAIN_FIRST_REQUEST_GRACE_MS)
+    }
 }
 
 struct Slot {
@@ -192,6 +211,40 @@ struct Conns {
     /// Woken when a connection closes (the accept loop waits on it at the connection limit)
     /// and when the worker may be done.
     closed: Signal,
+    /// Accept loops running. A drain is complete only once they have all returned: an
+    /// accept in flight when the drain began may still complete with a connection (the
+    /// listening sockets outlive this process after a handover), which is then served.
+    accepting: Cell<usize>,
+    /// Spawned connection tasks not yet ended, including those not registered yet (TLS
+    /// handshake, or not yet polled): the worker must not end under them.
+    serving: Cell<usize>,
+}
+
+/// Decrements one of the worker's task counts when dropped (the task ended, however).
+struct TaskCount {
+    ctx: Rc<Ctx>,
+    which: fn(&Conns) -> &Cell<usize>,
+}
+
+impl TaskCount {
+    fn new(ctx: &Rc<Ctx>, which: fn(&Conns) -> &Cell<usize>) -> TaskCount {
+        let c = which(&ctx.conns);
+        c.set(c.get() + 1);
+        TaskCount {
+            ctx: ctx.clone(),
+            which,
+        }
+    }
+}
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        let c = (self.which)(&self.ctx.conns);
+        c.set(c.get().saturating_sub(1));
+        if self.ctx.draining() {
+            self.ctx.drain.drained.notify();
+        }
+    }
 }
 
 /// Finished records waiting for hand-off, and the pools that make steady state allocation-free.
@@ -284,6 +337,8 @@ impl Ctx {
                 active: Cell::new(0),
                 active_peak: Cell::new(0),
                 closed: Signal::default(),
+                accepting: Cell::new(0),
+                serving: Cell::new(0),
             },
             out: Batching {
                 sender,
@@ -370,6 +425,7 @@ impl Ctx {
             last_client_read: Cell::new(now),
             head_started: Cell::new(None),
             req_idle: Cell::new(true),
+            used: Cell::new(false),
             outstanding: Cell::new(0),
             hold: Cell::new(None),
             hold_outcome: Cell::new(None),
@@ -669,7 +725,9 @@ impl Ctx {
                 }
             }
             if draining && st.is_exchange_idle() {
-                st.stop_c2u(StopReason::Drain);
+                if st.drain_may_close(now) {
+                    st.stop_c2u(StopReason::Drain);
+                }
                 continue;
             }
             if let (Some(limit), Some(started)) = (head_ms, st.head_started.get()) {
@@ -872,6 +930,7 @@ where
     F: Future<Output = ()> + 'static,
 {
     let mut warn = RateLimit::new(ACCEPT_WARN_INTERVAL);
+    let _running = TaskCount::new(&ctx, |c| &c.accepting);
     loop {
         if ctx.draining() {
             return;
@@ -884,8 +943,14 @@ where
         let handle = ctx.drain.accept_cancel.borrow().handle();
         match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
+                // Served even when the drain began meanwhile: dropping it would reset it.
                 let c = ctx.clone();
-                monoio::spawn(serve(c, stream, peer));
+                let task = TaskCount::new(&ctx, |c| &c.serving);
+                let fut = serve(c, stream, peer);
+                monoio::spawn(async move {
+                    let _task = task;
+                    fut.await
+                });
             }
             Err(e) => {
                 if ctx.draining() {
@@ -946,7 +1011,8 @@ pub async fn run<S, F>(
     loop {
         // Closed connections whose final record waits for acks count too: their final
         // record must be written before the last hand-over.
-        if ctx.active() == 0 && ctx.lingering() == 0 {
+        let tasks_done = ctx.conns.accepting.get() == 0 && ctx.conns.serving.get() == 0;
+        if ctx.active() == 0 && ctx.lingering() == 0 && (tasks_done || aborted) {
             break;
         }
         if !aborted && Instant::now() >= deadline {

@@ -247,6 +247,7 @@ pub fn render_effective(cfg: &Config) -> String {
             Flag::RequestBodyTimeout => out.flag(id, fmt_opt_duration(cfg.request_body_timeout)),
             Flag::TcpKeepalive => out.flag(id, fmt_opt_duration(cfg.tcp_keepalive)),
             Flag::DrainTimeout => out.flag(id, fmt_duration(cfg.drain_timeout)),
+            Flag::HandoverTimeout => out.flag(id, fmt_duration(cfg.handover_timeout)),
             Flag::LogFormat => out.flag(id, choice_name(cfg.log_format)),
             Flag::OtelMetricsCollectorEndpoint => out.flag(
                 id,

@@ -202,6 +202,12 @@ impl<'a, CR: StreamRead, UW: StreamWrite> C2u<'a, CR, UW> {
                 return Err(C2uEnd::ClientError);
             }
         };
+        if st.c2u_stop.get() == Some(StopReason::Drain) {
+            // The client's next request came as the drain closed the idle connection: serve
+            // it (the drain closes after its response) instead of dropping bytes already read.
+            st.c2u_stop.set(None);
+        }
+        st.used.set(true);
         r.arrived(n, Timestamp::now());
         let now_ms = ctx.now_ms();
         st.last_activity.set(now_ms);

@@ -194,7 +194,7 @@ pub(super) async fn upstream_to_client<UR: StreamRead, CW: StreamWrite>(
         if x.c2u_done.get() && x.awaiting() == 0 {
             break U2cEnd::Stopped;
         }
-        if ctx.draining() && st.is_exchange_idle() {
+        if ctx.draining() && st.drain_may_close(ctx.now_ms()) {
             st.stop_c2u(StopReason::Drain);
         }
     };

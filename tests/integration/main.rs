@@ -16,6 +16,7 @@ mod fault_edges;
 mod fault_matrix;
 mod framing_parity;
 mod framing_rules;
+mod handover;
 mod kafka_e2e;
 mod kafka_real_faults;
 mod large_bodies;

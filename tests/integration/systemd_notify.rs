@@ -4,10 +4,10 @@
 //! port accepts connections and `/ready` says so, `WATCHDOG=1` pings at half of
 //! `WATCHDOG_USEC` (none when `WATCHDOG_PID` names another process), `STOPPING=1` after
 //! SIGTERM while a request is in flight, then exit status 0; nothing but the exit status when
-//! start-up fails.
+//! start-up fails; on reload (SIGUSR2) the new process's own `READY=1` + `MAINPID=`.
 //!
 //! May depend on: the binary (`CARGO_BIN_EXE_capture-proxy`), `tests/common` (origin, raw
-//! client), libc (SIGTERM), tempfile, std.
+//! client), libc (SIGTERM, SIGUSR2, waitpid), tempfile, std.
 //!
 //! Invariant: every wait is bounded; the proxy only listens on and talks to 127.0.0.1.
 
@@ -317,4 +317,77 @@ fn failed_start_sends_nothing_and_exits_1() {
     assert_eq!(st.code(), Some(1), "{}", p.log.join("\n"));
     assert_eq!(notify.recv(Duration::from_millis(200)), None);
     drop(taken);
+}
+
+/// `systemctl reload` (SIGUSR2): the new process names itself the main process with its own
+/// `READY=1` (`NotifyAccess=all` in the unit), pings the watchdog from then on, the old one
+/// sends no `STOPPING=1` (the service is not stopping) and exits 0; the port and `/ready`
+/// keep answering; SIGTERM to the new main process then stops the service as usual.
+#[test]
+fn reload_hands_over_and_the_new_process_becomes_the_main_pid() {
+    // The new process outlives its parent (our child): adopt it to collect its exit status.
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag of this process.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let origin = Origin::start();
+    let notify = NotifySocket::bind();
+    let mut p = ProxyProcess::spawn(
+        &notify,
+        origin.addr(),
+        &[("WATCHDOG_USEC", WATCHDOG_USEC.to_string())],
+    );
+    let old = p.child.id();
+    let ready = notify.recv(STARTUP_TIMEOUT).expect("no READY=1");
+    assert!(ready.contains(&format!("MAINPID={old}")), "{ready:?}");
+    let addr = p.listening_addr(false);
+    let admin = p.listening_addr(true);
+
+    // SAFETY: kill(2) of our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(old as libc::pid_t, libc::SIGUSR2) }, 0);
+    let handed = notify.wait_for("READY=1", STARTUP_TIMEOUT);
+    let new: u32 = handed
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {handed:?}"));
+    assert_ne!(new, old, "{handed:?}");
+    let st = p.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "old process: {st:?}:\n{}",
+        p.log.join("\n")
+    );
+    // The old one sent nothing but (at most) watchdog pings; the new one pings too.
+    let msgs = notify.collect(WATCHDOG_WINDOW);
+    assert!(msgs.iter().all(|m| m == "WATCHDOG=1"), "{msgs:?}");
+    assert!(
+        msgs.len() >= 2,
+        "watchdog pings after the handover: {msgs:?}"
+    );
+    let mut c = Client::connect(addr);
+    c.send(&get("/small"));
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(admin_get(admin, "/ready").0, 200);
+
+    // SAFETY: kill(2) of the process the handover started (the test's grandchild).
+    assert_eq!(unsafe { libc::kill(new as libc::pid_t, libc::SIGTERM) }, 0);
+    notify.wait_for("STOPPING=1", EXIT_TIMEOUT);
+    let end = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid on the orphan this process adopted (PR_SET_CHILD_SUBREAPER below).
+        let r = unsafe { libc::waitpid(new as libc::pid_t, &mut status, libc::WNOHANG) };
+        if r == new as libc::pid_t {
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "new process still running");
+        thread::sleep(Duration::from_millis(10));
+    }
 }
