@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(FLAGS.len(), 53);
+        assert_eq!(FLAGS.len(), 54);
         for (i, s) in FLAGS.iter().enumerate() {
             assert_eq!(index_of(s.id), i, "{} appears twice", s.name);
             assert!(std::ptr::eq(lookup(s.name).unwrap(), s));

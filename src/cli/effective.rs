@@ -376,7 +376,7 @@ mod tests {
             }
             checked += 1;
         }
-        assert_eq!(checked, 29, "rows with a default");
+        assert_eq!(checked, 30, "rows with a default");
     }
 
     /// `Config::for_test` starts from the same defaults as the flags, except where it says so.
