@@ -926,7 +926,7 @@ const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// per-worker connection limit it waits for a connection to close first.
 async fn accept_loop<S, F>(ctx: Rc<Ctx>, listener: monoio::net::TcpListener, serve: S)
 where
-    S: Fn(Rc<Ctx>, TcpStream, SocketAddr) -> F,
+    S: Fn(Rc<Ctx>, TcpStream, SocketAddr) -> F + Copy + 'static,
     F: Future<Output = ()> + 'static,
 {
     let mut warn = RateLimit::new(ACCEPT_WARN_INTERVAL);
@@ -946,10 +946,12 @@ where
                 // Served even when the drain began meanwhile: dropping it would reset it.
                 let c = ctx.clone();
                 let task = TaskCount::new(&ctx, |c| &c.serving);
-                let fut = serve(c, stream, peer);
+                // The connection's future is made inside the task, where it is stored once (in
+                // the await slot); made outside and moved in, it would be stored twice (the
+                // captured value and the await slot): +10 KiB per idle connection, measured.
                 monoio::spawn(async move {
                     let _task = task;
-                    fut.await
+                    serve(c, stream, peer).await
                 });
             }
             Err(e) => {
