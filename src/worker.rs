@@ -135,7 +135,9 @@ pub struct ConnState {
     /// The client has sent at least one byte (a drain closes an idle connection at once only
     /// then: a fresh one gets [`DRAIN_FIRST_REQUEST_GRACE_MS`] for its first request).
     pub used: Cell<bool>,
-    /// Forwarded requests whose final response has not completed.
+    /// Forwarded requests whose final response has not completed: the length of the
+    /// connection's one request queue (the response framer's), published there by `conn` for
+    /// the sweeper and the drain.
     pub outstanding: Cell<usize>,
     /// Record number a held request waits for, and its outcome once known.
     pub hold: Cell<Option<u32>>,

@@ -78,16 +78,11 @@ impl StreamWrite for Sink {
         // SAFETY: `IoBuf` guarantees `read_ptr()` points at `bytes_init()` initialised bytes.
         let bytes = unsafe { std::slice::from_raw_parts(buf.read_ptr(), n) };
         self.got.borrow_mut().extend_from_slice(bytes);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.wake_reader();
         std::future::ready((Ok(n), buf))
     }
     fn half_close(&mut self) -> impl Future<Output = std::io::Result<()>> {
-        self.closed.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.shut();
         std::future::ready(Ok(()))
     }
     fn close(&mut self, _h: CancelHandle) -> impl Future<Output = ()> {
@@ -95,12 +90,24 @@ impl StreamWrite for Sink {
     }
 }
 
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.closed.set(true);
+impl Sink {
+    /// Wakes the fake reading what this half wrote (the destination's side).
+    fn wake_reader(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    /// No more bytes from the proxy: the reader sees the end once its answers are out.
+    fn shut(&self) {
+        self.closed.set(true);
+        self.wake_reader();
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.shut();
     }
 }
 
