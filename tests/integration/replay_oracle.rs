@@ -335,7 +335,11 @@ struct KnownLimit {
 /// answer when the 100 was captured after the request's end. (2) A write between a request's reads
 /// (the 100 sent while the client waits for it) is logged as "unaccounted for observation
 /// type" and ignored. (3) Pipelined requests: the first ones get no source response, the last
-/// one all of them. Evidence: issue 12 notes.
+/// one all of them. (4) After (1), when the Replayer closes such a connection its target
+/// session may still hold scheduled work for it, which it logs as "Work items are still
+/// remaining ... won't be run" — timing-dependent (first seen in CI on the eager scenario,
+/// 1 run in many), so allowed, never required, on both expect-continue scenarios; the target
+/// must still have received the request byte for byte. Evidence: issue 12 notes.
 const KNOWN_LIMITS: &[KnownLimit] = &[
     KnownLimit {
         conn: "expect-continue",
@@ -343,7 +347,7 @@ const KNOWN_LIMITS: &[KnownLimit] = &[
             "request 0 (POST /echo?expect=1): target answered ",
             "unaccounted for observation type",
         ],
-        allowed: &[],
+        allowed: &[SESSION_WORK_DROPPED],
     },
     KnownLimit {
         conn: "expect-continue-eager",
@@ -351,6 +355,7 @@ const KNOWN_LIMITS: &[KnownLimit] = &[
         allowed: &[
             "request 0 (POST /echo?expect=2): sourceResponse status null",
             "unaccounted for observation type",
+            SESSION_WORK_DROPPED,
         ],
     },
     KnownLimit {
@@ -363,6 +368,10 @@ const KNOWN_LIMITS: &[KnownLimit] = &[
         allowed: &[],
     },
 ];
+
+/// The Replayer's warning when it closes a target connection that still has scheduled work
+/// (see (4) on [`KNOWN_LIMITS`]).
+const SESSION_WORK_DROPPED: &str = "Work items are still remaining for this connection session";
 
 /// Compares observed problems with a [`KnownLimit`]. Returns the mismatches.
 fn unpinned(observed: &[String], k: &KnownLimit) -> Vec<String> {
