@@ -95,8 +95,25 @@ pub struct Batch {
 #[derive(Debug)]
 pub enum SinkMsg {
     Batch(Batch),
+    /// Nothing to hand over: the sink has events to serve (see [`SinkWaker`]).
+    Wake,
     /// Stop after everything before this message is resolved.
     Shutdown,
+}
+
+/// Wakes the sink thread from a thread that is not a worker — librdkafka's, when an event
+/// (a delivery report) lands in its empty queue — so the sink sleeps on the queue instead of
+/// polling on a timer. Never blocks: on a full queue the sink is busy anyway and polls
+/// before it sleeps again.
+#[derive(Clone)]
+pub struct SinkWaker {
+    tx: SyncSender<SinkMsg>,
+}
+
+impl SinkWaker {
+    pub fn wake(&self) {
+        let _ = self.tx.try_send(SinkMsg::Wake);
+    }
 }
 
 /// What a worker receives back: acks plus emptied buffers for reuse.
@@ -244,6 +261,14 @@ impl BatchSender {
             Err(_) => Err(Batch::default()),
         }
     }
+    /// A waker for this queue's sink. While one exists the queue never reports every sender
+    /// gone: the sink then ends on [`SinkMsg::Shutdown`] only (as the runtime always sends).
+    pub fn waker(&self) -> SinkWaker {
+        SinkWaker {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Used once, at shutdown, from a non-worker thread (may block).
     pub(crate) fn send_shutdown(&self) {
         let _ = self.tx.send(SinkMsg::Shutdown);

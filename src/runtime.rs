@@ -558,6 +558,7 @@ pub fn start_with(
     }
     let sink_stats = Arc::new(SinkStats::default());
     let mut sink_thread = SinkThread::new(backend, receiver, inboxes.clone(), sink_stats.clone());
+    sink_thread.set_waker(sender.waker());
     if let Some(sp) = spool {
         sink_thread = sink_thread.with_spool(
             sp,

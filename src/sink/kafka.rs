@@ -19,8 +19,12 @@
 //! - Values are produced without a copy: a value handed to librdkafka stays in this sink's
 //!   slab, unchanged, until librdkafka reports that record or the producer is dropped — also
 //!   when a purge gave up waiting for the report and acked the record already (its buffer then
-//!   goes back as a fresh empty one). The `rd_kafka_producev` call is this file's only
-//!   `unsafe` outside tests.
+//!   goes back as a fresh empty one). The `rd_kafka_producev` call and the event callback's
+//!   set-up ([`enable_wake`], [`main_queue_len`]) are this file's only `unsafe` outside tests.
+//! - With a waker set ([`KafkaSink::set_waker`]), librdkafka wakes the sink thread when an
+//!   event lands in its empty main queue, so the sink may sleep until then
+//!   ([`KafkaSink::next_poll_in`]) — provided every poll pass drains that queue or says it
+//!   did not (`backlog`).
 
 use std::collections::VecDeque;
 use std::ffi::{c_void, CStr, CString};
@@ -36,7 +40,7 @@ use rdkafka::producer::{BaseProducer, Producer, ProducerContext, PurgeConfig};
 use rdkafka::statistics::Statistics;
 
 use crate::config::{KafkaConfig, KAFKA_MESSAGE_OVERHEAD_BYTES};
-use crate::handoff::{Ack, ConnRef, FailKind, Outcome, Record};
+use crate::handoff::{Ack, ConnRef, FailKind, Outcome, Record, SinkWaker};
 use crate::kafka::ClientSpec;
 // Re-exported for callers that still name it here (`runtime`); it lives in `kafka`.
 pub use crate::kafka::TokenProvider;
@@ -94,6 +98,9 @@ const PULL_BACK_COLLECT: Duration = Duration::from_millis(50);
 /// Most commit durations kept for [`KafkaSink::take_commit_durations`] (16 B each = 1 MiB);
 /// beyond this, durations are dropped until someone takes them.
 const MAX_COMMIT_DURATIONS: usize = 65_536;
+/// With a waker, how soon the sink looks again while a producer rebuild waits for its turn
+/// (see [`FATAL_REBUILD_INTERVAL`]): 10 ms, a negligible cost during a rare fault.
+const FATAL_RETRY_POLL: Duration = Duration::from_millis(10);
 /// Least time between two rebuilds of the producer after fatal errors, so a fatal error that
 /// repeats at once (e.g. an authorization failure) does not turn into a rebuild loop.
 const FATAL_REBUILD_INTERVAL: Duration = Duration::from_secs(5);
@@ -373,6 +380,12 @@ pub struct KafkaSink {
     warn_suppressed: u64,
     /// Last warning about a record handed back for the spool.
     return_warn_last: Option<Instant>,
+    /// Wakes the sink thread from librdkafka's event callback; its address is the callback's
+    /// opaque, so it lives (here, dropped after `producer`) as long as any producer using it.
+    waker: Option<Arc<SinkWaker>>,
+    /// The last poll pass left events in librdkafka's main queue (no callback comes for
+    /// those until it is empty again): poll again without sleeping.
+    backlog: bool,
 }
 
 /// The librdkafka configuration for `cfg` (pure: nothing is created or contacted): the
@@ -524,6 +537,53 @@ unsafe fn produce_in_place(
     }
 }
 
+/// librdkafka's event callback: runs on one of its threads, under its queue lock, whenever an
+/// event lands in the empty main queue. Only wakes the sink thread (never blocks).
+unsafe extern "C" fn on_queue_event(_rk: *mut rdkafka::bindings::rd_kafka_t, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the address of the `SinkWaker` inside the sink's `Arc`, which the
+    // sink keeps until after every producer that got it is destroyed (`enable_wake`).
+    if let Some(w) = unsafe { opaque.cast::<SinkWaker>().as_ref() } {
+        w.wake();
+    }
+}
+
+/// Makes librdkafka call [`on_queue_event`] with `w` when an event lands in `p`'s empty main
+/// queue (delivery reports, errors, statistics and logs all go there). The caller must keep
+/// `w` alive until `p` is dropped.
+fn enable_wake(p: &BaseProducer<Ctx>, w: &Arc<SinkWaker>) {
+    let rk = p.client().native_ptr();
+    // SAFETY: `rk` is a live client. `rd_kafka_queue_get_main` returns a new handle on its main
+    // queue, released at once below; the callback setting stays on the queue itself. The
+    // opaque outlives the client (see above).
+    unsafe {
+        let q = rdkafka::bindings::rd_kafka_queue_get_main(rk);
+        if q.is_null() {
+            return;
+        }
+        rdkafka::bindings::rd_kafka_queue_cb_event_enable(
+            q,
+            Some(on_queue_event),
+            Arc::as_ptr(w).cast_mut().cast::<c_void>(),
+        );
+        rdkafka::bindings::rd_kafka_queue_destroy(q);
+    }
+}
+
+/// Events waiting in `p`'s main queue.
+fn main_queue_len(p: &BaseProducer<Ctx>) -> usize {
+    // SAFETY: as in `enable_wake`: a new handle on the live client's main queue, released at
+    // once.
+    unsafe {
+        let q = rdkafka::bindings::rd_kafka_queue_get_main(p.client().native_ptr());
+        if q.is_null() {
+            return 0;
+        }
+        let n = rdkafka::bindings::rd_kafka_queue_length(q);
+        rdkafka::bindings::rd_kafka_queue_destroy(q);
+        n
+    }
+}
+
 fn create_producer(
     c: &ClientConfig,
     token: Option<Arc<dyn TokenProvider>>,
@@ -572,7 +632,46 @@ impl KafkaSink {
             warn_last: None,
             warn_suppressed: 0,
             return_warn_last: None,
+            waker: None,
+            backlog: false,
         })
+    }
+
+    /// From now on librdkafka wakes the sink thread through `w` whenever an event (a delivery
+    /// report, an error, statistics, a log line) lands in its empty main queue — also for
+    /// every producer that replaces this one — so the thread may sleep for
+    /// [`KafkaSink::next_poll_in`].
+    pub fn set_waker(&mut self, w: SinkWaker) {
+        let w = Arc::new(w);
+        enable_wake(&self.producer, &w);
+        self.waker = Some(w);
+        // Events queued before now bring no callback: the next turn must poll.
+        self.backlog = true;
+    }
+
+    /// How long the sink thread may wait before the next [`KafkaSink::poll`] (a waker wakes
+    /// it earlier). Without a waker: [`POLL_SLICE`] while records are unresolved.
+    pub fn next_poll_in(&self) -> Duration {
+        if self.waker.is_none() {
+            return if self.unacked_records > 0 {
+                POLL_SLICE
+            } else {
+                Duration::MAX
+            };
+        }
+        if self.backlog {
+            return Duration::ZERO;
+        }
+        if self.fatal.is_some() || !self.again.is_empty() {
+            // A producer rebuild waits for its turn (FATAL_REBUILD_INTERVAL): look again soon.
+            return FATAL_RETRY_POLL;
+        }
+        if self.fifo.is_empty() {
+            return Duration::MAX;
+        }
+        // Parked on a full librdkafka queue: delivery reports make the room, and they wake
+        // us; the slice also catches the FIFO's own deadlines.
+        POLL_SLICE
     }
 
     /// Non-blocking: hands one record over (key = `rec.key`, the configured topic, no
@@ -652,6 +751,7 @@ impl KafkaSink {
             if self.fatal.is_some() {
                 resolved += self.rebuild_producer(done);
             }
+            self.backlog = main_queue_len(&self.producer) > 0;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if resolved > 0 || remaining.is_zero() {
                 return;
@@ -1159,6 +1259,9 @@ impl KafkaSink {
         // Dropping the old producer purges and destroys it; its late reports go to its own,
         // discarded context. The new one starts without the old one's fatal state.
         self.producer = fresh;
+        if let Some(w) = &self.waker {
+            enable_wake(&self.producer, w);
+        }
         self.fatal = None;
         for (i, slot) in self.slab.iter_mut().enumerate() {
             if let Some(f) = slot.take() {
@@ -1352,6 +1455,73 @@ mod tests {
                 .collect();
             assert_eq!(nums, (1..=per_slot).collect::<Vec<_>>(), "conn {s}");
         }
+    }
+
+    /// Sends records and waits — without polling — for librdkafka's event callback to wake
+    /// the sink's queue; returns the wakes seen and the acks a poll then resolves.
+    fn wakes_without_polling(with_waker: bool) -> (usize, Vec<Ack>) {
+        let m = mock(1);
+        let bs = m.bootstrap_servers();
+        let mut sink = KafkaSink::new(&kcfg(&bs), settings(), None).unwrap();
+        let (tx, rx) = crate::handoff::channel();
+        if with_waker {
+            sink.set_waker(tx.waker());
+            // Events queued before the waker (logs) bring no callback: drain them first, as
+            // the sink thread's first turn does.
+            assert_eq!(
+                sink.next_poll_in(),
+                Duration::ZERO,
+                "first turn: poll at once"
+            );
+            let mut none = |_: Ack, _: Vec<u8>| panic!("nothing sent yet");
+            sink.poll(Duration::ZERO, &mut none);
+            while sink.next_poll_in() == Duration::ZERO {
+                sink.poll(Duration::ZERO, &mut none);
+            }
+            assert_eq!(sink.next_poll_in(), Duration::MAX, "nothing to wait for");
+        }
+        let mut acks = Vec::new();
+        let mut wakes = 0;
+        for round in 1..=3u32 {
+            send(&mut sink, rec(1, round, value(1, round)), &mut acks);
+            if with_waker {
+                // In flight, nothing parked: sleep until woken (no timer).
+                assert_eq!(sink.next_poll_in(), Duration::MAX);
+            } else {
+                assert_eq!(sink.next_poll_in(), POLL_SLICE);
+            }
+            // The delivery report lands in librdkafka's queue; only the callback tells us.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut woken = false;
+            while !woken && Instant::now() < deadline {
+                if let Some(crate::handoff::SinkMsg::Wake) =
+                    rx.recv_timeout(Duration::from_millis(50))
+                {
+                    woken = true;
+                }
+                if !with_waker && main_queue_len(&sink.producer) > 0 {
+                    break; // the report is queued: a wake would have come with it
+                }
+            }
+            wakes += usize::from(woken);
+            let before = acks.len();
+            while acks.len() == before && Instant::now() < deadline {
+                sink.poll(Duration::ZERO, &mut |a, _| acks.push(a));
+            }
+        }
+        (wakes, acks)
+    }
+
+    #[test]
+    fn librdkafka_wakes_the_sink_for_each_delivery_report() {
+        let (wakes, acks) = wakes_without_polling(true);
+        assert_eq!(wakes, 3, "one wake per report, without any poll");
+        assert_committed_in_order(&acks, &[1], 3);
+        // The oracle can fail: without the waker no wake ever comes (the sink would have to
+        // poll on a timer, as it does with a spool).
+        let (wakes, acks) = wakes_without_polling(false);
+        assert_eq!(wakes, 0);
+        assert_committed_in_order(&acks, &[1], 3);
     }
 
     #[test]

@@ -88,10 +88,12 @@ pub(crate) enum Backend {
 /// How long the sink thread waits for a batch before doing periodic work. 50 ms keeps
 /// shutdown and health reporting prompt without busy waiting.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
-/// While Kafka holds unacknowledged records, the sink thread waits at most this long for a
-/// batch before polling Kafka's delivery reports again (µs): bounds the extra latency a held
-/// request sees beyond the broker round trip, at ≤ 5 000 cheap wake-ups a second, only while
-/// records are in flight (librdkafka cannot wake us without a busy poll, see `kafka.rs`).
+/// With a spool, while Kafka holds unacknowledged records, the sink thread waits at most this
+/// long for a batch before polling Kafka's delivery reports again (µs): bounds the extra
+/// latency a held request sees beyond the broker round trip and paces the spool's drain.
+/// Without a spool the thread sleeps until librdkafka's event callback wakes it (`kafka.rs`,
+/// `set_waker`): these ≤ 5 000 wake-ups a second, each a context switch on a worker's CPU,
+/// cost 15 % of that CPU behind a broker 50 ms away (measured, issue 15).
 const KAFKA_POLL_SLICE: Duration = Duration::from_micros(200);
 /// At shutdown, most time to wait for Kafka to acknowledge what it holds (s). Within the
 /// systemd unit's TimeoutStopSec (60 s) after the 30 s drain.
@@ -142,18 +144,16 @@ impl SinkThread {
     /// Runs until `SinkMsg::Shutdown`.
     pub(crate) fn run(mut self) {
         loop {
-            let busy = self.kafka_unacked() > 0;
-            // While Kafka holds unacknowledged records, serve its delivery reports at least
-            // every KAFKA_POLL_SLICE between batches; otherwise sleep on the queue.
-            let msg = self
-                .rx
-                .recv_timeout(if busy { KAFKA_POLL_SLICE } else { IDLE_WAIT });
+            let wait = self.wait_time();
+            let msg = self.rx.recv_timeout(wait);
             match msg {
-                None => {}
+                None | Some(SinkMsg::Wake) => {}
                 Some(SinkMsg::Batch(b)) => self.handle_batch(b.worker, b.records),
                 Some(SinkMsg::Shutdown) => {
-                    while let Some(SinkMsg::Batch(b)) = self.rx.try_recv() {
-                        self.handle_batch(b.worker, b.records);
+                    while let Some(m) = self.rx.try_recv() {
+                        if let SinkMsg::Batch(b) = m {
+                            self.handle_batch(b.worker, b.records);
+                        }
                     }
                     self.shutdown();
                     self.spool_close();
@@ -196,10 +196,30 @@ impl SinkThread {
         self.durations.clear();
     }
 
-    fn kafka_unacked(&self) -> usize {
-        match &self.backend {
-            Backend::Kafka(k) => k.unacked().0,
-            _ => 0,
+    /// Lets librdkafka wake this thread when it has events (Kafka only), so it can sleep on
+    /// the queue instead of polling every KAFKA_POLL_SLICE.
+    pub(crate) fn set_waker(&mut self, w: crate::handoff::SinkWaker) {
+        if let Backend::Kafka(k) = &mut self.backend {
+            k.set_waker(w);
+        }
+    }
+
+    /// How long to wait for a batch before the periodic work. Kafka with a waker: until the
+    /// producer needs a look (a pacing burst, a parked record, a rebuild) — its events wake
+    /// us. With a spool, while Kafka holds unacknowledged records, every KAFKA_POLL_SLICE as
+    /// before: the spool's drain and commits are paced by this loop.
+    fn wait_time(&mut self) -> Duration {
+        let spooled = self.spool.is_some();
+        match &mut self.backend {
+            Backend::Kafka(k) if spooled => {
+                if k.unacked().0 > 0 {
+                    KAFKA_POLL_SLICE
+                } else {
+                    IDLE_WAIT
+                }
+            }
+            Backend::Kafka(k) => k.next_poll_in().min(IDLE_WAIT),
+            _ => IDLE_WAIT,
         }
     }
 
