@@ -246,7 +246,7 @@ impl SinkThread {
     }
 
     /// How long to wait for a batch before the periodic work. Kafka with a waker: until the
-    /// producer needs a look (a pacing burst, a parked record, a rebuild) — its events wake
+    /// producer needs a look (a record parked on a full queue, a rebuild) — its events wake
     /// us. With a spool, while Kafka holds unacknowledged records, every KAFKA_POLL_SLICE as
     /// before: the spool's drain and commits are paced by this loop.
     fn wait_time(&mut self) -> Duration {
