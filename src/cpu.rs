@@ -1,15 +1,12 @@
 //! CPU topology and the pinning plan: which CPUs the process may run on, which physical core
-//! each belongs to (sysfs), where each worker and the sink thread run, pinning the calling
-//! thread, and the lower priority of the threads a library starts on its own
-//! ([`renice_threads`]).
+//! each belongs to (sysfs), where each worker and the sink thread run, and pinning the calling
+//! thread.
 //!
-//! May depend on: nothing of the crate (a leaf): std, libc (`sched_*affinity`,
-//! `setpriority`), tracing.
+//! May depend on: nothing of the crate (a leaf): std, libc (`sched_*affinity`), tracing.
 //!
 //! Invariant: planning is a pure function of its inputs ([`plan_cpus`]); only
-//! [`pin_current_thread`], [`allowed_cpus`], [`renice_threads`] and [`Topology::read`] touch
-//! the system, and a failure there leaves a thread floating or at its priority (logged),
-//! never stops the proxy.
+//! [`pin_current_thread`], [`allowed_cpus`] and [`Topology::read`] touch the system, and a
+//! failure there leaves a thread floating (logged), never stops the proxy.
 
 /// Pins the calling thread to one CPU (best effort; logs on failure).
 pub fn pin_current_thread(cpu: usize) {
@@ -24,62 +21,6 @@ pub fn pin_current_thread(cpu: usize) {
             tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "cannot pin thread");
         }
     }
-}
-
-/// Niceness given to librdkafka's own threads (`rdk:main`, `rdk:broker<id>`): 19, the lowest
-/// ordinary priority. They share the CPU of the worker they serve whenever the CPU plan has no
-/// spare one (a 2-vCPU instance, the loadtest's one proxy CPU), and behind a slow broker
-/// their broker thread busy-polls for whole round trips (README "Performance": librdkafka's
-/// idempotence window); at nice 0 the scheduler then kept a woken worker waiting up to
-/// 4.4 ms (`perf sched latency`, 50 ms broker). Measured in the loadtest's kafka-slow layout,
-/// three alternations of 5 s runs, small GETs: p99 5.75 / 5.89 / 5.89 ms at nice 0, 3.87 /
-/// 3.59 / 3.77 ms at 19 (2.5–3.2 ms with a fast broker), req/s +20 %; `SCHED_IDLE` 3.14 / 3.93 /
-/// 4.33 ms (more spread, and a thread of that class may starve under full load). The
-/// loadtest, five alternations: GET p99 behind the slow broker 6.97 → 4.07 ms (medians), held
-/// 4 KiB POSTs to a fast broker, CPU saturated, 20.0k → 21.6k req/s (within the noise: the
-/// threads still get the CPU the worker leaves, and 1/70 of it when both want it).
-pub const LIBRARY_THREAD_NICE: i32 = 19;
-
-/// Sets the niceness of each of this process's threads whose name starts with `prefix` and
-/// whose id is not in `done` to `nice`, adding it to `done` (best effort: a failure is logged
-/// once per thread). Returns how many were changed. Reads `/proc/self/task`, so calling it
-/// about once a second costs a few dozen microseconds.
-pub fn renice_threads(prefix: &str, nice: i32, done: &mut Vec<u32>) -> usize {
-    /// Thread ids remembered before the gone ones are forgotten (a replaced Kafka producer
-    /// leaves a few behind).
-    const DONE_MAX: usize = 256;
-    if done.len() > DONE_MAX {
-        done.retain(|t| std::path::Path::new(&format!("/proc/self/task/{t}")).exists());
-    }
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    let mut changed = 0;
-    for e in tasks.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if done.contains(&tid) {
-            continue;
-        }
-        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
-            continue;
-        };
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        done.push(tid);
-        // SAFETY: setpriority with PRIO_PROCESS and a thread id sets that thread's niceness;
-        // no memory is passed.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
-        if rc == 0 {
-            changed += 1;
-        } else {
-            tracing::warn!(tid, thread = comm.trim_end(), nice,
-                error = %std::io::Error::last_os_error(), "cannot lower a thread's priority");
-        }
-    }
-    changed
 }
 
 /// CPUs this process may run on.
@@ -303,50 +244,6 @@ pub fn cpu_ranges(cpus: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The niceness of thread `tid` of this process, from `/proc` (field 19 of `stat`).
-    fn nice_of(tid: u32) -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-        let after = stat.rsplit_once(") ").unwrap().1;
-        after.split(' ').nth(16).unwrap().parse().unwrap()
-    }
-
-    #[test]
-    fn renice_threads_lowers_only_the_named_threads_once() {
-        // SAFETY: gettid takes no arguments.
-        let me = unsafe { libc::gettid() } as u32;
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
-        let mut tids = Vec::new();
-        let mut joins = Vec::new();
-        for name in ["rdkt:broker1", "cp-worker-t"] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let stop = stop_rx.clone();
-            joins.push(
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || {
-                        // SAFETY: as above.
-                        tx.send(unsafe { libc::gettid() } as u32).unwrap();
-                        let _ = stop.lock().map(|r| r.recv());
-                    })
-                    .unwrap(),
-            );
-            tids.push(rx.recv().unwrap());
-        }
-        let (lib, ours) = (tids[0], tids[1]);
-        let base = nice_of(me);
-        let mut done = Vec::new();
-        assert_eq!(renice_threads("rdkt:", 19, &mut done), 1);
-        assert_eq!(nice_of(lib), 19, "the library's thread is lowered");
-        assert_eq!(nice_of(ours), base, "ours are not");
-        assert_eq!(nice_of(me), base);
-        assert_eq!(renice_threads("rdkt:", 19, &mut done), 0, "once per thread");
-        drop(stop_tx);
-        for j in joins {
-            j.join().unwrap();
-        }
-    }
 
     #[test]
     fn cpu_plan_one_per_cpu_with_spare_for_sink() {

@@ -3,8 +3,7 @@
 //! `spool.rs` for records Kafka cannot take right now), and sends one ack per record back to
 //! the owning worker together with the emptied buffers.
 //!
-//! May depend on: `handoff`, `stats` (histograms, rate limiter), `cpu` (pinning the thread,
-//! librdkafka's threads' priority), the
+//! May depend on: `handoff`, `stats` (histograms, rate limiter), `cpu` (pinning the thread), the
 //! back-ends (`file.rs`, `kafka.rs`, `spool.rs`). Never runs on a worker.
 //!
 //! Invariant: every record received is acknowledged exactly once; on shutdown everything
@@ -16,7 +15,7 @@ pub mod spool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::handoff::{Ack, BatchReceiver, FailKind, Inbox, Outcome, Record, SinkMsg};
 
@@ -89,12 +88,6 @@ pub(crate) enum Backend {
 /// How long the sink thread waits for a batch before doing periodic work. 50 ms keeps
 /// shutdown and health reporting prompt without busy waiting.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
-/// How often the sink looks for new librdkafka threads to lower (s): they appear when a
-/// broker is learned or the producer is replaced; a second is soon enough for a thread that
-/// only matters under sustained load, and a `/proc/self/task` scan a second costs nothing.
-const RENICE_INTERVAL: Duration = Duration::from_secs(1);
-/// What librdkafka names its threads (`rdk:main`, `rdk:broker<id>`, …).
-const LIBRDKAFKA_THREAD_PREFIX: &str = "rdk:";
 /// With a spool, while Kafka holds unacknowledged records, the sink thread waits at most this
 /// long for a batch before polling Kafka's delivery reports again (µs): bounds the extra
 /// latency a held request sees beyond the broker round trip and paces the spool's drain.
@@ -123,11 +116,6 @@ pub(crate) struct SinkThread {
     /// Kafka commit durations taken from the producer, before they go into the histogram
     /// (reused).
     durations: Vec<Duration>,
-    /// librdkafka's threads already given `cpu::LIBRARY_THREAD_NICE`, and when to look for
-    /// new ones (a producer starts a thread per broker it learns of, and a replaced producer
-    /// starts them all again).
-    reniced: Vec<u32>,
-    renice_due: Instant,
 }
 
 impl SinkThread {
@@ -150,8 +138,6 @@ impl SinkThread {
             warn: crate::stats::RateLimit::new(Duration::from_secs(60)),
             ok: Vec::new(),
             durations: Vec::new(),
-            reniced: Vec::new(),
-            renice_due: Instant::now(),
         }
     }
 
@@ -178,33 +164,6 @@ impl SinkThread {
             self.poll_kafka(Duration::ZERO);
             self.spool_step();
             self.publish();
-            self.lower_library_threads();
-        }
-    }
-
-    /// About once a second with Kafka: librdkafka's threads (`rdk:*`) get the lowest
-    /// ordinary priority, so their busy polling behind a slow broker does not keep a worker
-    /// that shares their CPU waiting (see `cpu::LIBRARY_THREAD_NICE` for the measurements).
-    fn lower_library_threads(&mut self) {
-        if !matches!(self.backend, Backend::Kafka(_)) {
-            return;
-        }
-        let now = Instant::now();
-        if now < self.renice_due {
-            return;
-        }
-        self.renice_due = now + RENICE_INTERVAL;
-        let n = crate::cpu::renice_threads(
-            LIBRDKAFKA_THREAD_PREFIX,
-            crate::cpu::LIBRARY_THREAD_NICE,
-            &mut self.reniced,
-        );
-        if n > 0 {
-            tracing::debug!(
-                threads = n,
-                nice = crate::cpu::LIBRARY_THREAD_NICE,
-                "librdkafka threads lowered"
-            );
         }
     }
 
