@@ -751,7 +751,8 @@ impl KafkaSink {
             if self.fatal.is_some() {
                 resolved += self.rebuild_producer(done);
             }
-            self.backlog = main_queue_len(&self.producer) > 0;
+            // Only a waker's sleep depends on it; without one the caller polls on a timer.
+            self.backlog = self.waker.is_some() && main_queue_len(&self.producer) > 0;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if resolved > 0 || remaining.is_zero() {
                 return;
