@@ -283,6 +283,11 @@ impl Exchange {
 /// Serves one accepted client connection until both directions end. With client-facing
 /// TLS the handshake comes first (bounded by `tls::HANDSHAKE_TIMEOUT`); a failed handshake
 /// closes this connection only, is counted and logged (rate-limited), and captures nothing.
+///
+/// Every idle connection holds this future, sized by its largest variant: the paths a plain
+/// connection never takes (TLS handshake and client, TLS destination, connect failure) are
+/// boxed, so they cost an allocation to the connections that take them and nothing to the
+/// others (test `an_idle_connection_holds_only_the_plain_path_future`).
 pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     crate::upstream::set_keepalive(&client, ctx.settings.tcp_keepalive);
@@ -290,10 +295,10 @@ pub async fn serve(ctx: Rc<Ctx>, client: TcpStream, peer: SocketAddr) {
         let (cr, cw) = client.into_split();
         return serve_client(ctx, cr, cw).await;
     };
-    match crate::tls::accept(client, tls.current()).await {
+    match Box::pin(crate::tls::accept(client, tls.current())).await {
         Ok(stream) => {
             let (cr, cw) = stream.into_split();
-            serve_client(ctx, cr, cw).await
+            Box::pin(serve_client(ctx, cr, cw)).await
         }
         // A TCP connect-and-close (health check, port probe) is not a TLS failure.
         Err(crate::tls::HandshakeError::Silent) => {}
@@ -313,14 +318,14 @@ async fn serve_client<CR: StreamRead, CW: StreamWrite>(ctx: Rc<Ctx>, cr: CR, cw:
         Err(e) => {
             ctx.stats.inc(Counter::UpstreamConnectFailed);
             crate::upstream::warn_connect_failed(&e);
-            connect_failed(&ctx, &st, cr, cw, &e).await;
+            Box::pin(connect_failed(&ctx, &st, cr, cw, &e)).await;
             finish(&ctx, &st);
             return;
         }
     };
     match crate::upstream::into_halves(upstream) {
         Halves::Plain(ur, uw) => run(&ctx, &st, cr, cw, ur, uw).await,
-        Halves::Tls(ur, uw) => run(&ctx, &st, cr, cw, ur, uw).await,
+        Halves::Tls(ur, uw) => Box::pin(run(&ctx, &st, cr, cw, ur, uw)).await,
     }
 }
 
