@@ -19,13 +19,15 @@
 # Layouts alternate for --reps rounds; the summary gives medians. A benchmark, not a test.
 #
 # Usage: scripts/load/sink_share.sh [--bin PATH] [--rate R] [--duration S] [--reps N]
-#                                   [--sinks file,kafka] [--out DIR]
+#                                   [--sinks file,kafka] [--trace-dir DIR] [--out DIR]
+# --trace-dir: where the file sink writes (emptied before each run); default /dev/shm, as
+# loadtest.sh's captures (on this VM's disk, writeback added 100+ ms to the client's p99).
 # Needs: nginx with the echo module (scripts/loadtest.sh installs it), tansu through
 # scripts/kafka-local.sh for the kafka sink, a release build (built here if --bin is not given).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN="" RATE=8000 DURATION=10 WARMUP=2 REPS=3 SINKS=file,kafka OUT=""
+BIN="" RATE=8000 DURATION=10 WARMUP=2 REPS=3 SINKS=file,kafka OUT="" TRACE_PARENT=/dev/shm
 # Ports: far from loadtest.sh's 18000 range so both may be installed side by side.
 ORIGIN_PORT=19300 PROXY_PORT=19301 ADMIN_PORT=19302 KAFKA_PORT=19392
 
@@ -38,6 +40,7 @@ while (($#)); do
     --reps) REPS=$2; shift 2 ;;
     --sinks) SINKS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --trace-dir) TRACE_PARENT=$2; shift 2 ;;
     -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
@@ -53,13 +56,13 @@ OPENLOOP=$ROOT/target/release/examples/openloop
 OUT=${OUT:-$ROOT/target/sink_share/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RUN=$(mktemp -d /tmp/sink_share.XXXXXX)
+TRACE=$(mktemp -d "$TRACE_PARENT/sink_share-trace.XXXXXX")
 PIDS=()
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$RUN/origin.pid" ] && kill "$(cat "$RUN/origin.pid")" 2>/dev/null || true
   "$ROOT/scripts/kafka-local.sh" stop --port "$KAFKA_PORT" >/dev/null 2>&1 || true
-  rm -rf "$RUN"
+  rm -rf "$RUN" "$TRACE"
 }
 trap cleanup EXIT
 
@@ -139,7 +142,7 @@ run_one() { # LAYOUT SINK REP
     spare) plan=(--numThreads 1 --cpu-list 1) ;;
   esac
   case "$sink" in
-    file) rm -rf "$RUN/trace"; mkdir -p "$RUN/trace"; sinkargs=(--traceDirectory "$RUN/trace") ;;
+    file) rm -rf "$TRACE"; mkdir -p "$TRACE"; sinkargs=(--traceDirectory "$TRACE") ;;
     kafka) sinkargs=(--kafkaConnection "127.0.0.1:$KAFKA_PORT" --kafkaTopic sink-share) ;;
   esac
   "$BIN" --destinationUri "http://127.0.0.1:$ORIGIN_PORT" --listenPort "$PROXY_PORT" \

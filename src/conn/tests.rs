@@ -17,6 +17,7 @@ use monoio::BufResult;
 use prost::Message;
 
 use super::*;
+use crate::buf::{IoBufs, IO_BUF_BYTES};
 use crate::capture::builder::CaptureSettings;
 use crate::capture::proto::{traffic_observation::Capture, TrafficStream};
 use crate::config::FailurePolicy;
@@ -542,4 +543,52 @@ fn an_idle_connection_holds_only_the_plain_path_future() {
              is inline again; box the paths plain connections never take"
         );
     });
+}
+
+/// Simulates one message's reads through `ReadBufs::choose`: the first read (idle) fills
+/// `first` bytes of the small buffer; if it was full, a second read brings the rest into a
+/// pooled buffer. Returns the buffer the next message's first read goes into.
+fn next_message(rb: &mut ReadBufs, pool: &IoBufs, buf: Vec<u8>, first: usize) -> Vec<u8> {
+    let mut buf = rb.choose(pool, buf, true, false);
+    buf.clear();
+    let cap = buf.capacity();
+    buf.resize(first.min(cap), b'x');
+    let full = first >= cap;
+    if full {
+        let mut rest = rb.choose(pool, buf, false, true);
+        assert!(rest.capacity() >= IO_BUF_BYTES, "bytes flowing: a pooled buffer");
+        rest.clear();
+        rest.resize(first - cap, b'y');
+        buf = rest;
+    }
+    rb.choose(pool, buf, true, false)
+}
+
+#[test]
+fn a_connection_whose_messages_fill_the_small_buffer_gets_a_larger_one_up_to_the_cap() {
+    let pool = IoBufs::default();
+    let mut rb = ReadBufs::new(IDLE_READ_BYTES_CLIENT);
+    let mut buf = Vec::with_capacity(IDLE_READ_BYTES_CLIENT);
+    // 4 KiB `_bulk` POSTs (head + body ≈ 4.2 KB): 2 KiB → 4 KiB → 8 KiB, then one read each.
+    for want in [4096, 8192, 8192, 8192, 8192] {
+        buf = next_message(&mut rb, &pool, buf, 4200);
+        assert_eq!(buf.capacity(), want);
+    }
+    // Larger messages grow it to the cap, never past it.
+    for _ in 0..8 {
+        buf = next_message(&mut rb, &pool, buf, 1 << 20);
+    }
+    assert_eq!(buf.capacity(), IDLE_READ_MAX_BYTES);
+    assert_eq!(rb.small_bytes, IDLE_READ_MAX_BYTES);
+}
+
+#[test]
+fn a_connection_of_small_messages_keeps_the_starting_size() {
+    let pool = IoBufs::default();
+    let mut rb = ReadBufs::new(IDLE_READ_BYTES_CLIENT);
+    let mut buf = Vec::with_capacity(IDLE_READ_BYTES_CLIENT);
+    for _ in 0..10 {
+        buf = next_message(&mut rb, &pool, buf, 300);
+        assert_eq!(buf.capacity(), IDLE_READ_BYTES_CLIENT);
+    }
 }
