@@ -556,7 +556,10 @@ fn next_message(rb: &mut ReadBufs, pool: &IoBufs, buf: Vec<u8>, first: usize) ->
     let full = first >= cap;
     if full {
         let mut rest = rb.choose(pool, buf, false, true);
-        assert!(rest.capacity() >= IO_BUF_BYTES, "bytes flowing: a pooled buffer");
+        assert!(
+            rest.capacity() >= IO_BUF_BYTES,
+            "bytes flowing: a pooled buffer"
+        );
         rest.clear();
         rest.resize(first - cap, b'y');
         buf = rest;
