@@ -682,7 +682,12 @@ fn binary_command(origin: SocketAddr, mode: &Mode, dir: &Path) -> std::process::
 
 /// One GET on `s`, its answer checked byte for byte.
 fn many_exchange(s: &mut TcpStream) -> io::Result<()> {
-    s.write_all(MANY_REQUEST)?;
+    many_exchange_with(s, MANY_REQUEST)
+}
+
+/// One request (`req`, answered by [`ManyOrigin`]) and its answer.
+fn many_exchange_with(s: &mut TcpStream, req: &[u8]) -> io::Result<()> {
+    s.write_all(req)?;
     let mut got = [0u8; MANY_RESPONSE.len()];
     s.read_exact(&mut got)?;
     if got != MANY_RESPONSE {
@@ -697,11 +702,17 @@ fn many_exchange(s: &mut TcpStream) -> io::Result<()> {
 /// Opens `n` connections to `addr` from `CLIENT_THREADS` threads, one answered GET each,
 /// and keeps them open. Panics (naming the connection) on the first failure.
 fn open_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    open_many_with(addr, n, Arc::new(MANY_REQUEST.to_vec()), 1)
+}
+
+/// [`open_many`] with `times` exchanges of `req` on each connection before it is kept.
+fn open_many_with(addr: SocketAddr, n: usize, req: Arc<Vec<u8>>, times: usize) -> Vec<TcpStream> {
     let started = Instant::now();
     let per = n.div_ceil(CLIENT_THREADS);
     let threads: Vec<_> = (0..CLIENT_THREADS)
         .map(|t| {
             let count = per.min(n.saturating_sub(t * per));
+            let req = req.clone();
             thread::Builder::new()
                 .name(format!("many-client-{t}"))
                 .stack_size(256 * 1024)
@@ -716,8 +727,10 @@ fn open_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
                         s.set_read_timeout(Some(MANY_IO_TIMEOUT)).unwrap();
                         s.set_write_timeout(Some(MANY_IO_TIMEOUT)).unwrap();
                         s.set_nodelay(true).unwrap();
-                        many_exchange(&mut s)
-                            .map_err(|e| format!("thread {t} connection {i}: GET: {e}"))?;
+                        for _ in 0..times {
+                            many_exchange_with(&mut s, &req)
+                                .map_err(|e| format!("thread {t} connection {i}: exchange: {e}"))?;
+                        }
                         v.push(s);
                     }
                     Ok(v)
@@ -909,6 +922,58 @@ fn idle_connection_memory_no_capture() {
 fn idle_connection_memory_trace_directory() {
     let _g = serial();
     assert_idle_memory(Mode::TraceDirectory);
+}
+
+/// Connections of the idle test that first carry larger requests.
+const LARGE_REQUEST_CONNS: usize = 1000;
+/// Body of those requests (bytes): above the largest small read buffer
+/// (`conn::IDLE_READ_MAX_BYTES`, 16 KiB), so each one grows the client side's buffer once more.
+const LARGE_REQUEST_BODY: usize = 20_000;
+/// Requests per connection before it idles: 2 KiB → 4 → 8 → 16 KiB takes three.
+const LARGE_REQUEST_TIMES: usize = 4;
+/// Bound per idle connection after such requests (bytes): the idle bound plus the client
+/// side's small buffer grown from 2 to 16 KiB, with 2 KiB of slack. Measured: 27.7 KiB (release,
+/// 2 000 connections, by hand), 30.7 KiB (this test, debug build, 1 000 connections).
+const LARGE_REQUEST_IDLE_BOUND: u64 = IDLE_CONN_RSS_BOUND + 16 * 1024;
+
+#[test]
+fn idle_connection_memory_after_large_requests_is_bounded() {
+    let _g = serial();
+    raise_nofile(2 * LARGE_REQUEST_CONNS as u64 + FD_RESERVE);
+    let origin = ManyOrigin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = start_binary(origin.addr, &Mode::NoCapture, dir.path());
+    warm_up(&p);
+    let base = p.rss();
+    let mut req = format!(
+        "POST /index/_bulk HTTP/1.1\r\nHost: origin.test\r\nContent-Length: {LARGE_REQUEST_BODY}\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&large_body(LARGE_REQUEST_BODY));
+    let conns = open_many_with(
+        p.addr,
+        LARGE_REQUEST_CONNS,
+        Arc::new(req),
+        LARGE_REQUEST_TIMES,
+    );
+    assert_eq!(
+        metric(p.admin(), "activeConnection"),
+        LARGE_REQUEST_CONNS as u64
+    );
+    let held = p.rss();
+    let per = held.saturating_sub(base) / LARGE_REQUEST_CONNS as u64;
+    eprintln!(
+        "after {LARGE_REQUEST_TIMES} POSTs of {LARGE_REQUEST_BODY} B: {:.1} KiB per idle connection (bound {} KiB)",
+        per as f64 / 1024.0,
+        LARGE_REQUEST_IDLE_BOUND / 1024
+    );
+    p.assert_running();
+    drop(conns);
+    p.stop_ok(PROCESS_TIMEOUT);
+    assert!(
+        per <= LARGE_REQUEST_IDLE_BOUND,
+        "{per} B per idle connection after large requests > {LARGE_REQUEST_IDLE_BOUND} B"
+    );
 }
 
 /// Connections stuck in the middle of a request body (issue 13: 5 000 of them pinned ~78 KiB
