@@ -41,7 +41,7 @@ while (($#)); do
     --sinks) SINKS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --trace-dir) TRACE_PARENT=$2; shift 2 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -162,13 +162,12 @@ run_one() { # LAYOUT SINK REP
     --duration "$DURATION" --warmup "$WARMUP" --body-file "$RUN/bulk4k.ndjson" | grep '^LT_RESULT')
   read -r -a after < <(sink_schedstat "$pid")
   h=$(hist blockedDuration)
-  grep -q 'cpu plan' "$RUN/logs/proxy-$layout-$sink-$rep.log" &&
-    grep -m1 'cpu plan' "$RUN/logs/proxy-$layout-$sink-$rep.log" | sed 's/^.*cpu plan/cpu plan/' >"$OUT/plan-$layout.txt"
+  sed -n '/cpu plan/{s/^.*cpu plan/cpu plan/p;q}' "$RUN/logs/proxy-$layout-$sink-$rep.log" >"$OUT/plan-$layout.txt"
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
-  python3 - "$layout" "$sink" "$rep" "$res" "$h" "${before[*]}" "${after[*]}" "$((WARMUP + DURATION))" <<'PY' | tee -a "$OUT/raw.tsv"
+  python3 - "$layout" "$sink" "$rep" "$res" "$h" "${before[*]}" "${after[*]}" <<'PY' | tee -a "$OUT/raw.tsv"
 import sys
-layout, sink, rep, res, h, b, a, secs = sys.argv[1:9]
+layout, sink, rep, res, h, b, a = sys.argv[1:8]
 kv = dict(x.split("=", 1) for x in res.split()[1:])
 b = [int(x) for x in b.split()]; a = [int(x) for x in a.split()]
 run_ms = (a[0] - b[0]) / 1e6; wait_ms = (a[1] - b[1]) / 1e6; slices = max(a[2] - b[2], 1)

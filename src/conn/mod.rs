@@ -139,7 +139,7 @@ impl ReadBufs {
         if cap < IO_BUF_BYTES {
             // The small buffer filled: bytes are flowing, take a pooled one; this connection's
             // messages outgrow the small buffer, so the next one starts in a larger one.
-            if self.small_bytes < IDLE_READ_MAX_BYTES && cap >= self.small_bytes {
+            if cap >= self.small_bytes {
                 self.small_bytes = self.small_bytes.saturating_mul(2).min(IDLE_READ_MAX_BYTES);
             }
             self.small = current;
