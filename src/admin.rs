@@ -781,7 +781,7 @@ pub(crate) fn snapshot(state: &AdminState) -> Snapshot {
     let s = &state.sink;
     let a = &state.stats;
     let e = &state.export;
-    let rows: [(&'static str, ScalarKind, &'static str, u64); 26] = [
+    let rows: [(&'static str, ScalarKind, &'static str, u64); 27] = [
         (
             "activeConnection",
             G,
@@ -847,6 +847,12 @@ pub(crate) fn snapshot(state: &AdminState) -> Snapshot {
             C,
             "records the Kafka producer failed (time-out, broker or producer error) that went to the spool instead of being lost",
             load(&s.kafka_records_returned),
+        ),
+        (
+            "kafkaBackpressure",
+            C,
+            "times the sink stopped taking records because a reachable Kafka held as many unacknowledged bytes as it may (clients are slowed, nothing is lost)",
+            load(&s.kafka_backpressure),
         ),
         (
             "sinkQueueBytes",

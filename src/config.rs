@@ -185,6 +185,10 @@ pub struct Config {
     /// `--spool-max-bytes`: most bytes of spool files; beyond it records Kafka cannot take
     /// fail (the failure policy applies).
     pub spool_max_bytes: u64,
+    /// `--kafka-max-unacked-bytes`: most bytes of records handed to Kafka and not yet
+    /// acknowledged; at the bound a reachable Kafka slows the capture (back-pressure), an
+    /// unreachable one fails records as overloaded (or the spool takes them).
+    pub kafka_max_unacked_bytes: u64,
     /// `--otelMetricsCollectorEndpoint`: the OTLP/gRPC collector metrics are exported to;
     /// `None` when the flag is unset (no export).
     pub otel_metrics: Option<OtelMetricsConfig>,
@@ -255,6 +259,7 @@ impl Config {
             destination_pool_timeout: DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
             spool_dir: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            kafka_max_unacked_bytes: DEFAULT_KAFKA_MAX_UNACKED_BYTES,
             otel_metrics: None,
             otel_metrics_export_interval: DEFAULT_OTEL_METRICS_EXPORT_INTERVAL,
             otel_trace_endpoint: None,
@@ -304,6 +309,10 @@ pub(crate) const DEFAULT_CAPTURE_FAILURE_POLICY: FailurePolicy = FailurePolicy::
 /// `--spool-max-bytes`: 1 GiB, about 100 s of capture at 10 MB/s — longer than a typical
 /// broker failover — while small next to the disks proxies run on.
 pub(crate) const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// `--kafka-max-unacked-bytes`: 256 MiB of records handed to Kafka and not yet acknowledged:
+/// about 25 s of capture at 10 MB/s, enough to ride out a broker failover; the bound keeps
+/// memory from growing without limit behind a slow or unreachable broker.
+pub(crate) const DEFAULT_KAFKA_MAX_UNACKED_BYTES: u64 = 256 * 1024 * 1024;
 /// `--client-idle-timeout`: 10 minutes between requests. Above the idle timeouts of the load
 /// balancers in front (ALB 60 s by default, NLB 350 s), so the balancer, not the proxy, closes
 /// an idle connection it might reuse; frees the connections of clients that vanished without

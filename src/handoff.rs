@@ -308,6 +308,11 @@ impl BatchReceiver {
     }
 }
 
+/// A worker hands its batch over once it holds this many bytes of records (bytes), so a batch
+/// is at most this plus its last record. 256 KiB amortises the queue operation and the sink's
+/// write over many records without delaying much.
+pub(crate) const BATCH_MAX_BYTES: usize = 256 * 1024;
+
 /// Batches the queue holds before workers see back-pressure. 1024 batches of up to
 /// `BATCH_MAX_BYTES` each is far above what the sink drains per millisecond, so a full
 /// queue means the sink is genuinely behind.

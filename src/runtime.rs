@@ -510,7 +510,7 @@ pub fn start_with(
             let token = crate::kafka::token_provider(&k.auth).map_err(StartError::MskIam)?;
             let settings = crate::sink::kafka::KafkaSettings {
                 max_record_bytes: cfg.max_record_bytes(),
-                max_unacked_bytes: KAFKA_MAX_UNACKED_BYTES.max(cfg.max_record_bytes()),
+                max_unacked_bytes: kafka_max_unacked(&cfg),
                 delivery_timeout: KAFKA_DELIVERY_TIMEOUT,
             };
             Backend::Kafka(Box::new(
@@ -560,11 +560,7 @@ pub fn start_with(
     let mut sink_thread = SinkThread::new(backend, receiver, inboxes.clone(), sink_stats.clone());
     sink_thread.set_waker(sender.waker());
     if let Some(sp) = spool {
-        sink_thread = sink_thread.with_spool(
-            sp,
-            KAFKA_MAX_UNACKED_BYTES.max(cfg.max_record_bytes()),
-            cfg.max_record_bytes(),
-        );
+        sink_thread = sink_thread.with_spool(sp, kafka_max_unacked(&cfg), cfg.max_record_bytes());
     }
     let sink = sink::spawn(sink_thread, plan.sink).map_err(StartError::Thread)?;
 
@@ -704,10 +700,12 @@ fn open_spool(cfg: &Config) -> Result<Option<crate::sink::spool::Spool>, StartEr
         .map_err(StartError::Spool)
 }
 
-/// Most bytes of records handed to Kafka and not yet acknowledged (256 MiB): about 25 s of
-/// capture at 10 MB/s, enough to ride out a broker failover; beyond it records fail as
-/// "overloaded" (and the failure policy applies) instead of growing memory without bound.
-const KAFKA_MAX_UNACKED_BYTES: usize = 256 * 1024 * 1024;
+/// `--kafka-max-unacked-bytes`, at least one record's worth.
+fn kafka_max_unacked(cfg: &Config) -> usize {
+    usize::try_from(cfg.kafka_max_unacked_bytes)
+        .unwrap_or(usize::MAX)
+        .max(cfg.max_record_bytes())
+}
 /// librdkafka's delivery deadline per record (s), as the Java producer's `delivery.timeout.ms`.
 const KAFKA_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -75,9 +75,7 @@ pub struct Settings {
     pub destination_pool_timeout: Duration,
 }
 
-/// Hand a batch over once it holds this many bytes of records (bytes). 256 KiB amortises
-/// the queue operation and the sink's write over many records without delaying much.
-const BATCH_MAX_BYTES: usize = 256 * 1024;
+use crate::handoff::BATCH_MAX_BYTES;
 /// Otherwise hand it over within this time (µs), per the design ("about a millisecond").
 const BATCH_LINGER: Duration = Duration::from_micros(1000);
 /// Sweeper period (ms): granularity of the time-based flush and of timeouts.

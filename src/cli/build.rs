@@ -33,9 +33,10 @@ use crate::config::{
     DEFAULT_CAPTURE_FAILURE_POLICY, DEFAULT_CAPTURE_FLUSH_INTERVAL, DEFAULT_CLIENT_IDLE_TIMEOUT,
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDOVER_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT,
-    DEFAULT_KAFKA_CLIENT_ID, DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT,
-    DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS, DEFAULT_OTEL_METRICS_EXPORT_INTERVAL,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_KAFKA_CLIENT_ID, DEFAULT_KAFKA_MAX_UNACKED_BYTES, DEFAULT_KAFKA_TOPIC,
+    DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
+    DEFAULT_OTEL_METRICS_EXPORT_INTERVAL, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
     DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
     DEFAULT_TRACE_FILE_MAX_BYTES,
 };
@@ -200,6 +201,17 @@ fn build_auth(c: &Collected, props: &KafkaProperties) -> Result<KafkaAuth, CliEr
     })
 }
 
+/// A size (`parse_size`) that must be more than 0.
+fn positive_size(t: &str) -> Result<u64, String> {
+    parse_size(t).and_then(|n| {
+        if n == 0 {
+            Err("must be more than 0".to_string())
+        } else {
+            Ok(n)
+        }
+    })
+}
+
 fn build_kafka(c: &Collected) -> Result<Option<KafkaConfig>, CliError> {
     let topic = c
         .typed(Flag::KafkaTopic, check_topic)?
@@ -349,15 +361,7 @@ pub(super) fn build_config(
     let kafka = build_kafka(c)?;
     let trace_dir = c.path(Flag::TraceDirectory, check_dir)?;
     let max_file_bytes = c
-        .typed(Flag::TraceFileMaxBytes, |t| {
-            parse_size(t).and_then(|n| {
-                if n == 0 {
-                    Err("must be more than 0".to_string())
-                } else {
-                    Ok(n)
-                }
-            })
-        })?
+        .typed(Flag::TraceFileMaxBytes, positive_size)?
         .unwrap_or(DEFAULT_TRACE_FILE_MAX_BYTES);
     let sink = if let Some(k) = kafka {
         SinkConfig::Kafka(k)
@@ -435,16 +439,11 @@ pub(super) fn build_config(
         .typed(Flag::SourceMaxHeaderSize, source_limit)?
         .unwrap_or(DEFAULT_SOURCE_MAX_HEADER_SIZE);
     let spool_max_bytes = c
-        .typed(Flag::SpoolMaxBytes, |t| {
-            parse_size(t).and_then(|n| {
-                if n == 0 {
-                    Err("must be more than 0".to_string())
-                } else {
-                    Ok(n)
-                }
-            })
-        })?
+        .typed(Flag::SpoolMaxBytes, positive_size)?
         .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+    let kafka_max_unacked_bytes = c
+        .typed(Flag::KafkaMaxUnackedBytes, positive_size)?
+        .unwrap_or(DEFAULT_KAFKA_MAX_UNACKED_BYTES);
     // Orchestration metadata: accepted, never used (the Java proxy ignores them too).
     let _ = (c.get(Flag::KafkaListenerName), c.get(Flag::KafkaSecretName));
 
@@ -503,6 +502,7 @@ pub(super) fn build_config(
         destination_pool_timeout,
         spool_dir,
         spool_max_bytes,
+        kafka_max_unacked_bytes,
         source_max_initial_line_length,
         source_max_header_size,
         otel_metrics,
@@ -1025,6 +1025,9 @@ mod tests {
         });
         ours_flag("spool-max-bytes", &["64MiB"], &b, |c| {
             assert_eq!(c.spool_max_bytes, 64 << 20)
+        });
+        ours_flag("kafka-max-unacked-bytes", &["8MiB"], &b, |c| {
+            assert_eq!(c.kafka_max_unacked_bytes, 8 << 20)
         });
         ours_flag("max-connections", &["1000"], &b, |c| {
             assert_eq!(c.max_connections, Some(1000))

@@ -21,9 +21,10 @@ use crate::config::{
     DEFAULT_CAPTURE_FLUSH_INTERVAL, DEFAULT_CLIENT_IDLE_TIMEOUT,
     DEFAULT_DESTINATION_CONNECTION_POOL_SIZE, DEFAULT_DESTINATION_CONNECTION_POOL_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDOVER_TIMEOUT, DEFAULT_IO_DRIVER, DEFAULT_KAFKA_ACK_TIMEOUT,
-    DEFAULT_KAFKA_CLIENT_ID, DEFAULT_KAFKA_TOPIC, DEFAULT_LOG_FORMAT,
-    DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS, DEFAULT_OTEL_METRICS_EXPORT_INTERVAL,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
+    DEFAULT_KAFKA_CLIENT_ID, DEFAULT_KAFKA_MAX_UNACKED_BYTES, DEFAULT_KAFKA_TOPIC,
+    DEFAULT_LOG_FORMAT, DEFAULT_MAX_TRAFFIC_BUFFER_SIZE, DEFAULT_NUM_THREADS,
+    DEFAULT_OTEL_METRICS_EXPORT_INTERVAL, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_SOURCE_MAX_HEADER_SIZE,
     DEFAULT_SOURCE_MAX_INITIAL_LINE_LENGTH, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TCP_KEEPALIVE,
     DEFAULT_TRACE_FILE_MAX_BYTES,
 };
@@ -75,6 +76,7 @@ pub(super) enum Flag {
     CaptureFailurePolicy,
     SpoolDir,
     SpoolMaxBytes,
+    KafkaMaxUnackedBytes,
     MaxConnections,
     ClientIdleTimeout,
     RequestHeadTimeout,
@@ -343,6 +345,9 @@ pub(super) static FLAGS: &[FlagSpec] = &[
         "durable spool for records Kafka cannot take"),
     ours(Flag::SpoolMaxBytes, "spool-max-bytes", V, "SIZE", D::Size(DEFAULT_SPOOL_MAX_BYTES),
         "most bytes the spool holds; beyond it the failure policy applies"),
+    ours(Flag::KafkaMaxUnackedBytes, "kafka-max-unacked-bytes", V, "SIZE",
+        D::Size(DEFAULT_KAFKA_MAX_UNACKED_BYTES),
+        "most record bytes Kafka may hold unacknowledged; beyond it clients are slowed"),
     ours(Flag::MaxConnections, "max-connections", V, "N", D::Unset("unlimited"),
         "beyond this, new connections wait in the accept backlog"),
     ours(Flag::ClientIdleTimeout, "client-idle-timeout", V, "DURATION",
@@ -460,7 +465,7 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(FLAGS.len(), 54);
+        assert_eq!(FLAGS.len(), 55);
         for (i, s) in FLAGS.iter().enumerate() {
             assert_eq!(index_of(s.id), i, "{} appears twice", s.name);
             assert!(std::ptr::eq(lookup(s.name).unwrap(), s));

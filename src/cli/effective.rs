@@ -233,6 +233,7 @@ pub fn render_effective(cfg: &Config) -> String {
                     .map_or_else(|| unset(id), |p| p.display().to_string()),
             ),
             Flag::SpoolMaxBytes => out.flag(id, cfg.spool_max_bytes.to_string()),
+            Flag::KafkaMaxUnackedBytes => out.flag(id, cfg.kafka_max_unacked_bytes.to_string()),
             Flag::SourceMaxInitialLineLength => {
                 out.flag(id, cfg.source_max_initial_line_length.to_string())
             }
@@ -376,7 +377,7 @@ mod tests {
             }
             checked += 1;
         }
-        assert_eq!(checked, 30, "rows with a default");
+        assert_eq!(checked, 31, "rows with a default");
     }
 
     /// `Config::for_test` starts from the same defaults as the flags, except where it says so.

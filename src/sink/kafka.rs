@@ -766,6 +766,16 @@ impl KafkaSink {
         (self.unacked_records, self.unacked_bytes)
     }
 
+    /// Could `bytes` more of records be taken without any failing as Overloaded?
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        self.unacked_bytes.saturating_add(bytes) <= self.settings.max_unacked_bytes
+    }
+
+    /// The largest record value taken (`KafkaSettings::max_record_bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.settings.max_record_bytes
+    }
+
     /// Kafka just became unreachable: takes back every record librdkafka holds — queued, and
     /// in flight to the unreachable brokers — and those in the FIFO, into `out` in per-key
     /// record order, so the caller can spool them instead of letting them time out, and

@@ -4,7 +4,8 @@
 //! the owning worker together with the emptied buffers.
 //!
 //! May depend on: `handoff`, `stats` (histograms, rate limiter), `cpu` (pinning the thread), the
-//! back-ends (`file.rs`, `kafka.rs`, `spool.rs`). Never runs on a worker.
+//! back-ends (`file.rs`, `kafka.rs`, `spool.rs`); its tests also `config` (a Kafka
+//! configuration). Never runs on a worker.
 //!
 //! Invariant: every record received is acknowledged exactly once; on shutdown everything
 //! received before `SinkMsg::Shutdown` is committed (or failed) and the sink is synced.
@@ -17,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::handoff::{Ack, BatchReceiver, FailKind, Inbox, Outcome, Record, SinkMsg};
+use crate::handoff::{
+    Ack, BatchReceiver, FailKind, Inbox, Outcome, Record, SinkMsg, BATCH_MAX_BYTES,
+};
 
 /// Counters the sink thread publishes (read by the admin endpoint and tests).
 #[derive(Debug)]
@@ -52,6 +55,9 @@ pub struct SinkStats {
     pub kafka_producer_restarts: AtomicU64,
     /// Records Kafka failed that went to the spool instead (`KafkaCounters::returned`).
     pub kafka_records_returned: AtomicU64,
+    /// Times the sink stopped taking batches because a reachable Kafka held as many
+    /// unacknowledged bytes as it may (see `SinkThread::kafka_behind`).
+    pub kafka_backpressure: AtomicU64,
 }
 
 impl Default for SinkStats {
@@ -73,6 +79,7 @@ impl Default for SinkStats {
             kafka_connected: AtomicU64::new(0),
             kafka_producer_restarts: AtomicU64::new(0),
             kafka_records_returned: AtomicU64::new(0),
+            kafka_backpressure: AtomicU64::new(0),
         }
     }
 }
@@ -95,6 +102,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// `set_waker`): these ≤ 5 000 wake-ups a second, each a context switch on a worker's CPU,
 /// cost 15 % of that CPU behind a broker 50 ms away (measured, issue 15).
 const KAFKA_POLL_SLICE: Duration = Duration::from_micros(200);
+/// While Kafka is behind (`SinkThread::kafka_behind`), the longest the sink waits for a
+/// delivery report before looking at the queue's state again (ms); a report ends it at once.
+const KAFKA_BEHIND_POLL: Duration = Duration::from_millis(10);
 /// At shutdown, most time to wait for Kafka to acknowledge what it holds (s). Within the
 /// systemd unit's TimeoutStopSec (60 s) after the 30 s drain.
 const KAFKA_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -116,6 +126,9 @@ pub(crate) struct SinkThread {
     /// Kafka commit durations taken from the producer, before they go into the histogram
     /// (reused).
     durations: Vec<Duration>,
+    /// The sink is leaving batches in the hand-off queue until Kafka has room
+    /// (`kafka_behind`).
+    kafka_paused: bool,
 }
 
 impl SinkThread {
@@ -138,12 +151,20 @@ impl SinkThread {
             warn: crate::stats::RateLimit::new(Duration::from_secs(60)),
             ok: Vec::new(),
             durations: Vec::new(),
+            kafka_paused: false,
         }
     }
 
     /// Runs until `SinkMsg::Shutdown`.
     pub(crate) fn run(mut self) {
         loop {
+            if self.kafka_behind() {
+                // Leave the batches in the queue until delivery reports make room (the poll
+                // returns as soon as one resolved a record).
+                self.poll_kafka(KAFKA_BEHIND_POLL);
+                self.publish();
+                continue;
+            }
             let wait = self.wait_time();
             let msg = self.rx.recv_timeout(wait);
             match msg {
@@ -221,6 +242,42 @@ impl SinkThread {
             Backend::Kafka(k) => k.next_poll_in().min(IDLE_WAIT),
             _ => IDLE_WAIT,
         }
+    }
+
+    /// Kafka is reachable but holds so many unacknowledged bytes that the next batch might
+    /// not fit (`KafkaSettings::max_unacked_bytes`, 256 MiB): the sink then takes no more
+    /// batches until delivery reports make room. The hand-off queue fills and the workers
+    /// pause reading from their clients (back-pressure, as with a slow file system) instead
+    /// of records failing as Overloaded — a broker slower than the capture slows the
+    /// capture, it does not lose it. Not while no broker is reachable (what Kafka holds then
+    /// fails by its deadline whatever the clients do, so they are not slowed for it), nor
+    /// with a spool (records Kafka has no room for go there). One warning when it starts
+    /// (rate-limited), counted in `kafkaBackpressure_total`.
+    fn kafka_behind(&mut self) -> bool {
+        let behind = match &self.backend {
+            // With nothing unacknowledged a batch is always taken (progress, whatever the
+            // bound).
+            Backend::Kafka(k) if self.spool.is_none() => {
+                k.healthy()
+                    && k.unacked().0 > 0
+                    && !k.has_room_for(BATCH_MAX_BYTES.saturating_add(k.max_record_bytes()))
+            }
+            _ => false,
+        };
+        if behind && !self.kafka_paused {
+            self.stats
+                .kafka_backpressure
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.warn.allow() {
+                tracing::warn!(
+                    suppressed,
+                    "kafka is behind the capture: records wait in the hand-off queue and \
+                     clients are slowed until it catches up"
+                );
+            }
+        }
+        self.kafka_paused = behind;
+        behind
     }
 
     /// Serves Kafka delivery reports and hands the resolved acks to their workers.
@@ -810,4 +867,126 @@ pub(crate) fn spawn(
             }
             thread.run()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KafkaAuth, KafkaConfig};
+    use crate::handoff::{channel, Batch, ConnRef, Returned};
+    use kafka::{KafkaSettings, KafkaSink};
+    use rdkafka::mocking::MockCluster;
+    use std::time::Instant;
+
+    const TOPIC: &str = "logging-traffic-topic";
+    const VALUE_BYTES: usize = 8 * 1024;
+
+    fn record(slot: u32, number: u32) -> Record {
+        Record {
+            conn: ConnRef {
+                worker: 0,
+                slot,
+                generation: 0,
+            },
+            key: Arc::from(format!("conn-{slot}")),
+            number,
+            is_final: false,
+            value: vec![b'v'; VALUE_BYTES],
+        }
+    }
+
+    /// Acks taken from the inbox until `n` arrived or `limit` passed.
+    fn take_acks(inbox: &Inbox, acks: &mut Vec<Ack>, n: usize, limit: Duration) {
+        let end = Instant::now() + limit;
+        let mut spare = Returned::default();
+        while acks.len() < n && Instant::now() < end {
+            if inbox.take(&mut spare) {
+                acks.append(&mut spare.acks);
+                spare.buffers.clear();
+                spare.record_vecs.clear();
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// A reachable broker slower than the capture (its answers 100 ms late) with a small
+    /// unacknowledged-bytes bound: the sink stops taking batches at the bound and the
+    /// worker's batches wait in the hand-off queue; every record is committed, none fails as
+    /// Overloaded (40 records of 8 KiB against a 240 KiB bound: without the pause the last
+    /// ten would).
+    #[test]
+    fn a_kafka_behind_the_capture_slows_the_capture_instead_of_losing_it() {
+        let m = MockCluster::new(1).unwrap();
+        m.create_topic(TOPIC, 1, 1).unwrap();
+        let cfg = KafkaConfig {
+            brokers: m.bootstrap_servers(),
+            topic: TOPIC.to_string(),
+            client_id: "sink-test".to_string(),
+            extra_properties: Vec::new(),
+            auth: KafkaAuth::None,
+        };
+        let settings = KafkaSettings {
+            max_record_bytes: VALUE_BYTES,
+            max_unacked_bytes: 30 * VALUE_BYTES,
+            delivery_timeout: Duration::from_secs(30),
+        };
+        let k = KafkaSink::new(&cfg, settings, None).unwrap();
+        let (tx, rx) = channel();
+        let (inbox, _wake) = Inbox::new().unwrap();
+        let stats = Arc::new(SinkStats::default());
+        let mut sink = SinkThread::new(
+            Backend::Kafka(Box::new(k)),
+            rx,
+            vec![inbox.clone()],
+            stats.clone(),
+        );
+        sink.set_waker(tx.waker());
+        let thread = std::thread::spawn(move || sink.run());
+
+        // The first record makes the producer see its broker (healthy).
+        let mut acks = Vec::new();
+        let first = Batch {
+            worker: 0,
+            records: vec![record(0, 1)],
+        };
+        assert!(tx.try_send(first).is_ok());
+        take_acks(&inbox, &mut acks, 1, Duration::from_secs(10));
+        assert_eq!(acks.len(), 1);
+
+        m.broker_round_trip_time(1, Duration::from_millis(100))
+            .unwrap();
+        let mut next = [1u32; 5];
+        for i in 0..40u32 {
+            let slot = 1 + i % 4;
+            let n = &mut next[slot as usize];
+            let b = Batch {
+                worker: 0,
+                records: vec![record(slot, *n)],
+            };
+            *n += 1;
+            assert!(
+                tx.try_send(b).is_ok(),
+                "the hand-off queue takes 1024 batches"
+            );
+        }
+        take_acks(&inbox, &mut acks, 41, Duration::from_secs(30));
+        tx.send_shutdown();
+        thread.join().unwrap();
+
+        assert_eq!(acks.len(), 41, "every record resolved");
+        for a in &acks {
+            assert_eq!(a.outcome, Outcome::Committed, "{a:?}");
+        }
+        for slot in 1..=4u32 {
+            let nums: Vec<u32> = acks
+                .iter()
+                .filter(|a| a.conn.slot == slot)
+                .map(|a| a.number)
+                .collect();
+            assert_eq!(nums, (1..=10).collect::<Vec<_>>(), "conn {slot} in order");
+        }
+        assert!(stats.kafka_backpressure.load(Ordering::Relaxed) >= 1);
+        assert_eq!(stats.records_failed.load(Ordering::Relaxed), 0);
+    }
 }

@@ -22,6 +22,11 @@
 //! - `slow-200ms`: every broker→client frame delayed 200 ms for [`SLOW_FOR`].
 //! - `reset-mid-produce`: the next Produce request is forwarded half, then both sides reset.
 //!
+//! Beside the matrix, `kafka_behind_the_capture_slows_clients_and_loses_nothing`: a reachable
+//! broker slower than the capture (answers 200 ms late, 64 KiB responses captured as fast as
+//! four clients fetch them, `--kafka-max-unacked-bytes 4MiB`) — the proxy slows the clients
+//! instead of failing records.
+//!
 //! Asserted per row, with the spool: `captureRecordsLost_total` 0, `spoolRecordsDropped_total`
 //! 0, `spoolBytes` 0 within [`SPOOL_DRAIN_BOUND`] (30 s) of the broker being reachable, every
 //! record the proxy emitted (`captureRecords_total`) in the topic, `inspect` reports every
@@ -363,6 +368,163 @@ fn kafka_fault_matrix_against_real_brokers() {
         failed.len(),
         failed.join("\n")
     );
+}
+
+/// `--kafka-max-unacked-bytes` of the behind-the-capture test: small, so a broker 200 ms away
+/// falls behind 64 KiB responses within a second.
+const BEHIND_MAX_UNACKED: &str = "4MiB";
+/// How long its load runs, and its clients.
+const BEHIND_LOAD_FOR: Duration = Duration::from_secs(4);
+const BEHIND_CLIENTS: usize = 4;
+/// Its response size (bytes): every response becomes a record of about this size.
+const BEHIND_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A reachable broker slower than the capture: the forwarder delays every answer 200 ms
+/// while four clients fetch 64 KiB responses as fast as they can, with
+/// `--kafka-max-unacked-bytes 4MiB`. The proxy must slow the clients rather than lose
+/// capture: the sink stops taking records at the bound (`kafkaBackpressure_total` ≥ 1), no
+/// record fails or is lost, every answered request is in the topic, and `inspect` finds every
+/// connection complete. (Before the back-pressure the records beyond the bound failed as
+/// "overloaded": lost.) For each broker of CAPTURE_PROXY_TEST_KAFKA_IMPLS.
+#[test]
+#[ignore = "needs real brokers: CAPTURE_PROXY_TEST_KAFKA_IMPLS=tansu,apache (started through scripts/kafka-local.sh)"]
+fn kafka_behind_the_capture_slows_clients_and_loses_nothing() {
+    let bin_dir = tempfile::tempdir().expect("binary copy dir");
+    let bin = bin_dir.path().join("capture-proxy");
+    std::fs::copy(proxy_bin(), &bin).expect("copy the binary under test");
+    let origin = Origin::start();
+    for imp in impls() {
+        let fwd_target_port = common::forwarder::free_port();
+        let fwd = Forwarder::start(SocketAddr::from(([127, 0, 0, 1], fwd_target_port)));
+        let _broker = Broker::start_at(imp, fwd_target_port, fwd.port());
+        let boot = fwd.bootstrap();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let topic = format!("behind-{}-{nanos}", imp.name());
+        create_topic(&boot, &topic);
+        wait_broker_ready(&boot, Some(&topic));
+
+        let mut cmd = proxy_command(&bin, &boot, &topic, &origin);
+        cmd.args(["--kafka-max-unacked-bytes", BEHIND_MAX_UNACKED]);
+        let mut proxy = ProxyProcess::start_with_admin(cmd, STARTUP_TIMEOUT);
+        let admin = proxy.admin();
+        wait_metric(admin, "kafkaConnected", CONNECT_BOUND, |v| v == 1)
+            .unwrap_or_else(|| panic!("proxy never connected to Kafka:\n{}", proxy.stderr()));
+
+        fwd.slow(SLOW_DELAY);
+        let addr = proxy.addr;
+        let t0 = Instant::now();
+        let clients: Vec<thread::JoinHandle<(u64, Vec<String>)>> = (0..BEHIND_CLIENTS)
+            .map(|t| {
+                thread::spawn(move || {
+                    let path = format!("/large?bytes={BEHIND_RESPONSE_BYTES}");
+                    let mut c = Client::connect(addr);
+                    c.stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+                    let (mut ok, mut errors) = (0u64, Vec::new());
+                    while t0.elapsed() < BEHIND_LOAD_FOR {
+                        match c
+                            .try_send(&get(&path))
+                            .and_then(|_| c.try_read_response(false))
+                        {
+                            Ok(r) if r.status == 200 && r.body.len() == BEHIND_RESPONSE_BYTES => {
+                                ok += 1
+                            }
+                            Ok(r) => errors.push(format!("client {t}: status {}", r.status)),
+                            Err(e) => {
+                                errors.push(format!("client {t}: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    c.shutdown_write();
+                    let _ = c.read_to_eof();
+                    (ok, errors)
+                })
+            })
+            .collect();
+        let (mut answered, mut errors) = (0u64, Vec::new());
+        for h in clients {
+            let (ok, e) = h.join().expect("client");
+            answered += ok;
+            errors.extend(e);
+        }
+        fwd.pass();
+        let resolved = wait_until_ok(RESOLVE_BOUND, || {
+            let m = scrape(admin);
+            m.get("captureRecords_total")
+                == m.get("kafkaCommitCount_total") + m.get("captureRecordsLost_total")
+                && m.get("captureFinalRecordsAwaitingAcks") == 0
+        });
+        let m = scrape(admin);
+        proxy.sigterm();
+        let st = proxy.wait_exit(EXIT_BOUND);
+        let log = proxy.stderr();
+        let summary = inspect(&bin, &boot, &topic);
+        eprintln!(
+            "{}: {answered} responses of {BEHIND_RESPONSE_BYTES} B in {BEHIND_LOAD_FOR:?}, \
+             records {} committed {} lost {} failed {}, kafkaBackpressure_total {}, \
+             inspect: {} connections, {} incomplete",
+            imp.name(),
+            m.get("captureRecords_total"),
+            m.get("kafkaCommitCount_total"),
+            m.get("captureRecordsLost_total"),
+            m.get("sinkRecordsFailed_total"),
+            m.get("kafkaBackpressure_total"),
+            summary["connections"],
+            summary["incompleteConnections"]
+        );
+        assert!(
+            errors.is_empty(),
+            "{}: client errors {errors:?}",
+            imp.name()
+        );
+        assert!(answered > 0, "{}: no load went through", imp.name());
+        assert!(
+            resolved,
+            "{}: records not resolved: emitted {} committed {} lost {}",
+            imp.name(),
+            m.get("captureRecords_total"),
+            m.get("kafkaCommitCount_total"),
+            m.get("captureRecordsLost_total")
+        );
+        assert_eq!(st.code(), Some(0), "{}: exit {st:?}\n{log}", imp.name());
+        assert_eq!(
+            m.get("captureRecordsLost_total"),
+            0,
+            "{}: lost\n{log}",
+            imp.name()
+        );
+        assert_eq!(
+            m.get("sinkRecordsFailed_total"),
+            0,
+            "{}: failed",
+            imp.name()
+        );
+        assert!(
+            m.get("kafkaBackpressure_total") >= 1,
+            "{}: the bound was never reached (the test shows nothing)",
+            imp.name()
+        );
+        assert_eq!(
+            summary["incompleteConnections"].as_u64(),
+            Some(0),
+            "{summary}"
+        );
+        assert_eq!(summary["errors"].as_u64(), Some(0), "{summary}");
+        assert_eq!(
+            summary["connections"].as_u64(),
+            Some(BEHIND_CLIENTS as u64),
+            "{summary}"
+        );
+        let requests = summary["requests"].as_u64().unwrap_or(0);
+        assert!(
+            requests >= answered,
+            "{}: {answered} answered, {requests} in the topic",
+            imp.name()
+        );
+    }
 }
 
 /// After a row: the broker process is running and not frozen, and answers metadata.
@@ -960,14 +1122,9 @@ fn command(bin: &Path) -> Command {
     cmd
 }
 
-fn start_proxy(
-    bin: &Path,
-    boot: &str,
-    topic: &str,
-    origin: &Origin,
-    row: Row,
-    spool: &Path,
-) -> ProxyProcess {
+/// The proxy's command line shared by every test here: capture to `topic` on `boot`, listen on
+/// an ephemeral port, admin endpoint on, forward to `origin`.
+fn proxy_command(bin: &Path, boot: &str, topic: &str, origin: &Origin) -> Command {
     let mut cmd = command(bin);
     cmd.args([
         "--kafkaConnection",
@@ -982,10 +1139,24 @@ fn start_proxy(
         "127.0.0.1:0",
         "--drain-timeout",
         DRAIN_TIMEOUT,
-        "--capture-failure-policy",
-        if row.reject { "reject" } else { "forward" },
         "--destinationUri",
         &format!("http://{}", origin.addr()),
+    ]);
+    cmd
+}
+
+fn start_proxy(
+    bin: &Path,
+    boot: &str,
+    topic: &str,
+    origin: &Origin,
+    row: Row,
+    spool: &Path,
+) -> ProxyProcess {
+    let mut cmd = proxy_command(bin, boot, topic, origin);
+    cmd.args([
+        "--capture-failure-policy",
+        if row.reject { "reject" } else { "forward" },
     ]);
     if row.spool {
         cmd.arg("--spool-dir").arg(spool);
