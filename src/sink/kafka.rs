@@ -365,6 +365,10 @@ pub struct KafkaSink {
     /// The reason of a fatal librdkafka error not yet recovered from by a rebuild.
     fatal: Option<String>,
     closed: bool,
+    /// When a record was last committed, and when the unresolved records last went from none
+    /// to some: together they tell how long Kafka has held records without committing any.
+    last_commit: Option<Instant>,
+    busy_since: Option<Instant>,
     /// Collects the records [`KafkaSink::reclaim`] takes back while it serves the purge
     /// reports.
     pulled: Option<Vec<Waiting>>,
@@ -626,6 +630,8 @@ impl KafkaSink {
             last_rebuild: None,
             fatal: None,
             closed: false,
+            last_commit: None,
+            busy_since: None,
             pulled: None,
             again: Vec::new(),
             returned: None,
@@ -696,6 +702,9 @@ impl KafkaSink {
                 self.refuse(rec, FailKind::Overloaded, done);
                 return;
             }
+        }
+        if self.unacked_records == 0 {
+            self.busy_since = Some(Instant::now());
         }
         self.unacked_records += 1;
         self.unacked_bytes += len;
@@ -769,6 +778,19 @@ impl KafkaSink {
     /// Could `bytes` more of records be taken without any failing as Overloaded?
     pub fn has_room_for(&self, bytes: usize) -> bool {
         self.unacked_bytes.saturating_add(bytes) <= self.settings.max_unacked_bytes
+    }
+
+    /// Is Kafka making progress: nothing unresolved, or a record committed within `window`,
+    /// or records outstanding for less than `window` (a first round trip under way)?
+    pub fn making_progress(&self, window: Duration) -> bool {
+        if self.unacked_records == 0 {
+            return true;
+        }
+        let since = match (self.last_commit, self.busy_since) {
+            (Some(c), Some(b)) => c.max(b),
+            (c, b) => c.or(b).unwrap_or_else(Instant::now),
+        };
+        since.elapsed() <= window
     }
 
     /// The largest record value taken (`KafkaSettings::max_record_bytes`).
@@ -1112,6 +1134,7 @@ impl KafkaSink {
         self.unacked_records = self.unacked_records.saturating_sub(1);
         self.unacked_bytes = self.unacked_bytes.saturating_sub(bytes);
         if outcome == Outcome::Committed {
+            self.last_commit = Some(Instant::now());
             self.counters.committed += 1;
             self.counters.committed_bytes += bytes as u64;
             if self.commit_durations.len() < MAX_COMMIT_DURATIONS {

@@ -102,6 +102,11 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// `set_waker`): these ≤ 5 000 wake-ups a second, each a context switch on a worker's CPU,
 /// cost 15 % of that CPU behind a broker 50 ms away (measured, issue 15).
 const KAFKA_POLL_SLICE: Duration = Duration::from_micros(200);
+/// Kafka counts as making progress unless it has held records this long (s) without
+/// committing any: the back-pressure of `SinkThread::kafka_behind` holds the clients only for
+/// a Kafka that is slow, not for one that takes nothing. 2 s is ten round trips of a broker
+/// 200 ms away and well inside the 10 s record deadline.
+const KAFKA_PROGRESS_WINDOW: Duration = Duration::from_secs(2);
 /// While Kafka is behind (`SinkThread::kafka_behind`), the longest the sink waits for a
 /// delivery report before looking at the queue's state again (ms); a report ends it at once.
 const KAFKA_BEHIND_POLL: Duration = Duration::from_millis(10);
@@ -244,21 +249,24 @@ impl SinkThread {
         }
     }
 
-    /// Kafka is reachable but holds so many unacknowledged bytes that the next batch might
-    /// not fit (`KafkaSettings::max_unacked_bytes`, 256 MiB): the sink then takes no more
-    /// batches until delivery reports make room. The hand-off queue fills and the workers
-    /// pause reading from their clients (back-pressure, as with a slow file system) instead
-    /// of records failing as Overloaded — a broker slower than the capture slows the
-    /// capture, it does not lose it. Not while no broker is reachable (what Kafka holds then
-    /// fails by its deadline whatever the clients do, so they are not slowed for it), nor
-    /// with a spool (records Kafka has no room for go there). One warning when it starts
-    /// (rate-limited), counted in `kafkaBackpressure_total`.
+    /// Kafka is reachable and committing, but holds so many unacknowledged bytes that the
+    /// next batch might not fit (`KafkaSettings::max_unacked_bytes`, 256 MiB): the sink then
+    /// takes no more batches until delivery reports make room. The hand-off queue fills and
+    /// the workers pause reading from their clients (back-pressure, as with a slow file
+    /// system) instead of records failing as Overloaded — a broker slower than the capture
+    /// slows the capture, it does not lose it. Not when Kafka makes no progress — no broker
+    /// reachable, or records held for [`KAFKA_PROGRESS_WINDOW`] without one committed (a
+    /// hung broker, a missing topic): what it holds then fails by its deadline whatever the clients do, so
+    /// the source's clients are not held for it — nor with a spool (records Kafka has no
+    /// room for go there). One warning when it starts (rate-limited), counted in
+    /// `kafkaBackpressure_total`.
     fn kafka_behind(&mut self) -> bool {
         let behind = match &self.backend {
             // With nothing unacknowledged a batch is always taken (progress, whatever the
             // bound).
             Backend::Kafka(k) if self.spool.is_none() => {
                 k.healthy()
+                    && k.making_progress(KAFKA_PROGRESS_WINDOW)
                     && k.unacked().0 > 0
                     && !k.has_room_for(BATCH_MAX_BYTES.saturating_add(k.max_record_bytes()))
             }
@@ -910,13 +918,10 @@ mod tests {
         }
     }
 
-    /// A reachable broker slower than the capture (its answers 100 ms late) with a small
-    /// unacknowledged-bytes bound: the sink stops taking batches at the bound and the
-    /// worker's batches wait in the hand-off queue; every record is committed, none fails as
-    /// Overloaded (40 records of 8 KiB against a 240 KiB bound: without the pause the last
-    /// ten would).
-    #[test]
-    fn a_kafka_behind_the_capture_slows_the_capture_instead_of_losing_it() {
+    /// Sends one record, waits for its commit (the producer then sees its broker), makes the
+    /// mock broker answer `rtt` late and hands 40 records of 8 KiB (four connections) to a
+    /// sink whose unacknowledged bound is 240 KiB. Returns the 40 records' acks.
+    fn run_behind(rtt: Duration) -> (Vec<Ack>, Arc<SinkStats>) {
         let m = MockCluster::new(1).unwrap();
         m.create_topic(TOPIC, 1, 1).unwrap();
         let cfg = KafkaConfig {
@@ -944,18 +949,17 @@ mod tests {
         sink.set_waker(tx.waker());
         let thread = std::thread::spawn(move || sink.run());
 
-        // The first record makes the producer see its broker (healthy).
-        let mut acks = Vec::new();
-        let first = Batch {
+        let mut first = Vec::new();
+        let b = Batch {
             worker: 0,
             records: vec![record(0, 1)],
         };
-        assert!(tx.try_send(first).is_ok());
-        take_acks(&inbox, &mut acks, 1, Duration::from_secs(10));
-        assert_eq!(acks.len(), 1);
+        assert!(tx.try_send(b).is_ok());
+        take_acks(&inbox, &mut first, 1, Duration::from_secs(10));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].outcome, Outcome::Committed);
 
-        m.broker_round_trip_time(1, Duration::from_millis(100))
-            .unwrap();
+        m.broker_round_trip_time(1, rtt).unwrap();
         let mut next = [1u32; 5];
         for i in 0..40u32 {
             let slot = 1 + i % 4;
@@ -970,11 +974,21 @@ mod tests {
                 "the hand-off queue takes 1024 batches"
             );
         }
-        take_acks(&inbox, &mut acks, 41, Duration::from_secs(30));
+        let mut acks = Vec::new();
+        take_acks(&inbox, &mut acks, 40, Duration::from_secs(60));
         tx.send_shutdown();
         thread.join().unwrap();
+        assert_eq!(acks.len(), 40, "every record resolved");
+        (acks, stats)
+    }
 
-        assert_eq!(acks.len(), 41, "every record resolved");
+    /// A reachable broker slower than the capture (its answers 100 ms late): the sink stops
+    /// taking batches at the bound and the worker's batches wait in the hand-off queue; every
+    /// record is committed, none fails as Overloaded (40 records of 8 KiB against a 240 KiB
+    /// bound: without the pause the last ten would).
+    #[test]
+    fn a_kafka_behind_the_capture_slows_the_capture_instead_of_losing_it() {
+        let (acks, stats) = run_behind(Duration::from_millis(100));
         for a in &acks {
             assert_eq!(a.outcome, Outcome::Committed, "{a:?}");
         }
@@ -988,5 +1002,26 @@ mod tests {
         }
         assert!(stats.kafka_backpressure.load(Ordering::Relaxed) >= 1);
         assert_eq!(stats.records_failed.load(Ordering::Relaxed), 0);
+    }
+
+    /// A broker that takes nothing for longer than KAFKA_PROGRESS_WINDOW (answers 3 s late)
+    /// does not hold the clients: once nothing was committed for 2 s the sink takes the
+    /// batches again and what does not fit the bound fails as Overloaded (counted; the
+    /// records it held are committed when the broker answers).
+    #[test]
+    fn a_kafka_that_takes_nothing_does_not_hold_the_capture() {
+        let (acks, stats) = run_behind(Duration::from_secs(3));
+        let overloaded = acks
+            .iter()
+            .filter(|a| a.outcome == Outcome::Failed(FailKind::Overloaded))
+            .count();
+        let committed = acks
+            .iter()
+            .filter(|a| a.outcome == Outcome::Committed)
+            .count();
+        assert!(overloaded > 0, "the batches were taken again: {acks:?}");
+        assert_eq!(overloaded + committed, 40, "{acks:?}");
+        // Within the window the sink had paused.
+        assert!(stats.kafka_backpressure.load(Ordering::Relaxed) >= 1);
     }
 }
