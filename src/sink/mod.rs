@@ -256,9 +256,9 @@ impl SinkThread {
     /// system) instead of records failing as Overloaded — a broker slower than the capture
     /// slows the capture, it does not lose it. Not when Kafka makes no progress — no broker
     /// reachable, or records held for [`KAFKA_PROGRESS_WINDOW`] without one committed (a
-    /// hung broker, a missing topic): what it holds then fails by its deadline whatever the clients do, so
-    /// the source's clients are not held for it — nor with a spool (records Kafka has no
-    /// room for go there). One warning when it starts (rate-limited), counted in
+    /// hung broker, a missing topic): what it holds then fails by its deadline whatever the
+    /// clients do, so the source's clients are not held for it — nor with a spool (records
+    /// Kafka has no room for go there). One warning when it starts (rate-limited), counted in
     /// `kafkaBackpressure_total`.
     fn kafka_behind(&mut self) -> bool {
         let behind = match &self.backend {
