@@ -560,7 +560,7 @@ pub fn start_with(
     let mut sink_thread = SinkThread::new(backend, receiver, inboxes.clone(), sink_stats.clone());
     sink_thread.set_waker(sender.waker());
     if let Some(sp) = spool {
-        sink_thread = sink_thread.with_spool(sp, kafka_max_unacked(&cfg), cfg.max_record_bytes());
+        sink_thread = sink_thread.with_spool(sp);
     }
     let sink = sink::spawn(sink_thread, plan.sink).map_err(StartError::Thread)?;
 

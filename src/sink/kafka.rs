@@ -783,14 +783,9 @@ impl KafkaSink {
     /// Is Kafka making progress: nothing unresolved, or a record committed within `window`,
     /// or records outstanding for less than `window` (a first round trip under way)?
     pub fn making_progress(&self, window: Duration) -> bool {
-        if self.unacked_records == 0 {
-            return true;
-        }
-        let since = match (self.last_commit, self.busy_since) {
-            (Some(c), Some(b)) => c.max(b),
-            (c, b) => c.or(b).unwrap_or_else(Instant::now),
-        };
-        since.elapsed() <= window
+        // The later of the two (`None` sorts first).
+        let since = self.last_commit.max(self.busy_since);
+        self.unacked_records == 0 || since.is_none_or(|t| t.elapsed() <= window)
     }
 
     /// The largest record value taken (`KafkaSettings::max_record_bytes`).

@@ -521,10 +521,6 @@ struct SpoolLink {
     spool: spool::Spool,
     /// Records of the current batch appended to the spool, acknowledged after its commit.
     batch: Vec<Record>,
-    /// Kafka's bound on unresolved bytes (`KafkaSettings::max_unacked_bytes`).
-    kafka_max_unacked: usize,
-    /// Largest record: draining leaves room for one live record under Kafka's bound.
-    max_record: usize,
     warn: crate::stats::RateLimit,
     /// Kafka was reachable at the last check (see `SinkThread::pull_back_on_outage`).
     kafka_was_healthy: bool,
@@ -686,14 +682,7 @@ fn spool_publish(stats: &SinkStats, sp: &spool::Spool) {
 
 impl SinkThread {
     /// Adds the durable spool (Kafka back-end only; ignored otherwise).
-    /// `kafka_max_unacked_bytes` is the producer's `KafkaSettings::max_unacked_bytes`;
-    /// `max_record_bytes` the largest record.
-    pub(crate) fn with_spool(
-        mut self,
-        spool: spool::Spool,
-        kafka_max_unacked_bytes: usize,
-        max_record_bytes: usize,
-    ) -> Self {
+    pub(crate) fn with_spool(mut self, spool: spool::Spool) -> Self {
         spool_publish(&self.stats, &spool);
         if let Backend::Kafka(k) = &mut self.backend {
             // Records Kafka fails come back to be spooled instead of being lost.
@@ -702,8 +691,6 @@ impl SinkThread {
         self.spool = Some(Box::new(SpoolLink {
             spool,
             batch: Vec::new(),
-            kafka_max_unacked: kafka_max_unacked_bytes,
-            max_record: max_record_bytes,
             warn: crate::stats::RateLimit::new(Duration::from_secs(10)),
             kafka_was_healthy: false,
             returned: Vec::new(),
@@ -734,7 +721,7 @@ impl SinkThread {
         spool_returned(k, link, acks, bufs, stats, &mut first_err);
         let healthy = k.healthy();
         for r in records.drain(..) {
-            let kafka_full = k.unacked().1.saturating_add(r.value.len()) > link.kafka_max_unacked;
+            let kafka_full = !k.has_room_for(r.value.len());
             if healthy && !kafka_full && !link.spool.holds_key(&r.key) {
                 k.send(r, &mut |a, b| resolve(acks, bufs, stats, a, b));
                 continue;
@@ -778,7 +765,8 @@ impl SinkThread {
             while n < SPOOL_DRAIN_STEP_RECORDS
                 && bytes < SPOOL_DRAIN_STEP_BYTES
                 && link.spool.pending_bytes() < SPOOL_DRAIN_WINDOW_BYTES
-                && k.unacked().1.saturating_add(link.max_record) <= link.kafka_max_unacked
+                // Leave room for one live record under Kafka's bound.
+                && k.has_room_for(k.max_record_bytes())
             {
                 let Some(e) = link.spool.next_drain() else {
                     break;
