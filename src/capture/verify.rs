@@ -454,7 +454,24 @@ fn check_record(
             in_place
         }
         Some(n) => {
-            if let Some(f) = conn.final_number {
+            let identical_copy = n >= 1
+                && n < conn.expected
+                && usize::try_from(n - 1)
+                    .ok()
+                    .and_then(|i| conn.seen.get(i))
+                    .is_some_and(|f| *f == fingerprint(ts));
+            if identical_copy {
+                // The same record again, byte for byte: a broker wrote it, failed before
+                // acknowledging, and it was produced again (it may arrive after later records,
+                // the final one included, when those were in flight with it). Nothing is
+                // missing; said, not counted against the connection.
+                cx.push(
+                    Warning,
+                    format_args!("record #{n} delivered twice (identical copies)"),
+                );
+                report_duplicate(cx);
+                false
+            } else if let Some(f) = conn.final_number {
                 conn.numbering_ok = false;
                 if is_final {
                     cx.push(Error, format_args!("second final record (first was #{f})"));
@@ -484,20 +501,6 @@ fn check_record(
                 }
                 conn.lose_continuity();
                 true
-            } else if usize::try_from(n - 1)
-                .ok()
-                .and_then(|i| conn.seen.get(i))
-                .is_some_and(|f| *f == fingerprint(ts))
-            {
-                // The same record again, byte for byte: a broker wrote it, failed before
-                // acknowledging, and it was produced again. Nothing is missing; said, not
-                // counted against the connection.
-                cx.push(
-                    Warning,
-                    format_args!("record #{n} delivered twice (identical copies)"),
-                );
-                report_duplicate(cx);
-                false
             } else {
                 conn.numbering_ok = false;
                 cx.push(
@@ -1075,6 +1078,33 @@ mod tests {
         find(&r, Severity::Warning, "record #2 delivered twice");
         assert_eq!(r.duplicate_records, 1);
         assert_eq!(r.incomplete_connections, 0);
+    }
+
+    #[test]
+    fn identical_copies_after_the_final_record_are_warnings() {
+        // Records in flight together (the final one among them) were written by a broker that
+        // died before answering and produced again: the copies arrive after the final record.
+        let mut recs = good(); // c1: #1..#4 (final), then c2
+        let (second, final_c1) = (recs[1].clone(), recs[3].clone());
+        recs.push(second);
+        recs.push(final_c1);
+        let r = run(&recs);
+        assert!(r.ok(), "{:#?}", r.problems);
+        find(&r, Severity::Warning, "record #2 delivered twice");
+        find(&r, Severity::Warning, "record #4 delivered twice");
+        assert_eq!(r.duplicate_records, 2);
+        assert_eq!(r.complete_connections, 2);
+        assert_eq!(r.incomplete_connections, 0);
+    }
+
+    #[test]
+    fn a_different_record_after_the_final_is_still_an_error() {
+        let mut recs = good();
+        let mut other = recs[1].clone();
+        other.sub_stream.pop();
+        recs.push(other);
+        assert_error(&recs, "record after the final record #4");
+        assert_eq!(run(&recs).duplicate_records, 0);
     }
 
     #[test]
