@@ -8,11 +8,12 @@
 #           is on disk, so topics and records survive `kill` and a later `start`.
 #
 # Usage: scripts/kafka-local.sh start|stop|kill|status|pid [--impl tansu|apache] [--port N]
-#                               [--topic NAME]... [--fresh] [--advertised-port F]
+#                               [--topic NAME]... [--partitions N] [--fresh] [--advertised-port F]
 #
 #   start   installs the broker if absent, starts it in the background, waits until it answers
 #           Kafka requests, creates the topics (neither broker auto-creates topics on produce
-#           here: the default `logging-traffic-topic` plus every --topic, 3 partitions each) and
+#           here: the default `logging-traffic-topic` plus every --topic, 3 partitions each unless
+#           --partitions says otherwise) and
 #           prints the bootstrap address (127.0.0.1:PORT) on stdout, so
 #           `BOOT=$(scripts/kafka-local.sh start)` works. Already running: creates the missing
 #           topics and prints it again.
@@ -26,6 +27,8 @@
 #           the next `start` recovers it; tansu loses everything.
 #   status  prints whether it runs; exit 0 when it does, 1 when it does not.
 #   pid     prints the broker's pid on stdout; exit 1 when it does not run.
+#   --partitions N (start) partitions of the topics it creates [default: 3]; topics that
+#           exist keep theirs.
 #   --fresh (start, apache) deletes the port's data before starting (tansu always starts empty).
 #   --advertised-port F (start) the broker tells clients to connect to 127.0.0.1:F instead of
 #           PORT: the fault tests put a TCP forwarder they control on F (forwarding to PORT),
@@ -98,7 +101,8 @@ STOP_TIMEOUT_S=10
 APACHE_STOP_TIMEOUT_S=30
 # Most seconds `kill` (and `stop` after SIGKILL) waits for the process to be gone.
 KILL_WAIT_S=10
-# Partitions of the topics created here (tansu's default; exercises key partitioning).
+# Partitions of the topics created here unless --partitions says otherwise (tansu's default;
+# exercises key partitioning).
 PARTITIONS=3
 # The proxy's default --kafkaTopic, created on start so a plain demo run captures.
 DEFAULT_TOPIC=logging-traffic-topic
@@ -122,7 +126,7 @@ die() {
 say() { echo "kafka-local: $*" >&2; }
 
 usage() {
-    echo "usage: $0 start|stop|kill|status|pid [--impl tansu|apache] [--port N] [--topic NAME]... [--fresh] [--advertised-port F]" >&2
+    echo "usage: $0 start|stop|kill|status|pid [--impl tansu|apache] [--port N] [--topic NAME]... [--partitions N] [--fresh] [--advertised-port F]" >&2
     exit 2
 }
 
@@ -163,6 +167,15 @@ while [ $# -gt 0 ]; do
             topics+=("${1#--topic=}")
             shift
             ;;
+        --partitions)
+            [ $# -ge 2 ] || usage
+            PARTITIONS=$2
+            shift 2
+            ;;
+        --partitions=*)
+            PARTITIONS=${1#--partitions=}
+            shift
+            ;;
         --fresh)
             fresh=1
             shift
@@ -185,6 +198,9 @@ case "$impl" in
 esac
 case "$port" in
     '' | *[!0-9]*) die "--port needs a number, got '$port'" ;;
+esac
+case "$PARTITIONS" in
+    '' | *[!0-9]* | 0) die "--partitions needs a number above 0, got '$PARTITIONS'" ;;
 esac
 if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
     die "--port out of range: $port"

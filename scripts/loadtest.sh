@@ -36,6 +36,7 @@ SCENARIOS="small,small-half,large,bulk4k,bulk1m,close,idle,tls,kafka-slow"
 TARGETS="direct,nginx,haproxy,cp-nocapture,cp-file,cp-kafka"
 IDLE_CONNS=10000       # idle connections in the `idle` scenario (capped by the fd limit, see below)
 KAFKA_DELAY_MS=50      # extra broker round-trip time in `kafka-slow`
+KAFKA_PARTITIONS=3     # partitions per capture topic (scripts/kafka-local.sh's default)
 PACE_FRACTION=0.5      # small-half: paced at this fraction of nginx's peak small-GET rate (issue 6:
                        # "at half of nginx's peak rate, added p50 <= 100 us with capture on")
 FOREIGN_LIMIT=0.10     # discard runs where foreign processes used more than 10 % of a core
@@ -76,6 +77,7 @@ Options:
                         is selected; small-half measures nginx itself when small did not)
   --idle-connections N  idle connections for the idle scenario [default: $IDLE_CONNS]
   --kafka-delay-ms MS   extra broker round trip in kafka-slow [default: $KAFKA_DELAY_MS]
+  --kafka-partitions N  partitions of the capture topics [default: $KAFKA_PARTITIONS]
   --pace-fraction F     small-half's rate as a fraction of nginx's peak small rate [default: $PACE_FRACTION]
   --foreign-limit F     max foreign CPU in cores during a kept run [default: $FOREIGN_LIMIT]
   --idle-wait S         max seconds to wait for an idle machine before each run [default: $IDLE_WAIT_MAX]
@@ -128,6 +130,7 @@ while (($#)); do
     --targets) TARGETS=$2; shift 2 ;;
     --idle-connections) IDLE_CONNS=$2; shift 2 ;;
     --kafka-delay-ms) KAFKA_DELAY_MS=$2; shift 2 ;;
+    --kafka-partitions) KAFKA_PARTITIONS=$2; shift 2 ;;
     --pace-fraction) PACE_FRACTION=$2; shift 2 ;;
     --foreign-limit) FOREIGN_LIMIT=$2; shift 2 ;;
     --idle-wait) IDLE_WAIT_MAX=$2; shift 2 ;;
@@ -153,6 +156,7 @@ done
 for t in ${TARGETS//,/ }; do
   case "$t" in direct | nginx | haproxy | cp-nocapture | cp-file | cp-kafka) ;; *) die "unknown target $t" ;; esac
 done
+[[ "$KAFKA_PARTITIONS" =~ ^[1-9][0-9]*$ ]] || die "--kafka-partitions needs a number above 0, got '$KAFKA_PARTITIONS'"
 
 # ---------------------------------------------------------------- dependencies and binary
 bash "$ROOT/scripts/install-deps.sh" wrk nginx libnginx-mod-http-echo haproxy hey python3-matplotlib >&2 ||
@@ -453,7 +457,6 @@ log "origin nginx on 127.0.0.1:$ORIGIN_PORT (worker pid $ORIGIN_WORKER), run dir
 KAFKA_PIDS=()
 KAFKA_LOCAL="$ROOT/scripts/kafka-local.sh"
 KAFKA_LOCAL_USED=0
-KAFKA_PARTITIONS=3  # as scripts/kafka-local.sh creates them
 # start_kafka DELAYED(0|1) TOPIC: a fresh in-memory tansu on CPU 0 (plus, when DELAYED, the delay
 # relay in front of it). The plain broker comes from scripts/kafka-local.sh when it exists; the
 # delayed one is started here because it must advertise the relay's port. Sets T_KAFKA.
@@ -462,7 +465,7 @@ start_kafka() {
   KAFKA_PIDS=()
   if ((!delayed)) && [ -x "$KAFKA_LOCAL" ]; then
     KAFKA_LOCAL_USED=1
-    "${PIN_LOAD[@]}" "$KAFKA_LOCAL" start --port "$KAFKA_PORT" --topic "$topic" \
+    "${PIN_LOAD[@]}" "$KAFKA_LOCAL" start --port "$KAFKA_PORT" --topic "$topic" --partitions "$KAFKA_PARTITIONS" \
       >"$RUN_DIR/logs/tansu-$topic.log" 2>&1 || { tail -5 "$RUN_DIR/logs/tansu-$topic.log" >&2; return 1; }
     pid=$(cat "${XDG_RUNTIME_DIR:-/tmp}/capture-proxy-kafka/tansu-$KAFKA_PORT.pid" 2>/dev/null)
     [ -n "$pid" ] && { track "$pid"; KAFKA_PIDS+=("local:$pid"); }
