@@ -696,22 +696,17 @@ impl KafkaSink {
             self.refuse(rec, FailKind::TooLarge, done);
             return;
         }
-        match self.unacked_bytes.checked_add(len) {
-            Some(total) if total <= self.settings.max_unacked_bytes => {}
-            _ => {
-                self.refuse(rec, FailKind::Overloaded, done);
-                return;
-            }
+        if !self.has_room_for(len) {
+            self.refuse(rec, FailKind::Overloaded, done);
+            return;
         }
+        let now = Instant::now();
         if self.unacked_records == 0 {
-            self.busy_since = Some(Instant::now());
+            self.busy_since = Some(now);
         }
         self.unacked_records += 1;
         self.unacked_bytes += len;
-        let w = Waiting {
-            rec,
-            started: Instant::now(),
-        };
+        let w = Waiting { rec, started: now };
         if self.fifo.is_empty() {
             self.offer_and_handle(w, done);
         } else {
@@ -777,7 +772,9 @@ impl KafkaSink {
 
     /// Could `bytes` more of records be taken without any failing as Overloaded?
     pub fn has_room_for(&self, bytes: usize) -> bool {
-        self.unacked_bytes.saturating_add(bytes) <= self.settings.max_unacked_bytes
+        self.unacked_bytes
+            .checked_add(bytes)
+            .is_some_and(|total| total <= self.settings.max_unacked_bytes)
     }
 
     /// Is Kafka making progress: nothing unresolved, or a record committed within `window`,
@@ -1129,11 +1126,13 @@ impl KafkaSink {
         self.unacked_records = self.unacked_records.saturating_sub(1);
         self.unacked_bytes = self.unacked_bytes.saturating_sub(bytes);
         if outcome == Outcome::Committed {
-            self.last_commit = Some(Instant::now());
+            let now = Instant::now();
+            self.last_commit = Some(now);
             self.counters.committed += 1;
             self.counters.committed_bytes += bytes as u64;
             if self.commit_durations.len() < MAX_COMMIT_DURATIONS {
-                self.commit_durations.push(started.elapsed());
+                self.commit_durations
+                    .push(now.saturating_duration_since(started));
             }
         }
         buf.clear();

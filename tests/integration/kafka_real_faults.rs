@@ -398,11 +398,7 @@ fn kafka_behind_the_capture_slows_clients_and_loses_nothing() {
         let fwd = Forwarder::start(SocketAddr::from(([127, 0, 0, 1], fwd_target_port)));
         let _broker = Broker::start_at(imp, fwd_target_port, fwd.port());
         let boot = fwd.bootstrap();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let topic = format!("behind-{}-{nanos}", imp.name());
+        let topic = unique_topic(&format!("behind-{}", imp.name()));
         create_topic(&boot, &topic);
         wait_broker_ready(&boot, Some(&topic));
 
@@ -702,7 +698,11 @@ fn run_row(
 ) -> RowResult {
     let mut res = RowResult::new(imp, row);
     let boot = fwd.bootstrap();
-    let topic = unique_topic(imp, &row);
+    let topic = unique_topic(&format!(
+        "faults-{}-{}",
+        imp.name(),
+        row.label().replace('/', "-")
+    ));
     create_topic(&boot, &topic);
     wait_broker_ready(&boot, Some(&topic));
     let spool = tempfile::tempdir().expect("spool dir");
@@ -1262,16 +1262,13 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
-fn unique_topic(imp: BrokerImpl, row: &Row) -> String {
+/// `name` made unique by the current time (ns), so no run reads another's records.
+fn unique_topic(name: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!(
-        "faults-{}-{}-{nanos}",
-        imp.name(),
-        row.label().replace('/', "-")
-    )
+    format!("{name}-{nanos}")
 }
 
 /// Creates `topic` with [`PARTITIONS`] partitions (retried while the broker is starting).
