@@ -185,7 +185,14 @@ struct Delivery {
 /// thread). The mutex is therefore never contended; it only satisfies `Sync`.
 struct Ctx {
     deliveries: Mutex<Vec<Delivery>>,
+    /// A broker is known to be up: statistics showed one, or a record was committed. False
+    /// until then — at start too, when nothing is known yet (readiness waits for it).
     healthy: AtomicBool,
+    /// Every broker is known to be down: librdkafka reported `AllBrokersDown`, and no broker
+    /// was seen up (statistics, a commit) since. Unlike `!healthy` it is false at start,
+    /// before the first connection: "not yet known" is not "down" (see
+    /// [`KafkaSink::known_down`]).
+    down: AtomicBool,
     /// Set on every global error: the sink then checks whether the producer became fatal.
     check_fatal: AtomicBool,
     token: Option<Arc<dyn TokenProvider>>,
@@ -203,6 +210,7 @@ impl Ctx {
         Ctx {
             deliveries: Mutex::new(Vec::new()),
             healthy: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             check_fatal: AtomicBool::new(false),
             token,
             last_error: Mutex::new(None),
@@ -235,12 +243,16 @@ impl ClientContext for Ctx {
             .values()
             .any(|b| b.source != "internal" && (b.state == "UP" || b.state == "UPDATE"));
         self.healthy.store(up, Ordering::Relaxed);
+        if up {
+            self.down.store(false, Ordering::Relaxed);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         if code == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.healthy.store(false, Ordering::Relaxed);
+            self.down.store(true, Ordering::Relaxed);
         }
         // A fatal error arrives with its underlying code (rdkafka does not pass on
         // `rd_kafka_event_error_is_fatal`): let the sink ask `rd_kafka_fatal_error`.
@@ -274,6 +286,7 @@ impl ProducerContext for Ctx {
         let err = match r {
             Ok(_) => {
                 self.healthy.store(true, Ordering::Relaxed);
+                self.down.store(false, Ordering::Relaxed);
                 None
             }
             Err((e, _)) => {
@@ -837,6 +850,17 @@ impl KafkaSink {
         !self.closed
             && self.fatal.is_none()
             && self.producer.context().healthy.load(Ordering::Relaxed)
+    }
+
+    /// Kafka is known to be unusable: closed, fatally failed, or every broker reported down
+    /// and none seen up since. False while nothing is known yet (at start, before the first
+    /// connection answered), where [`KafkaSink::healthy`] is false too: the back-pressure
+    /// (`SinkThread::kafka_behind`) must hold the clients then, or a fast start fills the
+    /// unacknowledged-bytes bound before the first delivery report and loses records as
+    /// Overloaded (seen in the loadtest: 64 KiB responses, 256 MiB filled in ~0.5 s while a
+    /// fresh broker created its topic).
+    pub fn known_down(&self) -> bool {
+        self.closed || self.fatal.is_some() || self.producer.context().down.load(Ordering::Relaxed)
     }
 
     pub fn counters(&self) -> KafkaCounters {

@@ -249,13 +249,14 @@ impl SinkThread {
         }
     }
 
-    /// Kafka is reachable and committing, but holds so many unacknowledged bytes that the
+    /// Kafka is reachable (or not yet known to be down: at start, before the first connection
+    /// answered) and committing, but holds so many unacknowledged bytes that the
     /// next batch might not fit (`KafkaSettings::max_unacked_bytes`, 256 MiB): the sink then
     /// takes no more batches until delivery reports make room. The hand-off queue fills and
     /// the workers pause reading from their clients (back-pressure, as with a slow file
     /// system) instead of records failing as Overloaded — a broker slower than the capture
-    /// slows the capture, it does not lose it. Not when Kafka makes no progress — no broker
-    /// reachable, or records held for [`KAFKA_PROGRESS_WINDOW`] without one committed (a
+    /// slows the capture, it does not lose it. Not when Kafka makes no progress — every broker
+    /// reported down, or records held for [`KAFKA_PROGRESS_WINDOW`] without one committed (a
     /// hung broker, a missing topic): what it holds then fails by its deadline whatever the
     /// clients do, so the source's clients are not held for it — nor with a spool (records
     /// Kafka has no room for go there). One warning when it starts (rate-limited), counted in
@@ -265,7 +266,7 @@ impl SinkThread {
             // With nothing unacknowledged a batch is always taken (progress, whatever the
             // bound).
             Backend::Kafka(k) if self.spool.is_none() => {
-                k.healthy()
+                !k.known_down()
                     && k.making_progress(KAFKA_PROGRESS_WINDOW)
                     && k.unacked().0 > 0
                     && !k.has_room_for(BATCH_MAX_BYTES.saturating_add(k.max_record_bytes()))
@@ -906,12 +907,17 @@ mod tests {
         }
     }
 
-    /// Sends one record, waits for its commit (the producer then sees its broker), makes the
-    /// mock broker answer `rtt` late and hands 40 records of 8 KiB (four connections) to a
-    /// sink whose unacknowledged bound is 240 KiB. Returns the 40 records' acks.
-    fn run_behind(rtt: Duration) -> (Vec<Ack>, Arc<SinkStats>) {
+    /// With `warm`, sends one record and waits for its commit (the producer then sees its
+    /// broker) before making the mock broker answer `rtt` late; without, the broker answers
+    /// late from the start and nothing is known of it yet. Then hands 40 records of 8 KiB
+    /// (four connections) to a sink whose unacknowledged bound is 240 KiB. Returns the 40
+    /// records' acks.
+    fn run_behind(rtt: Duration, warm: bool) -> (Vec<Ack>, Arc<SinkStats>) {
         let m = MockCluster::new(1).unwrap();
         m.create_topic(TOPIC, 1, 1).unwrap();
+        if !warm {
+            m.broker_round_trip_time(1, rtt).unwrap();
+        }
         let cfg = KafkaConfig {
             brokers: m.bootstrap_servers(),
             topic: TOPIC.to_string(),
@@ -937,17 +943,18 @@ mod tests {
         sink.set_waker(tx.waker());
         let thread = std::thread::spawn(move || sink.run());
 
-        let mut first = Vec::new();
-        let b = Batch {
-            worker: 0,
-            records: vec![record(0, 1)],
-        };
-        assert!(tx.try_send(b).is_ok());
-        take_acks(&inbox, &mut first, 1, Duration::from_secs(10));
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].outcome, Outcome::Committed);
-
-        m.broker_round_trip_time(1, rtt).unwrap();
+        if warm {
+            let mut first = Vec::new();
+            let b = Batch {
+                worker: 0,
+                records: vec![record(0, 1)],
+            };
+            assert!(tx.try_send(b).is_ok());
+            take_acks(&inbox, &mut first, 1, Duration::from_secs(10));
+            assert_eq!(first.len(), 1);
+            assert_eq!(first[0].outcome, Outcome::Committed);
+            m.broker_round_trip_time(1, rtt).unwrap();
+        }
         let mut next = [1u32; 5];
         for i in 0..40u32 {
             let slot = 1 + i % 4;
@@ -976,8 +983,22 @@ mod tests {
     /// bound: without the pause the last ten would).
     #[test]
     fn a_kafka_behind_the_capture_slows_the_capture_instead_of_losing_it() {
-        let (acks, stats) = run_behind(Duration::from_millis(100));
-        for a in &acks {
+        let (acks, stats) = run_behind(Duration::from_millis(100), true);
+        assert_all_committed_in_order(&acks, &stats);
+    }
+
+    /// The same from the first record: a sink that has not yet heard from its broker (not
+    /// healthy, not known down) and fills its bound before the first delivery report pauses
+    /// too. Before `known_down`, the not-yet-healthy sink took the batches and failed the
+    /// last ten records as Overloaded — the loadtest's loss at the start of 64 KiB responses.
+    #[test]
+    fn a_kafka_not_yet_heard_from_slows_the_capture_instead_of_losing_it() {
+        let (acks, stats) = run_behind(Duration::from_millis(100), false);
+        assert_all_committed_in_order(&acks, &stats);
+    }
+
+    fn assert_all_committed_in_order(acks: &[Ack], stats: &SinkStats) {
+        for a in acks {
             assert_eq!(a.outcome, Outcome::Committed, "{a:?}");
         }
         for slot in 1..=4u32 {
@@ -998,7 +1019,7 @@ mod tests {
     /// records it held are committed when the broker answers).
     #[test]
     fn a_kafka_that_takes_nothing_does_not_hold_the_capture() {
-        let (acks, stats) = run_behind(Duration::from_secs(3));
+        let (acks, stats) = run_behind(Duration::from_secs(3), true);
         let overloaded = acks
             .iter()
             .filter(|a| a.outcome == Outcome::Failed(FailKind::Overloaded))
