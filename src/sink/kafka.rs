@@ -847,9 +847,12 @@ impl KafkaSink {
     }
 
     pub fn healthy(&self) -> bool {
-        !self.closed
-            && self.fatal.is_none()
-            && self.producer.context().healthy.load(Ordering::Relaxed)
+        !self.unusable() && self.producer.context().healthy.load(Ordering::Relaxed)
+    }
+
+    /// Closed, or the producer failed fatally (until it is replaced): whatever the brokers do.
+    fn unusable(&self) -> bool {
+        self.closed || self.fatal.is_some()
     }
 
     /// Kafka is known to be unusable: closed, fatally failed, or every broker reported down
@@ -860,7 +863,7 @@ impl KafkaSink {
     /// Overloaded (seen in the loadtest: 64 KiB responses, 256 MiB filled in ~0.5 s while a
     /// fresh broker created its topic).
     pub fn known_down(&self) -> bool {
-        self.closed || self.fatal.is_some() || self.producer.context().down.load(Ordering::Relaxed)
+        self.unusable() || self.producer.context().down.load(Ordering::Relaxed)
     }
 
     pub fn counters(&self) -> KafkaCounters {
