@@ -404,9 +404,10 @@ fn kafka_behind_the_capture_slows_clients_and_loses_nothing() {
 /// the load begins as soon as the proxy listens, before the producer has heard from any
 /// broker (which has granted producer ids before: a broker that takes longer than the 2 s
 /// progress window to grant the first one is not waited for, by design). The sink must hold
-/// the clients then too: not yet knowing a broker is up is not knowing them all down. (Before `KafkaSink::known_down`, the not-yet-healthy sink took the
-/// batches and failed the records beyond the bound as "overloaded" — found by the loadtest,
-/// 64 KiB responses to a fresh tansu: 64 connections with a hole each.)
+/// the clients then too: not yet knowing a broker is up is not knowing them all down.
+/// (Before `KafkaSink::known_down`, the not-yet-healthy sink took the batches and failed the
+/// records beyond the bound as "overloaded" — found by the loadtest, 64 KiB responses to a
+/// fresh tansu: 64 connections with a hole each.)
 #[test]
 #[ignore = "needs real brokers: CAPTURE_PROXY_TEST_KAFKA_IMPLS=tansu,apache (started through scripts/kafka-local.sh)"]
 fn kafka_behind_the_capture_from_the_start_loses_nothing() {
