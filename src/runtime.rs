@@ -502,10 +502,10 @@ pub fn start_with(
     };
     let backend = match &cfg.sink {
         SinkConfig::None => Backend::Null,
-        SinkConfig::File(f) => Backend::File(
+        SinkConfig::File(f) => Backend::File(Box::new(
             crate::sink::file::FileSink::open(&f.dir, &node_id, f.max_file_bytes)
                 .map_err(StartError::FileSink)?,
-        ),
+        )),
         SinkConfig::Kafka(k) => {
             let token = crate::kafka::token_provider(&k.auth).map_err(StartError::MskIam)?;
             let settings = crate::sink::kafka::KafkaSettings {

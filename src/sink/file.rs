@@ -6,8 +6,8 @@
 //! Owns: trace file naming (`capture-<node_id>-<seq:06>.log`), size-based rotation, the write
 //! buffer and the commit/fsync points. Runs on the single sink thread, never on a worker.
 //!
-//! May depend on: nothing of the crate: std, `base64` (decoding), `base64-simd` (encoding),
-//! `thiserror` and `tracing`.
+//! May depend on: nothing of the crate: std, `libc` (`sync_file_range`, `posix_fadvise`),
+//! `base64` (decoding), `base64-simd` (encoding), `thiserror` and `tracing`.
 //!
 //! Invariants:
 //! - An existing file is never overwritten or appended to: every file is created with
@@ -20,9 +20,17 @@
 //!   process crash); once `sync` (or a rotation) returns `Ok`, it is on disk.
 //! - Steady state allocates nothing per record: the base64 line buffer is reused (it keeps the
 //!   capacity of the largest record seen, at most about 4/3 of `--maxTrafficBufferSize`).
+//! - Write-behind: at most about two windows (`WRITE_BEHIND_WINDOW_BYTES`) of the current file
+//!   stay in the page cache. Behind that, every committed byte has been written to the storage
+//!   device and its pages handed back to the kernel (`sync_file_range` +
+//!   `POSIX_FADV_DONTNEED`), so a sustained capture reuses a few recently freed pages instead of
+//!   growing the page cache and its dirty backlog (which the kernel would later make the writer
+//!   wait for all at once). File systems that cannot (tmpfs keeps its pages, which are the data;
+//!   others refuse `sync_file_range`) keep the plain write path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -33,6 +41,14 @@ use base64::Engine as _;
 /// larger than this bypasses the buffer and is written directly, so it bounds memory, not
 /// record size. 256 KiB keeps syscalls rare without holding much uncommitted data.
 pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Write-behind window, in bytes of the current file: once this much more has been committed,
+/// its writeback to the device is started (without waiting), and the window before it, whose
+/// writeback was started one window earlier, is waited for and dropped from the page cache.
+/// 8 MiB: two windows (16 MiB) bound the file's pages in memory; a device writing 1 GB/s
+/// needs ~8 ms per window, which is usually over by the time the next window is committed, so
+/// the wait rarely blocks; and three syscalls per 8 MiB are nothing against the writes.
+pub(crate) const WRITE_BEHIND_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How many successive sequence numbers `open`/rotation try when the chosen file name already
 /// exists (only possible if another process writes the same node id into the same directory).
@@ -89,6 +105,10 @@ struct CurrentFile {
     writer: BufWriter<File>,
     /// Bytes appended to this file so far (buffered or not).
     bytes: u64,
+    /// Write-behind: writeback has been started for `..started_to`, and `..dropped_to` has
+    /// been written to the device and dropped from the page cache.
+    started_to: u64,
+    dropped_to: u64,
 }
 
 /// Appends base64 lines to `capture-<node_id>-<seq>.log` files in one directory, rotating by
@@ -110,6 +130,9 @@ pub(crate) struct FileSink {
     /// Set when an `append` failed since the last `commit`: that `commit` must fail so the
     /// caller never counts as committed a record whose buffered bytes were discarded.
     failed_since_commit: Option<PathBuf>,
+    /// Write-behind window in bytes (`WRITE_BEHIND_WINDOW_BYTES`); None once the file system
+    /// refused `sync_file_range` (then every file keeps the plain write path).
+    write_behind: Option<u64>,
 }
 
 impl FileSink {
@@ -147,6 +170,7 @@ impl FileSink {
             records_written: 0,
             files_rotated: 0,
             failed_since_commit: None,
+            write_behind: Some(WRITE_BEHIND_WINDOW_BYTES),
         };
         sink.open_next()?;
         Ok(sink)
@@ -206,13 +230,33 @@ impl FileSink {
     /// the previous `commit` survives a process crash (not a power loss: see `sync`). Called
     /// at the end of every batch. Fails (`AppendFailed`) when an `append` failed since the
     /// previous `commit`; either way the next batch starts clean.
+    ///
+    /// Also drives the write-behind (module doc): it may wait for the device to finish a
+    /// window whose writeback was started one window earlier. A device error there fails the
+    /// commit like a failed write (the file is abandoned).
     pub(crate) fn commit(&mut self) -> Result<(), FileSinkError> {
         let failed = self.failed_since_commit.take();
         if let Some(cur) = self.current.as_mut() {
-            if let Err(e) = cur.writer.flush() {
-                let path = cur.path.clone();
-                self.abandon_current();
-                return Err(io_err(&path, e));
+            let pushed = cur.writer.flush().and_then(|()| match self.write_behind {
+                Some(window) => write_behind(cur, window),
+                None => Ok(WriteBehind::Done),
+            });
+            match pushed {
+                Ok(WriteBehind::Done) => {}
+                Ok(WriteBehind::Unsupported(e)) => {
+                    tracing::info!(
+                        dir = %self.dir.display(),
+                        error = %e,
+                        "trace files: this file system has no write-behind (sync_file_range); \
+                         written pages stay in the page cache until the kernel writes them back"
+                    );
+                    self.write_behind = None;
+                }
+                Err(e) => {
+                    let path = cur.path.clone();
+                    self.abandon_current();
+                    return Err(io_err(&path, e));
+                }
             }
         }
         match failed {
@@ -297,6 +341,10 @@ impl FileSink {
                 let (_file, _unwritten) = cur.writer.into_parts();
                 return Err(io_err(&cur.path, e));
             }
+            // On the device now: none of its pages need to stay in the page cache.
+            if self.write_behind.is_some() {
+                drop_cached(cur.writer.get_ref(), 0, 0);
+            }
             tracing::debug!(path = %cur.path.display(), bytes = cur.bytes, "trace file closed");
         }
         self.open_next()?;
@@ -320,6 +368,8 @@ impl FileSink {
                         path,
                         writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
                         bytes: 0,
+                        started_to: 0,
+                        dropped_to: 0,
                     });
                     return Ok(());
                 }
@@ -342,6 +392,80 @@ impl FileSink {
             tracing::warn!(path = %cur.path.display(), "abandoning trace file after an I/O error");
             let (_file, _unwritten) = cur.writer.into_parts();
         }
+    }
+}
+
+/// What [`write_behind`] did.
+enum WriteBehind {
+    Done,
+    /// The file system refused `sync_file_range` (the error says how); nothing was changed.
+    Unsupported(io::Error),
+}
+
+/// One step of the write-behind after a commit put `..cur.bytes` into the kernel: once a
+/// window has been committed past `started_to`, starts its writeback and finishes the window
+/// before it (waits for its writeback, drops its pages). An `Err` is a device error for bytes
+/// already committed: they may not be on the device.
+fn write_behind(cur: &mut CurrentFile, window: u64) -> io::Result<WriteBehind> {
+    let committed = cur.bytes;
+    if committed.saturating_sub(cur.started_to) < window {
+        return Ok(WriteBehind::Done);
+    }
+    let file = cur.writer.get_ref();
+    if let Err(e) = sync_range(file, cur.started_to, committed, libc::SYNC_FILE_RANGE_WRITE) {
+        return match e.raw_os_error() {
+            Some(libc::EINVAL | libc::ESPIPE | libc::EOPNOTSUPP | libc::ENOSYS) => {
+                Ok(WriteBehind::Unsupported(e))
+            }
+            _ => Err(e),
+        };
+    }
+    let previous = cur.started_to;
+    cur.started_to = committed;
+    if previous > cur.dropped_to {
+        sync_range(
+            file,
+            cur.dropped_to,
+            previous,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )?;
+        drop_cached(file, cur.dropped_to, previous - cur.dropped_to);
+        cur.dropped_to = previous;
+    }
+    Ok(WriteBehind::Done)
+}
+
+/// `sync_file_range(2)` over the bytes `from..to` of `file`.
+fn sync_range(file: &File, from: u64, to: u64, flags: libc::c_uint) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(from),
+        libc::off64_t::try_from(to.saturating_sub(from)),
+    ) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: a plain system call on a descriptor this `File` owns; no memory is passed.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Advises the kernel that the bytes `offset..offset + len` of `file` (`len` 0: to the end)
+/// will not be read again, so their clean pages can be freed at once. Advisory: the kernel
+/// keeps what it cannot drop (dirty pages, tmpfs pages), and an error changes nothing.
+fn drop_cached(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain system call on a descriptor this `File` owns; no memory is passed.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(errno = rc, "posix_fadvise(DONTNEED) on a trace file failed");
     }
 }
 
@@ -848,6 +972,134 @@ mod tests {
         let e = it.next().unwrap().unwrap_err();
         assert!(e.is_fatal());
         assert!(it.next().is_none());
+    }
+
+    /// A temporary directory on the checkout's own (disk) file system: the write-behind has
+    /// nothing to do on tmpfs, where `tempfile::tempdir` may land.
+    fn disk_tempdir() -> tempfile::TempDir {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the zeroed struct it is given; the path is a valid C string.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+        assert_ne!(
+            st.f_type as i64,
+            0x0102_1994, // TMPFS_MAGIC
+            "{} is on tmpfs; this test needs a disk file system",
+            dir.path().display()
+        );
+        dir
+    }
+
+    /// Pages of `path` in the page cache, in order (mincore over a read-only mapping).
+    fn resident_pages(path: &Path) -> Vec<bool> {
+        let f = File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        let page = 4096;
+        let pages = len.div_ceil(page);
+        // SAFETY: a shared read-only mapping of a file we hold open, unmapped below; mincore
+        // writes one byte per page into a vector of exactly that many bytes.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            let mut vec = vec![0u8; pages];
+            assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+            vec.into_iter().map(|b| b & 1 == 1).collect()
+        }
+    }
+
+    /// Write-behind: what lies more than two windows behind the last commit is on the device
+    /// and out of the page cache; the newest part stays (it may still be in writeback); every
+    /// record reads back intact.
+    #[test]
+    fn write_behind_leaves_only_the_newest_windows_in_the_page_cache() {
+        let tmp = disk_tempdir();
+        let mut sink = FileSink::open(tmp.path(), "n", 1 << 30).unwrap();
+        let window = 256 * 1024;
+        sink.write_behind = Some(window);
+        let vals = values(400, 3000); // 400 lines of 4 000 bytes: 1.6 MB, six windows
+        for chunk in vals.chunks(10) {
+            for v in chunk {
+                sink.append(v).unwrap();
+            }
+            sink.commit().unwrap();
+        }
+        let path = sink.current_path().unwrap().to_path_buf();
+        let resident = resident_pages(&path);
+        let total = sink.bytes_written();
+        // Everything before the window whose writeback was started last has been dropped,
+        // but for the page a window boundary falls in (half of it belongs to the next
+        // window; the kernel drops whole pages only): at most one per window.
+        let dropped_pages = (total - 2 * window) as usize / 4096;
+        let stayed: Vec<usize> = (0..dropped_pages)
+            .filter(|i| resident.get(*i) == Some(&true))
+            .collect();
+        let windows = (total / window) as usize;
+        assert!(
+            stayed.len() <= windows,
+            "{} of the first {dropped_pages} pages of {} still in the page cache: {stayed:?}",
+            stayed.len(),
+            resident.len()
+        );
+        assert!(
+            resident.last() == Some(&true),
+            "the newest page was dropped too early"
+        );
+        let back: Vec<Vec<u8>> = read_trace_lines(&path).map(|l| l.unwrap()).collect();
+        assert_eq!(back, vals);
+    }
+
+    /// A file closed by rotation is on the device (fsynced), so none of it stays cached.
+    #[test]
+    fn a_rotated_file_leaves_the_page_cache() {
+        let tmp = disk_tempdir();
+        let mut sink = FileSink::open(tmp.path(), "n", 100_000).unwrap();
+        let first = sink.current_path().unwrap().to_path_buf();
+        for v in values(40, 3000) {
+            sink.append(&v).unwrap();
+            sink.commit().unwrap();
+        }
+        assert!(sink.files_rotated() >= 1);
+        let resident = resident_pages(&first);
+        assert!(!resident.is_empty());
+        assert_eq!(resident.iter().filter(|r| **r).count(), 0, "{resident:?}");
+    }
+
+    /// A descriptor that refuses `sync_file_range` (a pipe: ESPIPE, as file systems without it
+    /// answer EINVAL) is reported as unsupported, not as a write error.
+    #[test]
+    fn a_file_without_sync_file_range_keeps_the_plain_write_path() {
+        let (rx, tx) = std::io::pipe().unwrap();
+        let mut cur = CurrentFile {
+            path: PathBuf::from("pipe"),
+            writer: BufWriter::new(File::from(std::os::fd::OwnedFd::from(tx))),
+            bytes: 0,
+            started_to: 0,
+            dropped_to: 0,
+        };
+        cur.writer.write_all(&[b'x'; 100]).unwrap();
+        cur.writer.flush().unwrap();
+        cur.bytes = 100;
+        assert!(matches!(
+            write_behind(&mut cur, 1 << 20),
+            Ok(WriteBehind::Done)
+        ));
+        match write_behind(&mut cur, 64) {
+            Ok(WriteBehind::Unsupported(e)) => assert_eq!(e.raw_os_error(), Some(libc::ESPIPE)),
+            Ok(WriteBehind::Done) => panic!("a pipe accepted sync_file_range"),
+            Err(e) => panic!("reported as a write error: {e}"),
+        }
+        drop(rx);
     }
 
     #[test]

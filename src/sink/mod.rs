@@ -88,7 +88,7 @@ impl Default for SinkStats {
 pub(crate) enum Backend {
     /// `--noCapture`: workers produce no records; the thread only answers shutdown.
     Null,
-    File(file::FileSink),
+    File(Box<file::FileSink>),
     Kafka(Box<kafka::KafkaSink>),
 }
 
