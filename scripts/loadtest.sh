@@ -52,6 +52,8 @@ LABEL=""               # free text describing the binary (e.g. the commit it was
 KEEP=0
 OUT_DIR="$ROOT/target/loadtest"
 PUBLISH=""             # --publish DIR: copy the run there as latest.* (scripts/load/publish.sh)
+TRACE_BASE=""          # --trace-dir DIR: where cp-file writes its trace files; empty = the run
+                       # directory in /tmp, on the machine's disk as a capture directory would be
 
 usage() {
   cat <<EOF
@@ -93,6 +95,9 @@ Options:
                         results-<date>.rps.png and .latency.png go beside it
   --publish DIR         at the end, also write the run to DIR as latest.{md,rps.png,latency.png,
                         raw.tsv,meta} (scripts/load/publish.sh; the README shows docs/loadtest)
+  --trace-dir DIR       where cp-file writes its trace files (a fresh subdirectory per run)
+                        [default: the run directory under /tmp: the disk's file system, as in
+                        production; /dev/shm puts them on tmpfs]
   --keep                keep the run directory (configs, logs, captures) at exit
   -h, --help            this help
 
@@ -141,6 +146,7 @@ while (($#)); do
     --build) BUILD=1; shift ;;
     --out) OUT_DIR=$2; shift 2 ;;
     --publish) PUBLISH=$2; shift 2 ;;
+    --trace-dir) TRACE_BASE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "loadtest: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -210,9 +216,10 @@ fi
 # ---------------------------------------------------------------- run directory, cleanup
 DATE=$(date +%Y-%m-%d-%H%M%S)
 RUN_DIR=$(mktemp -d /tmp/loadtest.XXXXXX)
-CAP_BASE=/dev/shm
-[ -d /dev/shm ] && [ -w /dev/shm ] || CAP_BASE=$RUN_DIR
+CAP_BASE=${TRACE_BASE:-$RUN_DIR}
+[ -d "$CAP_BASE" ] && [ -w "$CAP_BASE" ] || die "--trace-dir $CAP_BASE: not a writable directory"
 CAP_DIR=$(mktemp -d "$CAP_BASE/loadtest-capture.XXXXXX")
+CAP_FS=$(stat -f -c %T "$CAP_DIR" 2>/dev/null || echo unknown)
 mkdir -p "$OUT_DIR" "$RUN_DIR/tmp" "$RUN_DIR/www" "$RUN_DIR/logs"
 # nginx workers run as an unprivileged user (nobody) and must read www/ and the temp dirs.
 chmod 755 "$RUN_DIR" "$RUN_DIR/www"
@@ -307,6 +314,11 @@ cpu_ticks() { # utime+stime of PID (whole process, all threads), in clock ticks
   awk '{print $12 + $13}' <<<"$s"
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Guest memory this VM has handed back to its host so far (virtio-balloon free page reporting),
+# KiB; empty where the kernel reports nothing. A page handed back costs a host fault the next time
+# the guest touches it, which is what every new page-cache page of a trace file does.
+PAGE_REPORTING=/sys/module/page_reporting/parameters
+reported_kib() { cat "$PAGE_REPORTING/reported_kib" 2>/dev/null || true; }
 busy_ticks() { # machine-wide ticks spent in user+nice+system (irq, softirq, steal excluded)
   awk '/^cpu / {print $2 + $3 + $4}' /proc/stat
 }
@@ -929,7 +941,22 @@ set_paced_rate() {
   log "small-half: nginx peak $peak req/s ($source) → paced at $PACED_RATE req/s"
 }
 
+# vm_memory: whether this VM hands freed memory back to its host (virtio-balloon free page
+# reporting). Where it does, a page the guest takes from free memory that was handed back costs a
+# host fault on first touch: writing new tmpfs pages ran at ~350 MB/s instead of 2-2.6 GB/s on
+# the test VM (README, Performance), which is what any capture that grows the page cache pays.
+vm_memory() {
+  local r
+  r=$(reported_kib)
+  if [ -z "$r" ]; then
+    echo "vm_memory=this kernel hands no freed memory back to a host (no free page reporting)"
+  else
+    echo "vm_memory=virtio-balloon free page reporting is on: freed guest memory (blocks of order $(cat "$PAGE_REPORTING/page_reporting_order" 2>/dev/null)) is handed back to the host, $((r / 1048576)) GiB so far; the host faults such a page in again when the guest next touches it"
+  fi
+}
+
 START_TIME=0  # $SECONDS counts from the script start
+vm_memory >>"$META"
 {
   echo "date=$DATE"
   echo "label=$LABEL"
@@ -942,7 +969,7 @@ START_TIME=0  # $SECONDS counts from the script start
   echo "versions=$(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $("$TANSU" --version 2>/dev/null || echo tansu)"
   echo "git=$("$BIN" --version 2>&1 | head -1), binary $BIN (built $(date -r "$BIN" '+%Y-%m-%d %H:%M'))${LABEL:+, $LABEL}; $ROOT at commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted src changes')"
   echo "settings=reps $REPS, wrk -t1 -c$CONNS (small-half: openloop --connections $CONNS), small: ${DURATION:-$MAIN_DURATION} s measured after ${WARMUP:-$MAIN_WARMUP} s warm-up, other scenarios: ${DURATION:-$SHORT_DURATION} s after ${WARMUP:-$SHORT_WARMUP} s; foreign-CPU limit $FOREIGN_LIMIT core, $RETRIES retry, wait budget $WAIT_BUDGET s"
-  echo "layout=load generator (wrk; openloop in small-half), nginx origin (1 worker), tansu broker and the delay relay (examples/delay_relay.rs) on CPU 0; proxy under test on CPU 1 (nginx 1 worker, HAProxy nbthread 1, capture-proxy --numThreads 1 --cpu-list 1 with its producer thread also on CPU 1); trace files on $CAP_BASE (tmpfs); Kafka = tansu with memory:// storage, fresh per run (scripts/kafka-local.sh when present), topics of $KAFKA_PARTITIONS partitions"
+  echo "layout=load generator (wrk; openloop in small-half), nginx origin (1 worker), tansu broker and the delay relay (examples/delay_relay.rs) on CPU 0; proxy under test on CPU 1 (nginx 1 worker, HAProxy nbthread 1, capture-proxy --numThreads 1 --cpu-list 1 with its producer thread also on CPU 1); trace files on $CAP_BASE ($CAP_FS); Kafka = tansu with memory:// storage, fresh per run (scripts/kafka-local.sh when present), topics of $KAFKA_PARTITIONS partitions"
   echo "foreign_limit=$FOREIGN_LIMIT"
   echo "desc.small=GET /small (~200 B), keep-alive, c=$CONNS"
   echo "desc.large=GET /large.json (64 KiB), keep-alive, c=$CONNS"

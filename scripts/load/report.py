@@ -387,6 +387,8 @@ def main():
             f"- Foreign CPU in kept runs (share of one core): median {statistics.median(fmax) * 100:.1f} %, "
             f"max {max(fmax) * 100:.1f} %."
         )
+    if meta.get("vm_memory"):
+        w(f"- Memory of this machine: {meta['vm_memory']}.")
     cap_notes = OrderedDict()
     for r in runs:
         if r.get("kept") == "1" and r.get("zero_loss") == "n/a" and r.get("cap_detail"):
