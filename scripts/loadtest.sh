@@ -219,7 +219,7 @@ RUN_DIR=$(mktemp -d /tmp/loadtest.XXXXXX)
 CAP_BASE=${TRACE_BASE:-$RUN_DIR}
 [ -d "$CAP_BASE" ] && [ -w "$CAP_BASE" ] || die "--trace-dir $CAP_BASE: not a writable directory"
 CAP_DIR=$(mktemp -d "$CAP_BASE/loadtest-capture.XXXXXX")
-CAP_FS=$(stat -f -c %T "$CAP_DIR" 2>/dev/null || echo unknown)
+CAP_FS=$(findmnt -n -o FSTYPE -T "$CAP_DIR" 2>/dev/null || stat -f -c %T "$CAP_DIR" 2>/dev/null || echo unknown)
 mkdir -p "$OUT_DIR" "$RUN_DIR/tmp" "$RUN_DIR/www" "$RUN_DIR/logs"
 # nginx workers run as an unprivileged user (nobody) and must read www/ and the temp dirs.
 chmod 755 "$RUN_DIR" "$RUN_DIR/www"
