@@ -314,11 +314,6 @@ cpu_ticks() { # utime+stime of PID (whole process, all threads), in clock ticks
   awk '{print $12 + $13}' <<<"$s"
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-# Guest memory this VM has handed back to its host so far (virtio-balloon free page reporting),
-# KiB; empty where the kernel reports nothing. A page handed back costs a host fault the next time
-# the guest touches it, which is what every new page-cache page of a trace file does.
-PAGE_REPORTING=/sys/module/page_reporting/parameters
-reported_kib() { cat "$PAGE_REPORTING/reported_kib" 2>/dev/null || true; }
 busy_ticks() { # machine-wide ticks spent in user+nice+system (irq, softirq, steal excluded)
   awk '/^cpu / {print $2 + $3 + $4}' /proc/stat
 }
@@ -946,12 +941,12 @@ set_paced_rate() {
 # host fault on first touch: writing new tmpfs pages ran at ~350 MB/s instead of 2-2.6 GB/s on
 # the test VM (README, Performance), which is what any capture that grows the page cache pays.
 vm_memory() {
-  local r
-  r=$(reported_kib)
+  local pr=/sys/module/page_reporting/parameters r
+  r=$(cat "$pr/reported_kib" 2>/dev/null)  # KiB handed back so far
   if [ -z "$r" ]; then
     echo "vm_memory=this kernel hands no freed memory back to a host (no free page reporting)"
   else
-    echo "vm_memory=virtio-balloon free page reporting is on: freed guest memory (blocks of order $(cat "$PAGE_REPORTING/page_reporting_order" 2>/dev/null)) is handed back to the host, $((r / 1048576)) GiB so far; the host faults such a page in again when the guest next touches it"
+    echo "vm_memory=virtio-balloon free page reporting is on: freed guest memory (blocks of order $(cat "$pr/page_reporting_order" 2>/dev/null)) is handed back to the host, $((r / 1048576)) GiB so far; the host faults such a page in again when the guest next touches it"
   fi
 }
 
