@@ -36,11 +36,13 @@ const IO_POOL_MAX: usize = 512;
 const RECORD_POOL_MAX: usize = 256;
 /// Largest record buffer (capacity, bytes) kept in the main pool. A connection's record is
 /// handed over at the first exchange boundary past 64 KiB (`conn`'s soft flush), so records of
-/// exchanges up to 64 KiB end below 128 KiB, and the builder's doubling takes a 64 KiB buffer
-/// to exactly 128 KiB the moment a record crosses 64 KiB. With a 64 KiB cap those buffers
-/// were freed and regrown on every such record: perf of 64 KiB responses captured to files
-/// showed `finish_grow`'s copy at 4.5 % of the proxy's CPU (and every keep-alive connection
-/// of small requests reallocated once per 64 KiB of capture). Records of large bodies grow
+/// exchanges up to 64 KiB end below 128 KiB, and the builder grows record buffers to powers of
+/// two, so a record crossing 64 KiB lands in exactly 128 KiB (until 2026-12-07 it grew to
+/// exactly what was needed, 128 KiB plus a few bytes, which this pool dropped: see
+/// `capture::builder`'s `grown_capacity`). With a 64 KiB cap those buffers were freed and
+/// regrown on every such record: perf of 64 KiB responses captured to files showed
+/// `finish_grow`'s copy at 4.5 % of the proxy's CPU (and every keep-alive connection of small
+/// requests reallocated once per 64 KiB of capture). Records of large bodies grow
 /// toward `--maxTrafficBufferSize` (1 MiB); those are kept by the large pool only.
 /// 256 × 128 KiB bounds this pool at 32 MiB per worker, reached only if that many records
 /// were once in flight together.

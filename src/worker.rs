@@ -1036,3 +1036,95 @@ pub async fn run<S, F>(
         ctx.hand_over();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes record buffers from a worker's pool and keeps what the builder emits.
+    struct PoolOut<'a> {
+        pool: &'a mut RecordBufs,
+        emitted: Vec<FinishedRecord>,
+        /// Capacity of each buffer the pool gave, in order.
+        taken: Vec<usize>,
+    }
+
+    impl RecordOut for PoolOut<'_> {
+        fn take_buffer(&mut self) -> Vec<u8> {
+            let b = self.pool.take();
+            self.taken.push(b.capacity());
+            b
+        }
+        fn emit(&mut self, rec: FinishedRecord) {
+            self.emitted.push(rec);
+        }
+    }
+
+    /// One keep-alive exchange with a 64 KiB response, captured and handed over as the
+    /// connection code does once the exchange is complete (`RECORD_SOFT_FLUSH_BYTES`).
+    fn capture_64k_exchange(b: &mut StreamBuilder, out: &mut PoolOut<'_>, i: i64) {
+        let ts = Timestamp {
+            secs: 1_700_000_000 + i,
+            nanos: 0,
+        };
+        b.read(ts, b"GET /large.json HTTP/1.1\r\nHost: x\r\n\r\n", out);
+        // Head and body (65 536 + 200 bytes) in two reads, 16 KiB and the rest, as perf saw
+        // them arrive from a loopback socket.
+        b.write(ts, &[b'x'; 16 * 1024], out);
+        b.write(ts, &[b'x'; 48 * 1024 + 200], out);
+        b.flush(out);
+    }
+
+    /// Records of 64 KiB responses, many in flight at once (a sink that is behind holds
+    /// hundreds), come back into buffers the pool keeps and that hold the next such record
+    /// without regrowing: after a first round, a second round of 64 connections allocates
+    /// nothing. Before the builder grew to powers of two, such a record's buffer was 128 KiB
+    /// plus a few bytes, which the pool kept only 8 of: 56 of the 64 records regrew a fresh
+    /// buffer from 1 KiB.
+    #[test]
+    fn records_of_64k_responses_reuse_pooled_buffers_with_many_in_flight() {
+        let settings = Arc::new(CaptureSettings::new("node".into(), 1_048_576 - 500).unwrap());
+        let mut builders: Vec<StreamBuilder> = (0..64)
+            .map(|c| StreamBuilder::new(format!("conn-{c}").into(), settings.clone()))
+            .collect();
+        let mut pool = RecordBufs::default();
+        // Returns the emitted records and, per record, whether its buffer was allocated or
+        // grown here (the pool's buffer did not hold it as given).
+        let mut round = |pool: &mut RecordBufs, r: i64| {
+            let mut out = PoolOut {
+                pool,
+                emitted: Vec::new(),
+                taken: Vec::new(),
+            };
+            for b in builders.iter_mut() {
+                capture_64k_exchange(b, &mut out, r);
+            }
+            assert_eq!(out.taken.len(), out.emitted.len(), "one buffer per record");
+            let regrown = out
+                .emitted
+                .iter()
+                .zip(&out.taken)
+                .filter(|(rec, &cap)| rec.value.capacity() != cap)
+                .count();
+            (out.emitted, regrown)
+        };
+        let (first, _) = round(&mut pool, 0);
+        assert_eq!(first.len(), 64);
+        for rec in first {
+            let mut v = rec.value;
+            v.clear();
+            pool.put(v);
+        }
+        let (second, regrown) = round(&mut pool, 1);
+        assert_eq!(second.len(), 64);
+        assert_eq!(
+            regrown,
+            0,
+            "records that did not fit the pooled buffer they were given (capacities: {:?})",
+            second
+                .iter()
+                .map(|r| r.value.capacity())
+                .collect::<Vec<_>>()
+        );
+    }
+}
