@@ -18,8 +18,10 @@
 //!   so a torn line can never merge with a later record.
 //! - Once `commit` returns `Ok`, every record appended so far is in the kernel (survives a
 //!   process crash); once `sync` (or a rotation) returns `Ok`, it is on disk.
-//! - Steady state allocates nothing per record: the base64 line buffer is reused (it keeps the
-//!   capacity of the largest record seen, at most about 4/3 of `--maxTrafficBufferSize`).
+//! - Steady state allocates nothing per record: lines are base64-encoded straight into one
+//!   reused write buffer, which `write(2)` takes from (no copy between an encoding buffer and
+//!   a write buffer); it keeps the size of the largest record seen, at most about 4/3 of
+//!   `--maxTrafficBufferSize`, or [`WRITE_BUFFER_BYTES`] when that is larger.
 //! - Write-behind: at most about two windows (`WRITE_BEHIND_WINDOW_BYTES`) of the current file
 //!   stay in the page cache. Behind that, every committed byte has been written to the storage
 //!   device and its pages handed back to the kernel (`sync_file_range` +
@@ -29,17 +31,18 @@
 //!   others refuse `sync_file_range`) keep the plain write path.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
-/// Capacity of the `BufWriter` in front of the current file, in bytes. A batch of typical
-/// records (a few KiB each) is pushed with a handful of `write(2)` calls at `commit`; a line
-/// larger than this bypasses the buffer and is written directly, so it bounds memory, not
-/// record size. 256 KiB keeps syscalls rare without holding much uncommitted data.
+/// Size of the write buffer the lines are encoded into, in bytes: its lines are written out
+/// once the next line would take it past this size, and at `commit`. A batch of typical
+/// records (a few KiB each) is pushed with a handful of `write(2)` calls; a line larger than
+/// this is written alone (the buffer grows to hold it), so it bounds memory, not record size.
+/// 256 KiB keeps syscalls rare without holding much uncommitted data.
 pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Write-behind window, in bytes of the current file: once this much more has been committed,
@@ -102,8 +105,8 @@ fn io_err(path: &Path, source: io::Error) -> FileSinkError {
 /// The file currently being appended to.
 struct CurrentFile {
     path: PathBuf,
-    writer: BufWriter<File>,
-    /// Bytes appended to this file so far (buffered or not).
+    file: File,
+    /// Bytes appended to this file so far (in the write buffer or written).
     bytes: u64,
     /// Write-behind: writeback has been started for `..started_to`, and `..dropped_to` has
     /// been written to the device and dropped from the page cache.
@@ -121,9 +124,15 @@ pub(crate) struct FileSink {
     /// Sequence number of the current file, or of the last file used when `current` is None.
     seq: u64,
     current: Option<CurrentFile>,
-    /// Reused base64 line buffer: the current line (+ `\n`) is `line[..line_len]`.
-    line: Vec<u8>,
-    line_len: usize,
+    /// The write buffer: lines of the current file appended since they were last written
+    /// out are `out[..out_len]`, each encoded here directly. Only ever grown (zero-filled
+    /// once), never re-zeroed: `resize` per record cost a memset of every line (1.3 % of the
+    /// proxy's CPU capturing 64 KiB responses, perf). Lines used to be encoded into a line
+    /// buffer and copied into a `BufWriter`: capturing 64 KiB responses (88 KiB lines, out of
+    /// cache) that copy cost the sink thread 3-4 µs of its 53-55 µs per response (three
+    /// alternations, 2026-12-07).
+    out: Vec<u8>,
+    out_len: usize,
     bytes_written: u64,
     records_written: u64,
     files_rotated: u64,
@@ -164,8 +173,8 @@ impl FileSink {
             max_file_bytes,
             seq: highest,
             current: None,
-            line: Vec::new(),
-            line_len: 0,
+            out: Vec::new(),
+            out_len: 0,
             bytes_written: 0,
             records_written: 0,
             files_rotated: 0,
@@ -196,16 +205,24 @@ impl FileSink {
     }
 
     fn append_inner(&mut self, value: &[u8]) -> Result<(), FileSinkError> {
-        self.encode_line(value);
-        let line_len = self.line_len as u64;
+        let line_len = line_len(value.len());
         let must_rotate = match &self.current {
-            Some(cur) => cur.bytes > 0 && cur.bytes.saturating_add(line_len) > self.max_file_bytes,
+            Some(cur) => {
+                cur.bytes > 0 && cur.bytes.saturating_add(line_len as u64) > self.max_file_bytes
+            }
             None => false,
         };
         if must_rotate {
             self.rotate()?;
         } else if self.current.is_none() {
             self.open_next()?;
+        }
+        if self.out_len > 0 && self.out_len.saturating_add(line_len) > WRITE_BUFFER_BYTES {
+            self.write_out()?;
+        }
+        self.encode_line(value);
+        if self.out_len >= WRITE_BUFFER_BYTES {
+            self.write_out()?;
         }
         let Some(cur) = self.current.as_mut() else {
             // open_next/rotate returned Ok, so a file is open; keep the type system honest.
@@ -214,15 +231,32 @@ impl FileSink {
                 io::Error::other("file sink has no open file"),
             ));
         };
-        let line = self.line.get(..self.line_len).unwrap_or(&[]);
-        if let Err(e) = cur.writer.write_all(line) {
+        cur.bytes = cur.bytes.saturating_add(line_len as u64);
+        self.bytes_written = self.bytes_written.saturating_add(line_len as u64);
+        self.records_written = self.records_written.saturating_add(1);
+        Ok(())
+    }
+
+    /// Writes the buffered lines to the current file (`write(2)`) and empties the buffer. On
+    /// error the file is abandoned (its buffered lines are dropped with it).
+    fn write_out(&mut self) -> Result<(), FileSinkError> {
+        let pending = self.out.get(..self.out_len).unwrap_or(&[]);
+        self.out_len = 0;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let Some(cur) = self.current.as_mut() else {
+            // Lines are only buffered while a file is open (abandoning one drops them).
+            return Err(io_err(
+                &self.dir,
+                io::Error::other("file sink has buffered lines but no open file"),
+            ));
+        };
+        if let Err(e) = (&cur.file).write_all(pending) {
             let path = cur.path.clone();
             self.abandon_current();
             return Err(io_err(&path, e));
         }
-        cur.bytes = cur.bytes.saturating_add(line_len);
-        self.bytes_written = self.bytes_written.saturating_add(line_len);
-        self.records_written = self.records_written.saturating_add(1);
         Ok(())
     }
 
@@ -236,11 +270,12 @@ impl FileSink {
     /// commit like a failed write (the file is abandoned).
     pub(crate) fn commit(&mut self) -> Result<(), FileSinkError> {
         let failed = self.failed_since_commit.take();
+        self.write_out()?;
         if let Some(cur) = self.current.as_mut() {
-            let pushed = cur.writer.flush().and_then(|()| match self.write_behind {
+            let pushed = match self.write_behind {
                 Some(window) => write_behind(cur, window),
                 None => Ok(WriteBehind::Done),
-            });
+            };
             match pushed {
                 Ok(WriteBehind::Done) => {}
                 Ok(WriteBehind::Unsupported(e)) => {
@@ -269,7 +304,7 @@ impl FileSink {
     pub(crate) fn sync(&mut self) -> Result<(), FileSinkError> {
         self.commit()?;
         if let Some(cur) = self.current.as_mut() {
-            if let Err(e) = cur.writer.get_ref().sync_all() {
+            if let Err(e) = cur.file.sync_all() {
                 let path = cur.path.clone();
                 self.abandon_current();
                 return Err(io_err(&path, e));
@@ -304,46 +339,42 @@ impl FileSink {
         self.files_rotated
     }
 
-    /// Encodes `value` as base64 + `\n` into the reused line buffer; the line is
-    /// `self.line[..self.line_len]`. The buffer is only ever grown (zero-filled once), never
-    /// re-zeroed: `resize` per record cost a memset of every line (1.3 % of the proxy's CPU
-    /// capturing 64 KiB responses, perf).
+    /// Encodes `value` as base64 + `\n` at the end of the write buffer (`out[..out_len]`
+    /// grows by [`line_len`] bytes), growing the buffer if the line does not fit.
     fn encode_line(&mut self, value: &[u8]) {
         let engine = base64_simd::STANDARD;
         let b64_len = engine.encoded_length(value.len());
-        let need = b64_len.saturating_add(1);
-        if self.line.len() < need {
-            self.line.resize(need, 0);
+        let start = self.out_len;
+        let end = start.saturating_add(b64_len);
+        if self.out.len() <= end {
+            self.out
+                .resize(end.saturating_add(1).max(WRITE_BUFFER_BYTES), 0);
         }
-        let Some(out) = self.line.get_mut(..b64_len) else {
-            self.line_len = 0;
+        let Some(dst) = self.out.get_mut(start..end) else {
             return;
         };
         // The output is exactly `encoded_length` long, so the encoder cannot run short.
         let written = engine
-            .encode(value, base64_simd::Out::from_slice(out))
+            .encode(value, base64_simd::Out::from_slice(dst))
             .len();
-        if let Some(nl) = self.line.get_mut(written) {
-            *nl = b'\n';
+        let nl = start.saturating_add(written);
+        if let Some(b) = self.out.get_mut(nl) {
+            *b = b'\n';
+            self.out_len = nl.saturating_add(1);
         }
-        self.line_len = written.saturating_add(1).min(self.line.len());
     }
 
     /// Flushes and fsyncs the current file, then opens the next one.
     fn rotate(&mut self) -> Result<(), FileSinkError> {
-        if let Some(mut cur) = self.current.take() {
-            let closed = cur
-                .writer
-                .flush()
-                .and_then(|()| cur.writer.get_ref().sync_all());
-            if let Err(e) = closed {
-                // Drop without flushing again: the file is abandoned.
-                let (_file, _unwritten) = cur.writer.into_parts();
+        self.write_out()?;
+        if let Some(cur) = self.current.take() {
+            if let Err(e) = cur.file.sync_all() {
+                // The file is abandoned.
                 return Err(io_err(&cur.path, e));
             }
             // On the device now: none of its pages need to stay in the page cache.
             if self.write_behind.is_some() {
-                drop_cached(cur.writer.get_ref(), 0, 0);
+                drop_cached(&cur.file, 0, 0);
             }
             tracing::debug!(path = %cur.path.display(), bytes = cur.bytes, "trace file closed");
         }
@@ -366,7 +397,7 @@ impl FileSink {
                     tracing::debug!(path = %path.display(), "trace file opened");
                     self.current = Some(CurrentFile {
                         path,
-                        writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+                        file,
                         bytes: 0,
                         started_to: 0,
                         dropped_to: 0,
@@ -386,11 +417,11 @@ impl FileSink {
         })
     }
 
-    /// Drops the current file without flushing its buffer (after an I/O error).
+    /// Drops the current file and its buffered lines (after an I/O error).
     fn abandon_current(&mut self) {
+        self.out_len = 0;
         if let Some(cur) = self.current.take() {
             tracing::warn!(path = %cur.path.display(), "abandoning trace file after an I/O error");
-            let (_file, _unwritten) = cur.writer.into_parts();
         }
     }
 }
@@ -411,7 +442,7 @@ fn write_behind(cur: &mut CurrentFile, window: u64) -> io::Result<WriteBehind> {
     if committed.saturating_sub(cur.started_to) < window {
         return Ok(WriteBehind::Done);
     }
-    let file = cur.writer.get_ref();
+    let file = &cur.file;
     if let Err(e) = sync_range(file, cur.started_to, committed, libc::SYNC_FILE_RANGE_WRITE) {
         return match e.raw_os_error() {
             Some(libc::EINVAL | libc::ESPIPE | libc::EOPNOTSUPP | libc::ENOSYS) => {
@@ -435,6 +466,13 @@ fn write_behind(cur: &mut CurrentFile, window: u64) -> io::Result<WriteBehind> {
         cur.dropped_to = previous;
     }
     Ok(WriteBehind::Done)
+}
+
+/// Length of `value`'s line in a trace file: its padded base64 and the `\n`.
+fn line_len(value_len: usize) -> usize {
+    base64_simd::STANDARD
+        .encoded_length(value_len)
+        .saturating_add(1)
 }
 
 /// `sync_file_range(2)` over the bytes `from..to` of `file`.
@@ -690,11 +728,25 @@ mod tests {
         let mut sink = FileSink::open(tmp.path(), "node-1", 1 << 20).unwrap();
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 3) as u8).collect();
         for n in (0..200).chain([1023, 1024, 1025, 4095, 4999, 5000]) {
+            sink.out_len = 0;
             sink.encode_line(&data[..n]);
             let mut want = STANDARD.encode(&data[..n]).into_bytes();
             want.push(b'\n');
-            assert_eq!(sink.line, want, "length {n}");
+            assert_eq!(want.len(), line_len(n), "length {n}");
+            assert_eq!(&sink.out[..sink.out_len], &want[..], "length {n}");
         }
+        // Lines follow each other in the buffer, and one larger than the buffer grows it.
+        sink.out_len = 0;
+        sink.encode_line(b"ab");
+        sink.encode_line(&data[..3]);
+        let mut want = STANDARD.encode(b"ab").into_bytes();
+        want.push(b'\n');
+        want.extend_from_slice(STANDARD.encode(&data[..3]).as_bytes());
+        want.push(b'\n');
+        assert_eq!(&sink.out[..sink.out_len], &want[..]);
+        let big = vec![7u8; WRITE_BUFFER_BYTES];
+        sink.encode_line(&big);
+        assert_eq!(sink.out_len, want.len() + line_len(big.len()));
     }
 
     fn values(n: usize, size: usize) -> Vec<Vec<u8>> {
@@ -1082,13 +1134,12 @@ mod tests {
         let (rx, tx) = std::io::pipe().unwrap();
         let mut cur = CurrentFile {
             path: PathBuf::from("pipe"),
-            writer: BufWriter::new(File::from(std::os::fd::OwnedFd::from(tx))),
+            file: File::from(std::os::fd::OwnedFd::from(tx)),
             bytes: 0,
             started_to: 0,
             dropped_to: 0,
         };
-        cur.writer.write_all(&[b'x'; 100]).unwrap();
-        cur.writer.flush().unwrap();
+        (&cur.file).write_all(&[b'x'; 100]).unwrap();
         cur.bytes = 100;
         assert!(matches!(
             write_behind(&mut cur, 1 << 20),
