@@ -1088,8 +1088,8 @@ mod tests {
             .map(|c| StreamBuilder::new(format!("conn-{c}").into(), settings.clone()))
             .collect();
         let mut pool = RecordBufs::default();
-        // Returns the emitted records and, per record, whether its buffer was allocated or
-        // grown here (the pool's buffer did not hold it as given).
+        // Returns the emitted records and how many of them did not fit the buffer the pool
+        // gave (a buffer allocated or grown here).
         let mut round = |pool: &mut RecordBufs, r: i64| {
             let mut out = PoolOut {
                 pool,

@@ -366,11 +366,7 @@ impl StreamBuilder {
             .saturating_add(hint)
             .saturating_add(INDEX_FIELD_MAX_LEN)
             .max(INITIAL_RECORD_CAPACITY_BYTES);
-        let wanted = wanted
-            .checked_next_power_of_two()
-            .unwrap_or(wanted)
-            .min(max)
-            .max(header_len);
+        let wanted = power_of_two_within(wanted, max).max(header_len);
         if buf.capacity() < wanted {
             buf.reserve_exact(wanted);
         }
@@ -514,12 +510,13 @@ impl std::fmt::Debug for StreamBuilder {
 /// (perf of 64 KiB responses captured to files: ≈9.5 % of the proxy's samples in that
 /// regrowth, its copies and the first touch of fresh pages).
 fn grown_capacity(cap: usize, need: usize, limit: usize) -> usize {
-    let doubled = cap.saturating_mul(2).max(need);
-    doubled
-        .checked_next_power_of_two()
-        .unwrap_or(doubled)
-        .min(limit)
-        .max(need)
+    power_of_two_within(cap.saturating_mul(2).max(need), limit).max(need)
+}
+
+/// `n` rounded up to a power of two (`n` itself past the largest one), at most `limit`: the
+/// capacities record buffers are given (see [`grown_capacity`]).
+fn power_of_two_within(n: usize, limit: usize) -> usize {
+    n.checked_next_power_of_two().unwrap_or(n).min(limit)
 }
 
 /// `message`, truncated at a character boundary so that its `connectionException` entry fits
