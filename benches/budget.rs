@@ -10,6 +10,11 @@
 //! - `write_page_cache`: `write(2)` of the 1.33 MiB base64 line to a file (the page cache; the
 //!   file is truncated every 64 MiB so fresh pages keep being allocated, as an appending sink's
 //!   are).
+//! - `write_direct_cpu`: the same line written with `O_DIRECT` (its whole 4 KiB blocks, from
+//!   an aligned buffer, appended as the file sink writes lines of 1 MiB and more), timed in
+//!   the thread's CPU time, not the wall clock: a direct write waits for the device, which
+//!   costs time but not CPU. The file is in cargo's target directory (the disk, as a
+//!   production capture directory).
 //! - `loopback_send`: `write(2)` of 1 MiB to a 127.0.0.1 TCP socket whose reader (another
 //!   thread) drains it (what handing a record to a local broker costs the sender).
 //! - `lz4`: LZ4 block compression in safe Rust (`lz4_flex`): the algorithm, an upper bound.
@@ -23,7 +28,8 @@
 //! Run: `cargo bench --bench budget`; README "Performance" has the latest figures.
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 // Links librdkafka (a static library of rdkafka-sys), whose bundled liblz4 provides the
@@ -117,6 +123,18 @@ fn lz4f_frame(src: &[u8], frame: &mut [u8], prefs: &Lz4fPreferences) -> usize {
     n
 }
 
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 fn bench(c: &mut Criterion) {
     let body = bulk_mib();
     let mut g = c.benchmark_group("budget_per_mib");
@@ -184,6 +202,34 @@ fn bench(c: &mut Criterion) {
             }
             file.write_all_at(&encoded_line, off).expect("write");
             off += encoded_line.len() as u64;
+        })
+    });
+
+    let direct = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dir.path().join("budget-direct.log"))
+        .expect("open O_DIRECT");
+    let blocks = encoded_line.len() / 4096 * 4096;
+    let mut aligned_raw = vec![0u8; blocks + 4096];
+    let start = aligned_raw.as_ptr().align_offset(4096);
+    let aligned = &mut aligned_raw[start..start + blocks];
+    aligned.copy_from_slice(&encoded_line[..blocks]);
+    g.bench_function("write_direct_cpu", |b| {
+        b.iter_custom(|iters| {
+            let mut off = 0u64;
+            let t0 = thread_cpu_time();
+            for _ in 0..iters {
+                if off >= FILE_WRAP_BYTES {
+                    direct.set_len(0).expect("truncate");
+                    off = 0;
+                }
+                direct.write_all_at(aligned, off).expect("direct write");
+                off += blocks as u64;
+            }
+            thread_cpu_time().saturating_sub(t0)
         })
     });
 
