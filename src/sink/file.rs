@@ -140,6 +140,10 @@ struct CurrentFile {
     /// been written to the device and dropped from the page cache.
     started_to: u64,
     dropped_to: u64,
+    /// Tests: the error the write-behind's wait for a window's writeback reports instead of
+    /// asking the kernel (a device error cannot be provoked on the test machines).
+    #[cfg(test)]
+    fail_writeback_wait: Option<i32>,
 }
 
 /// Appends base64 lines to `capture-<node_id>-<seq>.log` files in one directory, rotating by
@@ -488,6 +492,8 @@ impl FileSink {
                         bytes: 0,
                         started_to: 0,
                         dropped_to: 0,
+                        #[cfg(test)]
+                        fail_writeback_wait: None,
                     });
                     return Ok(());
                 }
@@ -564,6 +570,10 @@ fn write_behind(cur: &mut CurrentFile, window: u64) -> io::Result<WriteBehind> {
     let previous = cur.started_to;
     cur.started_to = committed;
     if previous > cur.dropped_to {
+        #[cfg(test)]
+        if let Some(errno) = cur.fail_writeback_wait {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         sync_range(
             file,
             cur.dropped_to,
@@ -1358,6 +1368,51 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), expected_file(&vals));
     }
 
+    /// A device error reported by the write-behind's wait (EIO, injected: the kernel gives it
+    /// for a failed writeback) fails that commit like a failed write: the file is abandoned,
+    /// the sink goes on in a new file, and the records committed before stay readable.
+    #[test]
+    fn a_device_error_in_the_writeback_fails_the_commit_and_abandons_the_file() {
+        let tmp = disk_tempdir();
+        let mut sink = FileSink::open(tmp.path(), "n", 1 << 30).unwrap();
+        let window = 64 * 1024;
+        sink.write_behind = Some(window);
+        sink.current.as_mut().unwrap().fail_writeback_wait = Some(libc::EIO);
+        let first = sink.current_path().unwrap().to_path_buf();
+        let vals = values(60, 3000);
+        let mut committed = Vec::new();
+        let mut failed = None;
+        for (i, v) in vals.iter().enumerate() {
+            sink.append(v).unwrap();
+            match sink.commit() {
+                Ok(()) => committed.push(v.clone()),
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (at, e) = failed.expect("the injected writeback error never surfaced");
+        assert!(
+            matches!(&e, FileSinkError::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+            "{e}"
+        );
+        // The second window's commit is the first that waits for a writeback.
+        assert!(
+            at as u64 * 4001 >= 2 * window,
+            "failed too early, at record {at}"
+        );
+        assert!(
+            sink.current_path().is_none(),
+            "the failed file is still in use"
+        );
+        sink.append(b"after").unwrap();
+        sink.commit().unwrap();
+        assert_ne!(sink.current_path().unwrap(), first);
+        let back: Vec<Vec<u8>> = read_trace_lines(&first).map(|l| l.unwrap()).collect();
+        assert_eq!(back[..committed.len()], committed[..]);
+    }
+
     /// A file closed by rotation is on the device (fsynced), so none of it stays cached.
     #[test]
     fn a_rotated_file_leaves_the_page_cache() {
@@ -1387,6 +1442,7 @@ mod tests {
             bytes: 0,
             started_to: 0,
             dropped_to: 0,
+            fail_writeback_wait: None,
         };
         (&cur.file).write_all(&[b'x'; 100]).unwrap();
         cur.bytes = 100;
