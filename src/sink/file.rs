@@ -300,7 +300,7 @@ impl FileSink {
         let blocks_end = len - len % DIRECT_ALIGN;
         if len - written >= DIRECT_MIN_BYTES && blocks_end > written {
             if let (Some(direct), Some(blocks)) = (&cur.direct, buf.get(..blocks_end)) {
-                match write_all_direct(direct, blocks, cur.out_pos) {
+                match direct.write_all_at(blocks, cur.out_pos) {
                     Ok(()) => done = blocks_end,
                     Err(e) if direct_unsupported(&e) => {
                         // Nothing is lost: the same bytes go through the page cache below.
@@ -631,21 +631,6 @@ impl AlignedBuf {
         self.raw = raw;
         self.start = start;
     }
-}
-
-/// Writes all of `buf` (whole blocks, from an aligned address) at `pos` through an `O_DIRECT`
-/// descriptor.
-fn write_all_direct(file: &File, buf: &[u8], pos: u64) -> io::Result<()> {
-    let mut done = 0usize;
-    while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
-        match file.write_at(rest, pos + done as u64) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// True for the errors a file system answers a direct write it cannot do with (alignment it
